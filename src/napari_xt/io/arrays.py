@@ -1,0 +1,86 @@
+"""Wrap in-memory numpy arrays and dask arrays (one level, or a list of levels) as a Pyramid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dask.array as da
+import numpy as np
+
+from napari_xt.io.pyramid import (
+    TARGET_CHUNK,
+    DaskSource,
+    Pyramid,
+    YXCView,
+    build_lazy_levels,
+    check_dtype,
+    check_levels_agree,
+    check_not_empty,
+    downsample_from_shapes,
+    guess_axes,
+    lazy_pyramid_downsample,
+    make_signature,
+    to_yxc,
+)
+
+
+def is_array_like(source: object) -> bool:
+    return isinstance(source, np.ndarray | da.Array) or (
+        isinstance(source, Sequence)
+        and not isinstance(source, str)
+        and len(source) > 0
+        and all(isinstance(level, np.ndarray | da.Array) for level in source)
+    )
+
+
+def _describe(array) -> str:
+    return f"<{type(array).__module__.split('.')[0]} array {tuple(array.shape)} {array.dtype}>"
+
+
+def _as_dask(array, axes: str) -> da.Array:
+    if isinstance(array, da.Array):
+        return array
+    chunks = tuple(TARGET_CHUNK if name in "yx" else -1 for name in axes)
+    return da.from_array(array, chunks=chunks)
+
+
+def open_array(
+    source, axes: str | None = None, pixel_size: tuple[float, float] | None = None, unit: str | None = None
+) -> Pyramid:
+    """Wrap ``source`` (an array, or a list of levels from full resolution down) as a Pyramid.
+
+    Args:
+        source: numpy or dask array, or a sequence of them.
+        axes: axis names such as ``"yx"``, ``"yxc"`` or ``"cyx"``; guessed when omitted.
+        pixel_size: ``(y, x)`` size of a level-0 pixel, if known.
+        unit: unit of ``pixel_size``.
+    """
+    arrays = list(source) if isinstance(source, Sequence) else [source]
+    name = _describe(arrays[0])
+    for array in arrays:
+        check_dtype(array.dtype, name)
+        check_not_empty(array.shape, name)
+    axes = axes or guess_axes(arrays[0].shape, name)
+    levels = [to_yxc(_as_dask(array, axes), axes, name) for array in arrays]
+    check_levels_agree(levels, name)
+    built_lazily = False
+    if len(levels) == 1:
+        source = (
+            YXCView(arrays[0], axes, levels[0].name) if isinstance(arrays[0], np.ndarray) else DaskSource(levels[0])
+        )
+        levels = build_lazy_levels(levels[0], source)
+        downsample = lazy_pyramid_downsample(levels)
+        built_lazily = len(levels) > 1
+    else:
+        downsample = downsample_from_shapes(levels)
+    identity = levels[0].name if isinstance(arrays[0], da.Array) else id(arrays[0])
+    return Pyramid(
+        levels=tuple(levels),
+        downsample=downsample,
+        pixel_size=pixel_size,
+        unit=unit,
+        signature=make_signature("array", identity, [lvl.shape for lvl in levels], str(levels[0].dtype)),
+        source=name,
+        format="array",
+        built_lazily=built_lazily,
+    )

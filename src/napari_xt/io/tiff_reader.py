@@ -1,0 +1,266 @@
+"""Read TIFF family files: pyramidal TIFF and OME-TIFF (SubIFDs or series levels), Aperio SVS, plain TIFF and
+GeoTIFF. Pixels are read chunk by chunk through tifffile's zarr view; the dask graph holds only the path."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import threading
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import zarr
+
+from napari_xt.io.errors import ImageReadError
+from napari_xt.io.pyramid import (
+    Pyramid,
+    build_lazy_levels,
+    check_dtype,
+    check_levels_agree,
+    check_not_empty,
+    downsample_from_shapes,
+    lazy_pyramid_downsample,
+    lazy_yxc,
+    make_signature,
+    normalise_unit,
+)
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff", ".btf", ".tf8")
+_SVS_MPP = re.compile(r"MPP\s*=\s*([0-9.]+)")
+_EPSG_LINEAR_UNITS = {9001: "m", 9002: "ft", 9003: "ft"}
+
+
+def matches(path: Path) -> bool:
+    """True for a file whose name ends like a TIFF."""
+    return path.is_file() and path.name.lower().endswith(TIFF_SUFFIXES)
+
+
+class TiffLevel:
+    """A lazily opened view of one level of one TIFF series, sliceable like an array.
+
+    It pickles as its path and indices, so dask graphs that hold it hold no open file.
+    """
+
+    def __init__(self, path: str, mtime_ns: int, series: int, level: int, shape, dtype):
+        self.path, self.mtime_ns, self.series, self.level = path, mtime_ns, series, level
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.ndim = len(self.shape)
+
+    def token(self) -> tuple:
+        return ("napari-xt-tiff", self.path, self.mtime_ns, self.series, self.level)
+
+    def __dask_tokenize__(self):
+        return self.token()
+
+    def __getitem__(self, index):
+        return _open_level(self.path, self.mtime_ns, self.series, self.level)[index]
+
+
+_open_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=16)
+def _open_level_cached(path: str, mtime_ns: int, series: int, level: int) -> zarr.Array:
+    store = tifffile.imread(path, aszarr=True, series=series, level=level)
+    return zarr.open_array(store=store, mode="r")
+
+
+def _open_level(path: str, mtime_ns: int, series: int, level: int) -> zarr.Array:
+    with _open_lock:
+        return _open_level_cached(path, mtime_ns, series, level)
+
+
+def open_tiff(path: Path) -> Pyramid:
+    """Open a TIFF-family file as a Pyramid, reading metadata only."""
+    try:
+        tif = tifffile.TiffFile(path)
+    except (tifffile.TiffFileError, ValueError, OSError, IndexError, KeyError) as error:
+        raise ImageReadError(
+            path, f"is not a readable TIFF ({error})", "the file may be truncated or corrupt"
+        ) from error
+    with tif:
+        if not tif.series:
+            raise ImageReadError(path, "holds no image series", "the file may be truncated or corrupt")
+        series_index, series_levels = _main_series(tif)
+        series = tif.series[series_index]
+        check_dtype(series.dtype, path)
+        check_not_empty(series.shape, path)
+        mtime_ns = os.stat(path).st_mtime_ns
+        axes = series.axes
+        arrays, views = [], []
+        for level_index, level in series_levels:
+            if level.axes != axes:
+                raise ImageReadError(path, f"level axes {level.axes!r} differ from {axes!r}")
+            view = TiffLevel(str(path), mtime_ns, level_index[0], level_index[1], level.shape, level.dtype)
+            array, yxc_view = lazy_yxc(view, _map_axes(axes), _native_chunks(level, axes), view.token(), path)
+            arrays.append(array)
+            views.append(yxc_view)
+        check_levels_agree(arrays, path)
+        pixel_size, unit, names = _physical_metadata(tif, path)
+        nodata, geotransform, geo_meta = _geotiff_metadata(tif)
+        if geotransform is not None and pixel_size is None:
+            pixel_size = (abs(geotransform[5]), abs(geotransform[1]))
+            unit = geo_meta.get("unit")
+        fmt = _format_name(tif)
+        built_lazily = False
+        if len(arrays) == 1:
+            arrays = build_lazy_levels(arrays[0], views[0], nodata)
+            downsample = lazy_pyramid_downsample(arrays)
+            built_lazily = len(arrays) > 1
+        else:
+            downsample = downsample_from_shapes(arrays)
+        signature = make_signature(
+            str(Path(path).resolve()), mtime_ns, os.path.getsize(path), [a.shape for a in arrays], str(series.dtype)
+        )
+    return Pyramid(
+        levels=tuple(arrays),
+        downsample=downsample,
+        pixel_size=pixel_size,
+        unit=unit,
+        channel_names=names if len(names) == arrays[0].shape[2] else (),
+        signature=signature,
+        source=str(path),
+        format=fmt,
+        nodata=nodata,
+        geotransform=geotransform,
+        built_lazily=built_lazily,
+        metadata=geo_meta,
+    )
+
+
+def _map_axes(axes: str) -> str:
+    """tifffile axis letters to ours: S (samples) and C are channels; I, Q and others are extra axes."""
+    mapped = []
+    for name in axes.upper():
+        if name in "YX":
+            mapped.append(name.lower())
+        elif name in "SC":
+            mapped.append("c")
+        elif name == "Z":
+            mapped.append("z")
+        else:
+            mapped.append("t")
+    return "".join(mapped)
+
+
+def _native_chunks(level, axes: str) -> tuple[int, ...]:
+    page = level.keyframe
+    tile_y = page.tilelength or page.rowsperstrip or level.shape[axes.index("Y")]
+    tile_x = page.tilewidth or level.shape[axes.index("X")]
+    out = []
+    for name, size in zip(axes, level.shape):
+        out.append(tile_y if name == "Y" else tile_x if name == "X" else size)
+    return tuple(min(int(c), int(s)) for c, s in zip(out, level.shape))
+
+
+def _main_series(tif: tifffile.TiffFile):
+    """The series holding the image and its levels as ``[((series, level), series_or_level), ...]``.
+
+    Levels come from the series' own pyramid (SubIFDs, SVS, reduced-resolution pages); failing that, later
+    series that are 2×, 4×, … downsampled copies of the first (pyramids written one series per level).
+    """
+    series = tif.series[0]
+    if len(series.levels) > 1:
+        return 0, [((0, i), level) for i, level in enumerate(series.levels)]
+    levels = [((0, 0), series)]
+    y_axis, x_axis = series.axes.index("Y"), series.axes.index("X")
+    previous = series
+    for index, candidate in enumerate(tif.series[1:], start=1):
+        if candidate.axes != series.axes or candidate.dtype != series.dtype:
+            break
+        ratio_y = previous.shape[y_axis] / candidate.shape[y_axis]
+        ratio_x = previous.shape[x_axis] / candidate.shape[x_axis]
+        if not (1.5 < ratio_y < 4.5 and abs(ratio_y - ratio_x) / ratio_y < 0.1):
+            break
+        levels.append(((index, 0), candidate))
+        previous = candidate
+    return 0, levels
+
+
+def _format_name(tif: tifffile.TiffFile) -> str:
+    if tif.is_svs:
+        return "Aperio SVS"
+    if tif.is_ome:
+        return "OME-TIFF"
+    if tif.is_geotiff:
+        return "GeoTIFF"
+    return "TIFF"
+
+
+def _physical_metadata(tif: tifffile.TiffFile, path: Path):
+    """Pixel size ``(y, x)``, unit and channel names from OME XML, SVS MPP or centimetre resolution tags."""
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            return _ome_physical(tif.ome_metadata)
+        except ElementTree.ParseError as error:
+            raise ImageReadError(path, f"OME-XML metadata is malformed ({error})") from error
+    if tif.is_svs:
+        match = _SVS_MPP.search(tif.pages.first.description or "")
+        if match:
+            mpp = float(match.group(1))
+            return (mpp, mpp), "µm", ()
+        return None, None, ()
+    page = tif.pages.first
+    unit_tag = page.tags.get("ResolutionUnit")
+    x_res, y_res = page.tags.get("XResolution"), page.tags.get("YResolution")
+    if unit_tag is not None and int(unit_tag.value) == 3 and x_res is not None and y_res is not None:
+        per_cm_x = x_res.value[0] / x_res.value[1]
+        per_cm_y = y_res.value[0] / y_res.value[1]
+        if per_cm_x > 1 and per_cm_y > 1:
+            return (1e4 / per_cm_y, 1e4 / per_cm_x), "µm", ()
+    return None, None, ()
+
+
+def _ome_physical(xml: str):
+    root = ElementTree.fromstring(xml)
+    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels") or el.tag == "Pixels"), None)
+    if pixels is None:
+        return None, None, ()
+    names = tuple(
+        el.get("Name", f"channel {i}")
+        for i, el in enumerate(e for e in pixels if e.tag.endswith("}Channel") or e.tag == "Channel")
+    )
+    size_x, size_y = pixels.get("PhysicalSizeX"), pixels.get("PhysicalSizeY")
+    if size_x is None or size_y is None:
+        return None, None, names
+    unit = normalise_unit(pixels.get("PhysicalSizeXUnit", "µm"))
+    return (float(size_y), float(size_x)), unit, names
+
+
+def _geotiff_metadata(tif: tifffile.TiffFile):
+    """nodata, GDAL geotransform and a few GeoKeys of a GeoTIFF (all None/empty for other TIFFs)."""
+    page = tif.pages.first
+    nodata = None
+    nodata_tag = page.tags.get("GDAL_NODATA")
+    if nodata_tag is not None:
+        try:
+            nodata = float(str(nodata_tag.value).strip("\x00 "))
+        except ValueError:
+            nodata = None
+    if not tif.is_geotiff:
+        return nodata, None, {}
+    geo = tif.geotiff_metadata or {}
+    scale, tiepoint = geo.get("ModelPixelScale"), geo.get("ModelTiepoint")
+    meta: dict = {}
+    model_type = geo.get("GTModelTypeGeoKey")
+    model_name = getattr(model_type, "name", str(model_type))
+    if "GEOGRAPHIC" in model_name.upper():
+        meta["unit"] = "deg"
+    else:
+        units_key = geo.get("ProjLinearUnitsGeoKey")
+        meta["unit"] = _EPSG_LINEAR_UNITS.get(int(units_key), "m") if units_key is not None else "m"
+    for key in ("ProjectedCSTypeGeoKey", "GeographicTypeGeoKey"):
+        if key in geo:
+            meta[key] = int(geo[key])
+    geotransform = None
+    if scale is not None and tiepoint is not None and len(tiepoint) >= 6:
+        i, j, x, y = tiepoint[0], tiepoint[1], tiepoint[3], tiepoint[4]
+        sx, sy = float(scale[0]), float(scale[1])
+        geotransform = (x - i * sx, sx, 0.0, y + j * sy, 0.0, -sy)
+    elif "ModelTransformation" in geo:
+        m = np.asarray(geo["ModelTransformation"], dtype=float).reshape(4, 4)
+        geotransform = (m[0, 3], m[0, 0], m[0, 1], m[1, 3], m[1, 0], m[1, 1])
+    return nodata, geotransform, meta
