@@ -83,7 +83,9 @@ def open_tiff(path: Path) -> Pyramid:
         ) from error
     with tif:
         if not tif.series:
-            raise ImageReadError(path, "holds no image series", "the file may be truncated or corrupt")
+            raise ImageReadError(
+                path, "is not a readable TIFF (no image in it)", "the file may be truncated or corrupt"
+            )
         series_index, series_levels = _main_series(tif)
         series = tif.series[series_index]
         check_dtype(series.dtype, path)

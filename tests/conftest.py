@@ -1,0 +1,101 @@
+"""Shared fixtures: images written by the libraries real users write them with."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def smooth_image(height: int, width: int, channels: int, dtype=np.uint8, seed: int = 0) -> np.ndarray:
+    """A smooth deterministic image ``(Y, X, C)`` (smooth so lossy codecs keep values close)."""
+    rng = np.random.default_rng(seed)
+    y = np.linspace(0, 1, height)[:, None, None]
+    x = np.linspace(0, 1, width)[None, :, None]
+    phase = rng.uniform(0, 2 * np.pi, size=(1, 1, channels))
+    wave = 0.5 + 0.25 * np.sin(6 * x + phase) + 0.25 * np.cos(4 * y + 2 * phase)
+    if np.dtype(dtype).kind == "f":
+        return wave.astype(dtype)
+    return np.rint(wave * np.iinfo(dtype).max * 0.9).astype(dtype)
+
+
+def area_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Reference area average of ``(Y, X, C)`` by ``factor`` (trailing rows/columns dropped)."""
+    h, w, c = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor, image.shape[2]
+    grid = image[:h, :w].reshape(h // factor, factor, w // factor, factor, c).astype(np.float64)
+    return grid.mean(axis=(1, 3))
+
+
+@pytest.fixture
+def rgb_image() -> np.ndarray:
+    return smooth_image(1200, 1700, 3)
+
+
+@pytest.fixture
+def ome_zarr_v05(tmp_path, rgb_image):
+    """NGFF 0.5 on zarr v3, written by ome-zarr-py: 3 levels, 0.25 µm pixels, axes c, y, x."""
+    import zarr
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_image
+
+    path = tmp_path / "slide_v05.ome.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    write_image(
+        rgb_image.transpose(2, 0, 1),
+        group,
+        axes="cyx",
+        fmt=FormatV05(),
+        scale_factors=[2, 4],
+        scale={"y": 0.25, "x": 0.25},
+        axes_units={"y": "micrometer", "x": "micrometer"},
+    )
+    return path
+
+
+@pytest.fixture
+def ome_zarr_v04(tmp_path):
+    """NGFF 0.4 on zarr v2, written by ome-zarr-py: one uint16 channel, axes t, c, z, y, x."""
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    image = smooth_image(900, 1300, 1, np.uint16)
+    path = tmp_path / "stack_v04.ome.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    write_image(
+        image.transpose(2, 0, 1)[None, :, None],
+        group,
+        axes="tczyx",
+        fmt=FormatV04(),
+        scale_factors=[2],
+        scale={"y": 0.5, "x": 0.5},
+        axes_units={"y": "micrometer", "x": "micrometer"},
+    )
+    return path, image
+
+
+@pytest.fixture
+def geotiff_sar(tmp_path):
+    """A float32 two-band GeoTIFF (UTM 33N, 10 m pixels) with a nodata value, written by tifffile."""
+    import tifffile
+
+    image = smooth_image(1500, 1100, 2, np.float32)
+    image[:200, :, :] = -9999.0
+    path = tmp_path / "scene.tif"
+    geokeys = (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633)
+    tifffile.imwrite(
+        path,
+        image.transpose(2, 0, 1),
+        planarconfig="separate",
+        tile=(256, 256),
+        extratags=[
+            (33550, 12, 3, (10.0, 10.0, 0.0)),
+            (33922, 12, 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0)),
+            (34735, 3, len(geokeys), geokeys),
+            (42113, 2, 0, "-9999"),
+        ],
+    )
+    return path, image

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+
+from napari_xt.data.synthetic import SarScene, SlideScene
+
+
+@pytest.mark.parametrize("scene", [SarScene(height=6000, width=7000, bands=2), SlideScene(height=6000, width=7000)])
+def test_scene_is_deterministic_and_window_independent(scene):
+    pyramid = scene.pyramid()
+    whole = np.asarray(pyramid.levels[1][:600, :700])
+    again = np.asarray(type(scene)(**scene.__dict__).pyramid().levels[1][:600, :700])
+    np.testing.assert_array_equal(whole, again)
+    # a window read on its own equals the same window cut from a larger read
+    np.testing.assert_array_equal(np.asarray(pyramid.levels[1][250:300, 333:400]), whole[250:300, 333:400])
+
+
+def test_levels_follow_the_pyramid_contract():
+    scene = SlideScene(height=50_000, width=60_000)
+    pyramid = scene.pyramid()
+    assert pyramid.shape == (50_000, 60_000, 3)
+    assert pyramid.pixel_size == (0.5, 0.5) and pyramid.unit == "µm"
+    for level, (dy, dx) in enumerate(pyramid.downsample):
+        assert pyramid.levels[level].shape[:2] == (50_000 // int(dy), 60_000 // int(dx))
+    assert max(pyramid.levels[-1].shape[:2]) < 1024
+
+
+def test_sar_near_shore_needs_context_beyond_a_region():
+    scene = SarScene(height=20_000, width=20_000, seed=3)
+    objects = scene.objects()
+    assert len(objects) > 50
+    near = objects.label == 1
+    assert near.any() and (~near).any()
+    region = 256
+    # a near-shore vessel can sit in a region with no land at all: the label is not decidable inside it
+    ys, xs = objects.y[near], objects.x[near]
+    all_sea = 0
+    for y, x in zip(ys, xs):
+        y0, x0 = int(y // region) * region, int(x // region) * region
+        yy, xx = np.mgrid[y0 : y0 + region : 16, x0 : x0 + region : 16]
+        all_sea += not scene.is_land(yy, xx).any()
+    assert all_sea > 0.3 * near.sum()
+    # ground truth agrees with the definition: land within the distance
+    assert scene.distance_to_land_below(ys, xs, scene.near_shore_distance).all()
+
+
+def test_slide_cluster_class_comes_from_the_zone():
+    scene = SlideScene(height=16_384, width=16_384, seed=1)
+    objects = scene.objects()
+    assert {0, 1} <= set(objects.label.tolist())
+    np.testing.assert_array_equal(objects.label == 0, scene.is_tumour_zone(objects.y, objects.x))
+    labels = np.asarray(scene.labels(0)[:4096, :4096])
+    inside = objects.y < 4000
+    for y, x, label in zip(objects.y[inside], objects.x[inside], objects.label[inside]):
+        if x < 4000:
+            assert labels[int(y), int(x)] == 2 + label
+
+
+def test_sar_swath_edge_is_nan_and_sea_darker_than_land():
+    scene = SarScene(height=32_000, width=32_000, seed=0)
+    level = np.asarray(scene.pyramid().levels[4])[..., 0]
+    labels = np.asarray(scene.labels(4))
+    assert (labels == 1).mean() > 0.05 and (labels == 0).mean() > 0.05
+    assert np.isnan(level).any()
+    valid = ~np.isnan(level)
+    assert np.median(level[valid & (labels == 1)]) > 3 * np.median(level[valid & (labels == 0)])
