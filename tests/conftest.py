@@ -99,3 +99,19 @@ def geotiff_sar(tmp_path):
         ],
     )
     return path, image
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests run only where CUDA is present; elsewhere they skip with the reason."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on a GPU machine: scripts/test.sh -m gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

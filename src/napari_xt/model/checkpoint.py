@@ -1,0 +1,197 @@
+"""Checkpoints: one ``.safetensors`` file whose metadata carries the config and provenance.
+
+Foreign weights load through key filters: official xT classification checkpoints (``encoder.model.*`` and
+``decoder.*``) and timm weight files for the region encoder. Pickled files (``.ckpt``, ``.pth``, ``.pt``,
+``.bin``) are read only with ``torch.load(weights_only=True)``, which refuses to run code; there is no fallback
+to unsafe unpickling.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from napari_xt.model.config import XTConfig
+
+FORMAT = "napari-xt/1"
+PICKLE_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used; the message names the file and what to do."""
+
+
+@dataclass
+class CheckpointInfo:
+    path: str
+    sha256: str
+    config: XTConfig
+    provenance: dict = field(default_factory=dict)
+
+
+@dataclass
+class LoadReport:
+    """What a filtered load did: tensors loaded, and keys that did not find a home (both ways)."""
+
+    loaded: int
+    missing: list[str]
+    unexpected: list[str]
+
+    def summary(self) -> str:
+        return f"loaded {self.loaded} tensors; {len(self.missing)} missing, {len(self.unexpected)} unexpected"
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(model, path: str | Path, provenance: dict | None = None) -> str:
+    """Write ``model``'s weights, config and provenance to ``path`` (``.safetensors``); return its sha256."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: napari-xt checkpoints are .safetensors files")
+    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "config": model.config.to_json(),
+        "provenance": json.dumps(provenance or {}, sort_keys=True, default=str),
+    }
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata=metadata)
+    tmp.replace(path)  # never leave a half-written checkpoint under the real name
+    return file_sha256(path)
+
+
+def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
+    """Config and provenance of a napari-xt checkpoint, reading only its header."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for bad headers
+        raise CheckpointError(f"{path}: not a readable .safetensors file ({error})") from error
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise CheckpointError(
+            f"{path}: has no napari-xt config in its metadata (a bare weight file?); load foreign weights "
+            "with load_official_xt or the region encoder's `weights` setting"
+        )
+    try:
+        config = XTConfig.from_json(metadata["config"])
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{path}: its config cannot be used ({error})") from error
+    return CheckpointInfo(str(path), file_sha256(path), config, json.loads(metadata.get("provenance", "{}")))
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """Build the model a checkpoint describes and load its weights (strictly). Returns ``(model, info)``."""
+    from safetensors.torch import load_file
+
+    from napari_xt.model.xt import XTModel
+
+    info = read_checkpoint_info(path)
+    model = XTModel(info.config)
+    state = load_file(str(path), device="cpu")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: weights do not fit its own config ({len(result.missing_keys)} missing, e.g. "
+            f"{result.missing_keys[:3]}; {len(result.unexpected_keys)} unexpected, e.g. {result.unexpected_keys[:3]})"
+        )
+    return model.to(device).eval(), info
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a weight file: safetensors, or a pickle read with ``weights_only=True`` (never code)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such weight file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{path}: unknown weight file type (expected .safetensors, {', '.join(PICKLE_SUFFIXES)})")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as error:
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds more than tensors and plain containers, and napari-xt "
+            f"never unpickles code ({str(error).splitlines()[0][:200]}). Convert it to .safetensors where you "
+            "trust it."
+        ) from error
+    return _tensors_of(loaded, path)
+
+
+def _tensors_of(loaded, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(loaded, dict):
+        for key in ("state_dict", "model", "model_state_dict", "module"):
+            if isinstance(loaded.get(key), dict):
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, dict) or not any(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(f"{path}: holds no state dict of tensors")
+    return {
+        (key[len("module.") :] if key.startswith("module.") else key): value
+        for key, value in loaded.items()
+        if isinstance(value, torch.Tensor)
+    }
+
+
+def official_xt_key(key: str) -> str | None:
+    """Our key for a key of an official xT checkpoint (None where ours has no counterpart)."""
+    if key.startswith("encoder.model."):
+        return "region_encoder.backbone." + key[len("encoder.model.") :].replace("stages.", "stages_")
+    if key.startswith("decoder.cls.0."):
+        return "classification.layers.0." + key[len("decoder.cls.0.") :]
+    if key.startswith("decoder.cls.1."):
+        return "classification.layers.1." + key[len("decoder.cls.1.") :]
+    return None
+
+
+def load_official_xt(path: str | Path, config: XTConfig):
+    """Build ``config``'s model and fill it from an official xT classification checkpoint.
+
+    The region encoder (``encoder.model.*``) and the classification layers (``decoder.cls.*``) map across;
+    the reference context decoder's layers have another structure and are reported as unexpected.
+
+    Returns:
+        ``(model, LoadReport)``.
+    """
+    from napari_xt.model.xt import XTModel
+
+    model = XTModel(config)
+    own = model.state_dict()
+    state = read_state_dict(path)
+    mapped, unexpected = {}, []
+    for key, value in state.items():
+        target = official_xt_key(key)
+        if target is None or target not in own or own[target].shape != value.shape:
+            unexpected.append(key)
+        else:
+            mapped[target] = value
+    result = model.load_state_dict(mapped, strict=False)
+    return model, LoadReport(len(mapped), sorted(result.missing_keys), sorted(unexpected))
+
+
+def check_fits_image(config: XTConfig, n_channels: int, source: str = "the image") -> None:
+    """Refuse an image whose channel count the model was not built for, saying what would fit."""
+    if n_channels != config.in_channels:
+        raise CheckpointError(
+            f"the checkpoint expects {config.in_channels}-channel images but {source} has {n_channels} "
+            f"channel(s); choose a checkpoint trained on {n_channels}-channel data"
+        )

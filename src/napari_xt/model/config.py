@@ -1,0 +1,166 @@
+"""XTConfig: everything needed to rebuild an xT model, JSON-serialisable (stored in checkpoint metadata)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+CONTEXT_KINDS = ("none", "xl", "hyper", "mamba")
+
+
+@dataclass
+class RegionEncoderConfig:
+    """A timm backbone used with ``features_only``.
+
+    Attributes:
+        name: timm model name (``convnext_atto``, ``swinv2_tiny_window16_256``, ``hiera_tiny_224``, …).
+        input_size: the side the encoder takes; a larger region is cut into sub-regions of this size.
+        out_indices: which feature levels to keep (None: all timm offers).
+        kwargs: extra keyword arguments for ``timm.create_model``.
+        weights: optional path of a local timm weight file to initialise from (never downloaded).
+    """
+
+    name: str = "convnext_atto"
+    input_size: int = 256
+    out_indices: list[int] | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+
+
+@dataclass
+class ContextEncoderConfig:
+    """The long-sequence model that mixes region tokens of the whole image.
+
+    Attributes:
+        kind: ``none``, ``xl`` (Transformer-XL with carried memory), ``hyper`` (HyperAttention) or ``mamba``.
+        width: token width.
+        depth: number of layers.
+        heads: attention heads (``xl``/``hyper``); must divide ``width``.
+        tokens_per_region: pooled tokens per region side (``2`` gives 2 × 2 = 4 tokens per region).
+        window: regions per window for ``xl`` (and chunk length for the ``mamba`` scan, in regions).
+        memory: regions of memory ``xl`` carries from window to window.
+        bidirectional: ``xl``: also run over the regions in reverse order and average, so every region sees
+            context on both sides; ``mamba`` alternates scan direction layer by layer instead.
+        hyper_exact_below: ``hyper`` uses exact attention for sequences shorter than this many tokens.
+        hyper_block: block size of HyperAttention's block-diagonal part.
+        hyper_samples: sampled key columns of HyperAttention.
+        hyper_hash_bits: angular LSH bits (2**bits buckets).
+        mlp_ratio: hidden width of the feed-forward layers relative to ``width``.
+        d_state, d_conv, expand: Mamba block settings (mamba-ssm's defaults).
+        grad_ratio: share of regions of a training crop that receive gradients through the region encoder.
+    """
+
+    kind: str = "xl"
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    tokens_per_region: int = 2
+    window: int = 16
+    memory: int = 32
+    bidirectional: bool = True
+    hyper_exact_below: int = 4096
+    hyper_block: int = 256
+    hyper_samples: int = 256
+    hyper_hash_bits: int = 7
+    mlp_ratio: float = 2.0
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    grad_ratio: float = 1.0
+
+
+@dataclass
+class HeadsConfig:
+    """Which heads the model has, their classes and colours.
+
+    Attributes:
+        segmentation_classes: class names of the segmentation map (index 0 is background); empty: no head.
+        detection_classes: classes of point objects; empty: no detection head.
+        classification_classes: image-level classes; empty: no classification head.
+        colours: ``name -> "#rrggbb"`` for display.
+        decoder_channels: UNet decoder widths from fine (stride 4) to coarse.
+        detection_stride: output stride of the detection maps (≤ 4).
+    """
+
+    segmentation_classes: list[str] = field(default_factory=list)
+    detection_classes: list[str] = field(default_factory=list)
+    classification_classes: list[str] = field(default_factory=list)
+    colours: dict[str, str] = field(default_factory=dict)
+    decoder_channels: list[int] = field(default_factory=lambda: [48, 96, 176, 256])
+    detection_stride: int = 4
+
+
+@dataclass
+class XTConfig:
+    """A whole xT model.
+
+    Attributes:
+        in_channels: image channels (3 for RGB slides, 1–2 for SAR).
+        mean, std: per-channel normalisation applied to raw pixel values.
+        region_size: side of one region in pixels of the analysis level.
+        pixel_size: the pixel size the model was trained at, with ``pixel_unit`` (None: any).
+    """
+
+    in_channels: int = 3
+    mean: list[float] = field(default_factory=lambda: [0.485 * 255, 0.456 * 255, 0.406 * 255])
+    std: list[float] = field(default_factory=lambda: [0.229 * 255, 0.224 * 255, 0.225 * 255])
+    region_size: int = 256
+    region_encoder: RegionEncoderConfig = field(default_factory=RegionEncoderConfig)
+    context_encoder: ContextEncoderConfig = field(default_factory=ContextEncoderConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    pixel_size: float | None = None
+    pixel_unit: str | None = None
+    name: str = ""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` with the offending setting when the config cannot build a model."""
+        context = self.context_encoder
+        if context.kind not in CONTEXT_KINDS:
+            raise ValueError(f"context_encoder.kind must be one of {CONTEXT_KINDS}, not {context.kind!r}")
+        if context.kind in ("xl", "hyper") and context.width % context.heads:
+            raise ValueError(f"context_encoder.heads ({context.heads}) must divide width ({context.width})")
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise ValueError(f"mean and std need {self.in_channels} values (one per input channel)")
+        if self.region_size % self.region_encoder.input_size:
+            raise ValueError(
+                f"region_size ({self.region_size}) must be a multiple of the encoder's input_size "
+                f"({self.region_encoder.input_size})"
+            )
+        if self.heads.detection_stride > 4:
+            raise ValueError("heads.detection_stride must be at most 4")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> XTConfig:
+        """Build from a dict (unknown keys are refused, so a typo does not pass silently)."""
+        parts = {
+            "region_encoder": RegionEncoderConfig,
+            "context_encoder": ContextEncoderConfig,
+            "heads": HeadsConfig,
+        }
+        kwargs = {}
+        known = {f.name for f in fields(cls)}
+        for key, value in data.items():
+            if key not in known:
+                raise ValueError(f"unknown XTConfig setting {key!r}")
+            if key in parts:
+                sub_known = {f.name for f in fields(parts[key])}
+                unknown = set(value) - sub_known
+                if unknown:
+                    raise ValueError(f"unknown {key} settings {sorted(unknown)}")
+                value = parts[key](**value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> XTConfig:
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,151 @@
+"""Heads: a UNet decoder fusing multi-scale region features with the region's context, and the segmentation,
+detection (xView3-style centre heatmap, class and size maps) and classification heads on top of it.
+
+The decoder follows the xView3 solutions xT builds on: channels 48/96/176/256 from stride 4 to 32, nearest
+upsampling, SiLU. Context enters at the deepest level: the region's context tokens, laid out on their
+``t × t`` grid, are projected and upsampled onto the deepest feature map and added to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.SiLU(inplace=True),
+    )
+
+
+class ContextUNetDecoder(nn.Module):
+    """Decode features ``[(N, C_i, R/s_i, R/s_i)]`` and context ``(N, T, W)`` to a stride-4 map ``(N, c0, R/4, R/4)``.
+
+    Args:
+        channels: encoder channels per feature map.
+        reductions: encoder stride per feature map.
+        context_width: width of the context tokens (0: no context input).
+        decoder_channels: decoder widths at strides 4, 8, 16, 32, …
+    """
+
+    def __init__(self, channels: list[int], reductions: list[int], context_width: int, decoder_channels: list[int]):
+        super().__init__()
+        self.by_stride = {}
+        for index, stride in enumerate(reductions):
+            self.by_stride[stride] = index  # the last map at a stride wins (ViT repeats one stride)
+        deepest = max(reductions)
+        self.deepest_index = self.by_stride[deepest]
+        self.strides = [4 * 2**i for i in range(len(decoder_channels)) if 4 * 2**i <= deepest]
+        if not self.strides:
+            raise ValueError(f"the encoder's deepest stride {deepest} is finer than 4")
+        widths = {s: decoder_channels[i] for i, s in enumerate(self.strides)}
+        top = self.strides[-1]
+        self.deepest_stride = deepest
+        self.entry = conv_block(channels[self.deepest_index], widths[top])
+        self.context_proj = nn.Conv2d(context_width, widths[top], 1) if context_width else None
+        self.stages = nn.ModuleDict()
+        for stride in reversed(self.strides[:-1]):
+            skip = channels[self.by_stride[stride]] if stride in self.by_stride else 0
+            self.stages[str(stride)] = nn.Sequential(
+                conv_block(widths[stride * 2] + skip, widths[stride]), conv_block(widths[stride], widths[stride])
+            )
+        self.out_channels = widths[4]
+
+    def forward(self, features: list[torch.Tensor], context: torch.Tensor | None) -> torch.Tensor:
+        x = features[self.deepest_index]
+        top = self.strides[-1]
+        if self.deepest_stride > top:  # encoders deeper than the decoder: bring the map up to its top stride
+            x = F.interpolate(x, scale_factor=self.deepest_stride // top, mode="nearest")
+        x = self.entry(x)
+        if self.context_proj is not None and context is not None:
+            n, t, w = context.shape
+            side = round(t**0.5)
+            grid = context.transpose(1, 2).reshape(n, w, side, side)
+            x = x + F.interpolate(self.context_proj(grid.to(x.dtype)), size=x.shape[-2:], mode="bilinear")
+        for stride in reversed(self.strides[:-1]):
+            x = F.interpolate(x, scale_factor=2, mode="nearest")
+            if stride in self.by_stride:
+                skip = features[self.by_stride[stride]]
+                if skip.shape[-2:] != x.shape[-2:]:
+                    skip = F.interpolate(skip, size=x.shape[-2:], mode="nearest")
+                x = torch.cat([x, skip], dim=1)
+            x = self.stages[str(stride)](x)
+        return x
+
+
+class SegmentationHead(nn.Module):
+    """Class logits at stride 4, upsampled to region pixels."""
+
+    def __init__(self, in_channels: int, n_classes: int):
+        super().__init__()
+        self.classifier = nn.Sequential(conv_block(in_channels, in_channels), nn.Conv2d(in_channels, n_classes, 1))
+
+    def forward(self, x: torch.Tensor, region_size: int) -> torch.Tensor:
+        return F.interpolate(self.classifier(x), size=(region_size, region_size), mode="bilinear")
+
+
+class DetectionHead(nn.Module):
+    """Centre heatmap (logit), class logits and object size (pixels) at the detection stride."""
+
+    def __init__(self, in_channels: int, n_classes: int, upsample: int):
+        super().__init__()
+        self.upsample = upsample
+        self.trunk = conv_block(in_channels, in_channels)
+        self.heatmap = nn.Conv2d(in_channels, 1, 1)
+        self.classes = nn.Conv2d(in_channels, n_classes, 1)
+        self.size = nn.Conv2d(in_channels, 1, 1)
+        nn.init.constant_(self.heatmap.bias, -4.0)  # few objects: start from a low prior (as CenterNet)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.upsample > 1:
+            x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
+        x = self.trunk(x)
+        return {"heatmap": self.heatmap(x), "classes": self.classes(x), "size": F.softplus(self.size(x)) * 16}
+
+
+class ClassificationHead(nn.Module):
+    """Image-level logits from the mean of all context tokens of the image."""
+
+    def __init__(self, width: int, n_classes: int):
+        super().__init__()
+        self.layers = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_classes))
+
+    def forward(self, context_tokens: torch.Tensor) -> torch.Tensor:
+        return self.layers(context_tokens.mean(dim=1))
+
+
+@dataclass
+class Detections:
+    """Points decoded from detection maps, in pixels of the decoded map's input (region or image)."""
+
+    y: torch.Tensor
+    x: torch.Tensor
+    label: torch.Tensor
+    score: torch.Tensor
+    size: torch.Tensor
+    batch: torch.Tensor
+
+
+def decode_detections(
+    maps: dict[str, torch.Tensor], stride: int, threshold: float = 0.3, max_objects: int = 2000
+) -> Detections:
+    """Peaks of the centre heatmap (3 × 3 local maxima above ``threshold``) with their class and size.
+
+    Coordinates are pixel centres: map cell ``i`` covers input pixels ``i*stride .. (i+1)*stride - 1``.
+    """
+    heat = torch.sigmoid(maps["heatmap"].float())
+    peaks = (heat == F.max_pool2d(heat, 3, stride=1, padding=1)) & (heat > threshold)
+    batch, _, iy, ix = torch.nonzero(peaks, as_tuple=True)
+    score = heat[batch, 0, iy, ix]
+    if len(score) > max_objects:
+        keep = torch.topk(score, max_objects).indices
+        batch, iy, ix, score = batch[keep], iy[keep], ix[keep], score[keep]
+    label = maps["classes"][batch, :, iy, ix].argmax(dim=1)
+    size = maps["size"][batch, 0, iy, ix]
+    centre = (stride - 1) / 2
+    return Detections(iy.float() * stride + centre, ix.float() * stride + centre, label, score, size, batch)

@@ -1,0 +1,152 @@
+"""Named presets: ``create_model(name, **overrides)`` builds an XTModel from a registered configuration.
+
+Like timm's registry: each preset is a small function returning an ``XTConfig``. Tiny ``test_*`` presets
+run in well under a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+from napari_xt.model.config import ContextEncoderConfig, HeadsConfig, RegionEncoderConfig, XTConfig
+
+_PRESETS: dict[str, Callable[[], XTConfig]] = {}
+
+SLIDE_HEADS = HeadsConfig(
+    segmentation_classes=["background", "tissue", "tumour_cluster", "immune_cluster"],
+    detection_classes=["tumour_cluster", "immune_cluster"],
+    colours={
+        "background": "#00000000",
+        "tissue": "#f2c4d6",
+        "tumour_cluster": "#e6194b",
+        "immune_cluster": "#3cb44b",
+    },
+)
+SAR_HEADS = HeadsConfig(
+    segmentation_classes=["background", "land", "open_sea", "near_shore"],
+    detection_classes=["open_sea", "near_shore"],
+    colours={"background": "#00000000", "land": "#a0a0a0", "open_sea": "#4363d8", "near_shore": "#f58231"},
+)
+
+
+def register_preset(function: Callable[[], XTConfig]) -> Callable[[], XTConfig]:
+    _PRESETS[function.__name__] = function
+    return function
+
+
+def list_presets() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def preset_config(name: str, **overrides) -> XTConfig:
+    """The config of preset ``name`` with top-level fields replaced (``in_channels`` also adapts mean/std)."""
+    if name not in _PRESETS:
+        raise KeyError(f"unknown preset {name!r}; known: {', '.join(list_presets())}")
+    config = copy.deepcopy(_PRESETS[name]())
+    data = config.to_dict()
+    if "in_channels" in overrides and "mean" not in overrides:
+        n = overrides["in_channels"]
+        overrides["mean"] = (data["mean"] * n)[:n] if len(data["mean"]) != n else data["mean"]
+        overrides["std"] = (data["std"] * n)[:n] if len(data["std"]) != n else data["std"]
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
+    data["name"] = data.get("name") or name
+    return XTConfig.from_dict(data)
+
+
+def create_model(name: str, **overrides):
+    """Build the XTModel of preset ``name`` (weights initialised, never downloaded)."""
+    from napari_xt.model.xt import XTModel
+
+    return XTModel(preset_config(name, **overrides))
+
+
+def _sar(config: XTConfig) -> XTConfig:
+    config.in_channels, config.mean, config.std = 1, [0.1], [0.15]
+    config.heads = copy.deepcopy(SAR_HEADS)
+    config.pixel_size, config.pixel_unit = 10.0, "m"
+    return config
+
+
+@register_preset
+def demo_slide_xl() -> XTConfig:
+    """The CPU-friendly demo: convnext_atto regions of 256², a 2-layer Transformer-XL over 2 × 2 tokens each."""
+    return XTConfig(
+        region_size=256,
+        region_encoder=RegionEncoderConfig("convnext_atto", input_size=256),
+        context_encoder=ContextEncoderConfig(kind="xl", width=128, depth=2, heads=4, window=16, memory=32),
+        heads=copy.deepcopy(SLIDE_HEADS),
+        pixel_size=2.0,
+        pixel_unit="µm",
+    )
+
+
+@register_preset
+def demo_sar_xl() -> XTConfig:
+    """The SAR demo: as ``demo_slide_xl`` on one float32 band."""
+    return _sar(demo_slide_xl())
+
+
+def _large_preset(encoder: str, input_size: int, region_size: int, kind: str) -> Callable[[], XTConfig]:
+    def build() -> XTConfig:
+        width = 384
+        return XTConfig(
+            region_size=region_size,
+            region_encoder=RegionEncoderConfig(encoder, input_size=input_size),
+            context_encoder=ContextEncoderConfig(
+                kind=kind, width=width, depth=4, heads=width // 128, window=16, memory=64, hyper_exact_below=4096
+            ),
+            heads=copy.deepcopy(SLIDE_HEADS),
+        )
+
+    build.__name__ = f"{encoder.split('_window')[0]}_{kind}"
+    build.__doc__ = f"{encoder} regions of {region_size}² ({input_size}² per encoder call) with {kind} context."
+    return build
+
+
+for _encoder, _input, _region in (
+    ("swinv2_tiny_window16_256", 256, 256),
+    ("convnext_tiny", 256, 256),
+    ("hiera_tiny_224", 224, 448),
+):
+    for _kind in ("xl", "hyper", "mamba"):
+        register_preset(_large_preset(_encoder, _input, _region, _kind))
+
+
+def _tiny(kind: str) -> Callable[[], XTConfig]:
+    def build() -> XTConfig:
+        return XTConfig(
+            region_size=64,
+            region_encoder=RegionEncoderConfig("test_convnext", input_size=64),
+            context_encoder=ContextEncoderConfig(
+                kind=kind,
+                width=32,
+                depth=2,
+                heads=2,
+                window=2,
+                memory=2,
+                hyper_exact_below=16,
+                hyper_block=8,
+                hyper_samples=8,
+                hyper_hash_bits=3,
+                d_state=4,
+            ),
+            heads=HeadsConfig(
+                segmentation_classes=["background", "a", "b"],
+                detection_classes=["a", "b"],
+                classification_classes=["x", "y"],
+                decoder_channels=[8, 16, 24, 32],
+            ),
+        )
+
+    build.__name__ = f"test_tiny_{kind}"
+    build.__doc__ = f"A tiny CPU test model with {kind} context."
+    return build
+
+
+for _kind in ("none", "xl", "hyper", "mamba"):
+    register_preset(_tiny(_kind))
