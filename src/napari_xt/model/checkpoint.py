@@ -155,7 +155,7 @@ def _tensors_of(loaded, path: Path) -> dict[str, torch.Tensor]:
 def official_xt_key(key: str) -> str | None:
     """Our key for a key of an official xT checkpoint (None where ours has no counterpart)."""
     if key.startswith("encoder.model."):
-        return "region_encoder.backbone." + key[len("encoder.model.") :].replace("stages.", "stages_")
+        return "region_encoder.backbone." + key[len("encoder.model.") :]
     if key.startswith("decoder.cls.0."):
         return "classification.layers.0." + key[len("decoder.cls.0.") :]
     if key.startswith("decoder.cls.1."):

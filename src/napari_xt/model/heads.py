@@ -99,7 +99,6 @@ class DetectionHead(nn.Module):
         self.heatmap = nn.Conv2d(in_channels, 1, 1)
         self.classes = nn.Conv2d(in_channels, n_classes, 1)
         self.size = nn.Conv2d(in_channels, 1, 1)
-        nn.init.constant_(self.heatmap.bias, -4.0)  # few objects: start from a low prior (as CenterNet)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.upsample > 1:

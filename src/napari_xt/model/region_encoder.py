@@ -91,8 +91,12 @@ def load_timm_weights(encoder: RegionEncoder, path: str | Path) -> tuple[list[st
 
 
 def _match_key(key: str, own: dict) -> str | None:
-    """The encoder key for a timm checkpoint key (features_only models may rename ``stages.0`` to ``stages_0``)."""
-    for candidate in (key, key.replace("stages.", "stages_"), key.replace("layers.", "layers_")):
+    """The encoder key for a timm checkpoint key.
+
+    ``features_only`` models flatten their first-level sequential modules, so ``stem.0.weight`` becomes
+    ``stem_0.weight`` and ``stages.1.blocks…`` becomes ``stages_1.blocks…``.
+    """
+    for candidate in (key, key.replace(".", "_", 1)):
         if candidate in own:
             return candidate
     return None

@@ -54,8 +54,26 @@ class XTModel(nn.Module):
             if heads.classification_classes
             else None
         )
+        self._initialise_decoder()
         self.register_buffer("mean", torch.tensor(config.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, -1, 1, 1), persistent=False)
+
+    def _initialise_decoder(self) -> None:
+        """Kaiming-normal convolutions in the decoder and heads (as the xView3 decoders xT builds on).
+
+        PyTorch's default conv init shrinks the signal about 15× per decoder stage, which drowns the context
+        added at the deepest level; timm's encoder keeps its own init.
+        """
+        for part in (self.decoder, self.segmentation, self.detection):
+            if part is None:
+                continue
+            for module in part.modules():
+                if isinstance(module, nn.Conv2d):
+                    nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+        if self.detection is not None:
+            nn.init.constant_(self.detection.heatmap.bias, -4.0)  # few objects: a low prior (as CenterNet)
 
     # -- parts the engine calls -------------------------------------------------------------------------------
 

@@ -1,0 +1,95 @@
+import pickle
+
+import pytest
+import torch
+
+from napari_xt.model import (
+    CheckpointError,
+    check_fits_image,
+    create_model,
+    load_checkpoint,
+    load_official_xt,
+    preset_config,
+    read_checkpoint_info,
+    save_checkpoint,
+)
+from napari_xt.model.checkpoint import read_state_dict
+
+
+def test_save_and_load_round_trip_with_config_and_provenance(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("test_tiny_mamba").eval()
+    path = tmp_path / "tiny.safetensors"
+    digest = save_checkpoint(model, path, provenance={"command": "napari-xt train …", "seed": 3})
+    info = read_checkpoint_info(path)
+    assert info.sha256 == digest
+    assert info.config.context_encoder.kind == "mamba"
+    assert info.provenance == {"command": "napari-xt train …", "seed": 3}
+    loaded, _ = load_checkpoint(path)
+    image = torch.rand(1, 3, 128, 128) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image)["segmentation"], model(image)["segmentation"])
+
+
+class _RunsCode:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_pickle_that_would_run_code_is_refused_and_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    with open(path, "wb") as handle:
+        pickle.dump({"state_dict": {"w": torch.zeros(2)}, "payload": _RunsCode(marker)}, handle)
+    with pytest.raises(CheckpointError, match="never unpickles code"):
+        read_state_dict(path)
+    assert not marker.exists()
+
+
+def test_plain_tensor_pickle_loads_weights_only(tmp_path):
+    path = tmp_path / "ok.pth"
+    torch.save({"model": {"module.a": torch.ones(3)}}, path)
+    assert list(read_state_dict(path)) == ["a"]
+
+
+def test_official_xt_checkpoint_loads_through_the_key_filter(tmp_path):
+    config = preset_config("test_tiny_xl")
+    reference = create_model("test_tiny_xl")
+    official = {
+        "encoder.model." + k[len("region_encoder.backbone.") :]: v.clone() + 1.0
+        for k, v in reference.state_dict().items()
+        if k.startswith("region_encoder.backbone.") and v.is_floating_point()
+    }
+    official["decoder.cls.1.weight"] = torch.randn(2, 32)
+    official["decoder.cls.1.bias"] = torch.randn(2)
+    official["decoder.layers.0.attn.q_proj.weight"] = torch.randn(32, 32)  # reference-only structure
+    torch.save({"state_dict": official}, tmp_path / "xt_official.pth")
+    model, report = load_official_xt(tmp_path / "xt_official.pth", config)
+    assert report.loaded == len(official) - 1
+    assert report.unexpected == ["decoder.layers.0.attn.q_proj.weight"]
+    assert any(key.startswith("context_encoder.") for key in report.missing)
+    stem = "region_encoder.backbone.stem_0.weight"
+    torch.testing.assert_close(model.state_dict()[stem], reference.state_dict()[stem] + 1.0)
+    torch.testing.assert_close(model.classification.layers[1].bias, official["decoder.cls.1.bias"])
+
+
+def test_channel_mismatch_is_explained():
+    config = preset_config("test_tiny_xl")
+    with pytest.raises(CheckpointError, match=r"expects 3-channel images but scene\.tif has 2 channel"):
+        check_fits_image(config, 2, "scene.tif")
+
+
+def test_bare_weight_file_is_not_taken_for_a_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "bare.safetensors"))
+    with pytest.raises(CheckpointError, match="no napari-xt config"):
+        read_checkpoint_info(tmp_path / "bare.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match=r"not a readable \.safetensors"):
+        read_checkpoint_info(tmp_path / "junk.safetensors")

@@ -1,0 +1,41 @@
+import pytest
+import torch
+
+from napari_xt.model.config import RegionEncoderConfig
+from napari_xt.model.region_encoder import RegionEncoder
+from napari_xt.model.tokenization import cut, grid_positions, uncut
+
+
+def test_cut_and_uncut_round_trip_exactly():
+    images = torch.randn(2, 3, 96, 160)
+    tiles, grid = cut(images, 32)
+    assert grid == (3, 5) and tiles.shape == (30, 3, 32, 32)
+    torch.testing.assert_close(tiles[1 * 5 + 2], images[0, :, 32:64, 64:96], rtol=0, atol=0)
+    torch.testing.assert_close(tiles[15 + 14], images[1, :, 64:96, 128:160], rtol=0, atol=0)
+    torch.testing.assert_close(uncut(tiles, grid), images, rtol=0, atol=0)
+
+
+def test_cut_refuses_partial_tiles():
+    with pytest.raises(ValueError, match="cannot be cut into whole tiles of 32"):
+        cut(torch.zeros(1, 1, 100, 64), 32)
+
+
+def test_grid_positions_are_global():
+    positions = grid_positions(2, 3, offset=(10, 20))
+    assert positions.tolist() == [[10, 20], [10, 21], [10, 22], [11, 20], [11, 21], [11, 22]]
+
+
+def test_region_larger_than_encoder_input_is_encoded_as_sub_regions():
+    torch.manual_seed(0)
+    encoder = RegionEncoder(RegionEncoderConfig("test_convnext", input_size=64), in_channels=3, region_size=128).eval()
+    regions = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        nested = encoder(regions)
+        # reference: encode each 64² sub-region alone and stitch the maps by hand
+        for level, feature in enumerate(nested):
+            for i in range(2):
+                for j in range(2):
+                    alone = encoder.backbone(regions[:, :, 64 * i : 64 * (i + 1), 64 * j : 64 * (j + 1)])[level]
+                    h, w = alone.shape[-2:]
+                    torch.testing.assert_close(feature[:, :, h * i : h * (i + 1), w * j : w * (j + 1)], alone)
+    assert nested[0].shape == (2, 24, 32, 32) and nested[-1].shape == (2, 64, 4, 4)

@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from napari_xt.model import XTModel, create_model, list_presets, preset_config
+from napari_xt.model.heads import decode_detections
+
+LARGE = [name for name in list_presets() if not name.startswith("test_")]
+
+
+@pytest.mark.parametrize("kind", ["none", "xl", "hyper", "mamba"])
+def test_tiny_presets_give_every_output(kind):
+    model = create_model(f"test_tiny_{kind}").eval()
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 128, 192) * 255)
+    assert out["segmentation"].shape == (2, 3, 128, 192)
+    assert out["detection"]["heatmap"].shape == (2, 1, 32, 48)
+    assert out["detection"]["classes"].shape == (2, 2, 32, 48)
+    assert (out["detection"]["size"] >= 0).all()
+    assert out["classification"].shape == (2, 2)
+
+
+@pytest.mark.parametrize("name", LARGE)
+def test_every_preset_builds_and_runs_one_region(name):
+    config = preset_config(name)
+    model = XTModel(config).eval()
+    size = config.region_size
+    with torch.no_grad():
+        out = model(torch.rand(1, config.in_channels, size, size) * 255)
+    assert out["segmentation"].shape == (1, len(config.heads.segmentation_classes), size, size)
+
+
+@pytest.mark.parametrize("kind", ["none", "xl", "hyper", "mamba"])
+def test_far_away_region_changes_a_prediction_only_with_context(kind):
+    torch.manual_seed(0)
+    model = create_model(f"test_tiny_{kind}", context_encoder={"window": 16, "memory": 16}).eval()
+    if kind == "mamba":  # a trained-like memory: slow decay and a unit step, so 16 regions away is reachable
+        with torch.no_grad():
+            for layer in model.context_encoder.layers:
+                layer.mixer.A_log.fill_(torch.log(torch.tensor(0.01)))
+                layer.mixer.dt_proj.bias.fill_(0.5413)
+    image = torch.rand(1, 3, 256, 256) * 255  # 4 × 4 regions of 64²
+    changed = image.clone()
+    changed[:, :, 192:, 192:] = torch.rand(1, 3, 64, 64) * 255  # the region farthest from (0, 0)
+    with torch.no_grad():
+        first, second = model(image), model(changed)
+    corner = (first["segmentation"][..., :64, :64] - second["segmentation"][..., :64, :64]).abs().max()
+    if kind == "none":
+        assert corner == 0
+    else:
+        assert corner > 1e-4
+
+
+def test_grad_ratio_stops_gradients_through_some_regions():
+    torch.manual_seed(0)
+    model = create_model("test_tiny_xl", context_encoder={"grad_ratio": 0.25}).train()
+    calls = []
+    original = model.encode
+    model.encode = lambda regions: calls.append(torch.is_grad_enabled()) or original(regions)
+    out = model(torch.rand(1, 3, 128, 128) * 255)  # 4 regions: 1 with gradient, 3 without
+    out["segmentation"].mean().backward()
+    assert calls == [True, False]
+    assert model.region_encoder.backbone.stem_0.weight.grad is not None
+
+
+def test_channel_and_normalisation_settings_follow_in_channels():
+    config = preset_config("test_tiny_xl", in_channels=2)
+    assert config.mean == [0.485 * 255, 0.456 * 255] and len(config.std) == 2
+    model = XTModel(config).eval()
+    with torch.no_grad():
+        image = torch.rand(1, 2, 64, 64)
+        image[..., :10, :10] = float("nan")  # SAR nodata must not poison the output
+        assert torch.isfinite(model(image)["segmentation"]).all()
+
+
+def test_config_refuses_what_cannot_build():
+    with pytest.raises(ValueError, match="must divide width"):
+        preset_config("test_tiny_xl", context_encoder={"heads": 3})
+    with pytest.raises(ValueError, match="unknown XTConfig setting 'colour'"):
+        preset_config("test_tiny_xl", colour="red")
+    with pytest.raises(KeyError, match="unknown preset"):
+        preset_config("no_such_preset")
+
+
+def test_detection_decoding_finds_peaks_at_pixel_centres():
+    heat = torch.full((1, 1, 16, 16), -10.0)
+    heat[0, 0, 3, 5] = 4.0  # strong peak
+    heat[0, 0, 3, 6] = 2.0  # its neighbour: not a local maximum
+    heat[0, 0, 12, 1] = 1.0
+    classes = torch.zeros(1, 2, 16, 16)
+    classes[0, 1, 12, 1] = 5.0
+    size = torch.full((1, 1, 16, 16), 7.0)
+    found = decode_detections({"heatmap": heat, "classes": classes, "size": size}, stride=4, threshold=0.5)
+    pairs = sorted(zip(found.y.tolist(), found.x.tolist(), found.label.tolist()))
+    assert pairs == [(13.5, 21.5, 0), (49.5, 5.5, 1)]  # cell i covers pixels 4i..4i+3: centre 4i + 1.5
+    assert torch.allclose(found.size, torch.tensor([7.0, 7.0]))
+    assert found.score.max() == pytest.approx(torch.sigmoid(torch.tensor(4.0)).item())
