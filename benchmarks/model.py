@@ -67,8 +67,15 @@ def _preset_job(name: str, device: str, batch: int, queue) -> None:
 
     seconds, peak = _measure(run, device)
     params = sum(p.numel() for p in model.parameters())
-    queue.put({"preset": name, "region_size": size, "params_m": params / 1e6, "ms_per_region": 1e3 * seconds / batch,
-               "peak_mb": peak / 1e6})  # fmt: skip
+    queue.put(
+        {
+            "preset": name,
+            "region_size": size,
+            "params_m": params / 1e6,
+            "ms_per_region": 1e3 * seconds / batch,
+            "peak_mb": peak / 1e6,
+        }
+    )
 
 
 def _context_job(kind: str, regions: int, device: str, queue) -> None:
@@ -77,16 +84,31 @@ def _context_job(kind: str, regions: int, device: str, queue) -> None:
     from napari_xt.model.config import ContextEncoderConfig
     from napari_xt.model.context import build_context_encoder
 
-    config = ContextEncoderConfig(kind=kind if kind != "global" else "none", width=128, depth=2, heads=4, window=16,
-                                  memory=32, hyper_exact_below=4096)  # fmt: skip
+    config = ContextEncoderConfig(
+        kind=kind if kind != "global" else "none",
+        width=128,
+        depth=2,
+        heads=4,
+        window=16,
+        memory=32,
+        hyper_exact_below=4096,
+    )
     tokens = regions * config.tokens_per_region**2
     x = torch.randn(1, tokens, config.width, device=device)
     positions = torch.rand(1, tokens, 2, device=device) * regions**0.5
     if kind == "global":
         predicted = config.heads * tokens * tokens * 4 * 2  # scores and softmax, fp32
         if predicted > GLOBAL_ATTENTION_LIMIT:
-            queue.put({"kind": kind, "regions": regions, "tokens": tokens, "seconds": None,
-                       "peak_mb": predicted / 1e6, "predicted": True})  # fmt: skip
+            queue.put(
+                {
+                    "kind": kind,
+                    "regions": regions,
+                    "tokens": tokens,
+                    "seconds": None,
+                    "peak_mb": predicted / 1e6,
+                    "predicted": True,
+                }
+            )
             return
         q = x.view(1, tokens, config.heads, -1).transpose(1, 2)
 
@@ -101,8 +123,16 @@ def _context_job(kind: str, regions: int, device: str, queue) -> None:
                 return encoder(x, positions)
 
     seconds, peak = _measure(run, device)
-    queue.put({"kind": kind, "regions": regions, "tokens": tokens, "seconds": seconds, "peak_mb": peak / 1e6,
-               "predicted": False})  # fmt: skip
+    queue.put(
+        {
+            "kind": kind,
+            "regions": regions,
+            "tokens": tokens,
+            "seconds": seconds,
+            "peak_mb": peak / 1e6,
+            "predicted": False,
+        }
+    )
 
 
 def _in_fresh_process(target, *args):

@@ -12,9 +12,15 @@ from napari_xt.model.context.transformer_xl import TransformerXLContext
 def _xl(depth, window, memory, bidirectional=False):
     torch.manual_seed(0)
     config = ContextEncoderConfig(
-        kind="xl", width=16, depth=depth, heads=2, tokens_per_region=1, window=window, memory=memory,
+        kind="xl",
+        width=16,
+        depth=depth,
+        heads=2,
+        tokens_per_region=1,
+        window=window,
+        memory=memory,
         bidirectional=bidirectional,
-    )  # fmt: skip
+    )
     return TransformerXLContext(config).eval()
 
 
