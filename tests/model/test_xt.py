@@ -16,6 +16,7 @@ def test_tiny_presets_give_every_output(kind):
     assert out["detection"]["heatmap"].shape == (2, 1, 32, 48)
     assert out["detection"]["classes"].shape == (2, 2, 32, 48)
     assert (out["detection"]["size"] >= 0).all()
+    assert out["detection"]["offset"].shape == (2, 2, 32, 48) and out["detection"]["offset"].abs().max() <= 0.5
     assert out["classification"].shape == (2, 2)
 
 
@@ -94,3 +95,7 @@ def test_detection_decoding_finds_peaks_at_pixel_centres():
     assert pairs == [(13.5, 21.5, 0), (49.5, 5.5, 1)]  # cell i covers pixels 4i..4i+3: centre 4i + 1.5
     assert torch.allclose(found.size, torch.tensor([7.0, 7.0]))
     assert found.score.max() == pytest.approx(torch.sigmoid(torch.tensor(4.0)).item())
+    offset = torch.zeros(1, 2, 16, 16)
+    offset[0, :, 3, 5] = torch.tensor([0.25, -0.5])  # in cells
+    moved = decode_detections({"heatmap": heat, "classes": classes, "size": size, "offset": offset}, 4, 0.5)
+    assert (13.5 + 1.0, 21.5 - 2.0) in list(zip(moved.y.tolist(), moved.x.tolist()))

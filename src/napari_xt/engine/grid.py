@@ -171,7 +171,9 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mean = np.cumsum(histogram * centres)
     total_weight, total_mean = weight[-1], mean[-1]
     between = (total_mean * weight - mean * total_weight) ** 2 / np.maximum(weight * (total_weight - weight), 1e-12)
-    return float(centres[np.argmax(between[:-1])])
+    between = between[:-1]
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))  # a flat optimum: take its middle
+    return float(centres[best].mean())
 
 
 def foreground_mask(image: np.ndarray, kind: str, nodata: float | None = None) -> np.ndarray:

@@ -57,6 +57,9 @@ class RunOptions:
         level, pixel_size: analysis level, or a target pixel size (in the image's unit); default: the model's
             pixel size when both the model and the image know theirs, else level 0.
         roi: level-0 box ``(y0, x0, y1, x1)``; None: the whole image.
+        context_scope: ``image`` (context from every foreground region of the image, so an ROI gets the same
+            predictions as in a whole-image run; tokens outside the ROI come from the token cache when this
+            image was seen before) or ``roi`` (context from the ROI only: faster for a first look).
         device: ``auto`` (cuda, then mps, then cpu), or a torch device string.
         batch_size: regions per batch; None: chosen from free memory.
         precision: ``auto`` (bf16/fp16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
@@ -71,6 +74,7 @@ class RunOptions:
     level: int | None = None
     pixel_size: float | None = None
     roi: tuple[float, float, float, float] | None = None
+    context_scope: str = "image"
     device: str = "auto"
     batch_size: int | None = None
     precision: str = "auto"
@@ -108,17 +112,18 @@ def load_model(model_or_checkpoint, device):
     return model, weights_hash(model), None
 
 
-def plan(pyramid: Pyramid, model, options: RunOptions) -> RegionGrid:
+def plan(pyramid: Pyramid, model, options: RunOptions, roi=None) -> RegionGrid:
     """The grid a run will use: level (or pixel size), ROI, and background regions marked inactive."""
+    roi = options.roi if roi is None else roi
     config = model.config
     level, pixel_size = options.level, options.pixel_size
     knows_scale = config.pixel_size and pyramid.pixel_size and config.pixel_unit in (None, pyramid.unit)
     if level is None and pixel_size is None and knows_scale:
         pixel_size = config.pixel_size
     level, resample = choose_level(pyramid, level, pixel_size)
-    grid = make_grid(pyramid, config.region_size, level, resample, options.roi)
+    grid = make_grid(pyramid, config.region_size, level, resample, roi)
     active = active_regions(pyramid, grid, options.background, options.min_foreground)
-    return make_grid(pyramid, config.region_size, level, resample, options.roi, active)
+    return make_grid(pyramid, config.region_size, level, resample, roi, active)
 
 
 def run(
@@ -138,9 +143,13 @@ def run(
     device = pick_device(options.device)
     model, weights_sha, checkpoint_path = load_model(model_or_checkpoint, device)
     check_fits_image(model.config, pyramid.n_channels, pyramid.source)
+    if options.context_scope not in ("image", "roi"):
+        raise ValueError(f"context_scope must be 'image' or 'roi', not {options.context_scope!r}")
     grid = plan(pyramid, model, options)
+    whole_image = options.context_scope == "image" and options.roi is not None
+    context_grid = plan(pyramid, model, options, roi=(0, 0, *pyramid.shape[:2])) if whole_image else grid
     store = OutputStore.open(out, _spec(pyramid, model, grid, weights_sha, checkpoint_path), options.overwrite)
-    return _Run(pyramid, model, grid, store, options, cancel, device, weights_sha).events()
+    return _Run(pyramid, model, grid, context_grid, store, options, cancel, device, weights_sha).events()
 
 
 def _spec(pyramid: Pyramid, model, grid: RegionGrid, weights_sha: str, checkpoint_path) -> dict:
@@ -178,13 +187,15 @@ def _spec(pyramid: Pyramid, model, grid: RegionGrid, weights_sha: str, checkpoin
 
 
 class _Run:
-    def __init__(self, pyramid, model, grid, store, options, cancel, device, weights_sha):
-        self.pyramid, self.model, self.grid, self.store = pyramid, model, grid, store
+    def __init__(self, pyramid, model, grid, context_grid, store, options, cancel, device, weights_sha):
+        self.pyramid, self.model, self.grid, self.context_grid, self.store = pyramid, model, grid, context_grid, store
         self.options, self.cancel, self.device, self.weights_sha = options, cancel, device, weights_sha
         self.timings = {"read_wait": 0.0, "encode": 0.0, "context": 0.0, "decode": 0.0, "write": 0.0}
-        self.positions = grid.positions()  # active regions, global (row, col)
-        self.index = {(int(r), int(c)): i for i, (r, c) in enumerate(self.positions)}
         self.uses_context = model.config.context_encoder.kind != "none"
+        if not self.uses_context:  # no context: only the ROI's own regions matter
+            self.context_grid = grid
+        self.positions = self.context_grid.positions()  # active regions that give context, global (row, col)
+        self.index = {(int(r), int(c)): i for i, (r, c) in enumerate(self.positions)}
 
     # -- the event stream -----------------------------------------------------------------------------------
 
@@ -195,7 +206,7 @@ class _Run:
         store.update(rois=[*store.spec.get("rois", []), list(grid.roi)], status="running")
         done_all = store.done_mask()
         done = done_all[grid.rows.start : grid.rows.stop, grid.cols.start : grid.cols.stop]
-        todo = np.array([p for p in self.positions if not done[p[0] - grid.rows.start, p[1] - grid.cols.start]])
+        todo = np.array([p for p in grid.positions() if not done[p[0] - grid.rows.start, p[1] - grid.cols.start]])
         todo = todo.reshape(-1, 2)
         yield Started(str(store.path), grid.n_regions, grid.n_active, grid.n_active - len(todo), grid.describe())
         try:
@@ -246,7 +257,7 @@ class _Run:
 
         if not self.uses_context:
             return {}
-        model, grid = self.model, self.grid
+        model, grid = self.model, self.context_grid
         config = model.config.context_encoder
         n_tokens, width = config.tokens_per_region**2, config.width
         tokens = np.zeros((len(self.positions), n_tokens, width), dtype=np.float16)
@@ -262,7 +273,7 @@ class _Run:
         need = [i for i, (r, c) in enumerate(self.positions) if not have[i] or (int(r), int(c)) in todo_set]
         started = time.perf_counter()
         new_positions, new_tokens = [], []
-        for batch, pixels in self._batches(self.positions[need]):
+        for batch, pixels in self._batches(self.positions[need], self.context_grid):
             if self.cancel.cancelled:
                 return None
             features, batch_tokens = self._encode(pixels, want_tokens=True)
@@ -300,7 +311,7 @@ class _Run:
         stride = model.config.heads.detection_stride
         kept = {self.index[(int(r), int(c))]: keeper.pop(self.index[(int(r), int(c))]) for r, c in todo}
         to_read = np.array([p for p in todo if kept[self.index[(int(p[0]), int(p[1]))]] is None]).reshape(-1, 2)
-        read_iter = self._batches(to_read)
+        read_iter = self._batches(to_read, self.grid)
         for batch in _chunks(todo, self.batch_size):
             if self.cancel.cancelled:
                 return False
@@ -387,22 +398,20 @@ class _Run:
         self.timings["encode"] += time.perf_counter() - t0
         return features, tokens
 
-    def _batches(self, positions: np.ndarray):
+    def _batches(self, positions: np.ndarray, grid: RegionGrid):
         """``(positions, pixels)`` batches, read ahead in a thread pool while the model computes."""
         chunks = list(_chunks(positions, self.batch_size))
         if not chunks:
             return
         with ThreadPoolExecutor(max_workers=max(1, self.options.prefetch)) as pool:
-            futures = [
-                pool.submit(read_batch, self.pyramid, self.grid, chunk) for chunk in chunks[: self.options.prefetch]
-            ]
+            futures = [pool.submit(read_batch, self.pyramid, grid, chunk) for chunk in chunks[: self.options.prefetch]]
             for i, chunk in enumerate(chunks):
                 t0 = time.perf_counter()
                 pixels = futures[i].result()
                 self.timings["read_wait"] += time.perf_counter() - t0
                 ahead = i + self.options.prefetch
                 if ahead < len(chunks):
-                    futures.append(pool.submit(read_batch, self.pyramid, self.grid, chunks[ahead]))
+                    futures.append(pool.submit(read_batch, self.pyramid, grid, chunks[ahead]))
                 futures[i] = None
                 yield chunk, pixels
 

@@ -100,9 +100,10 @@ class OutputStore:
         try:
             group = zarr.open_group(str(path), mode="w", zarr_format=3)
             _create_layout(group, path, spec)
-        except PermissionError as error:
+        except OSError as error:
+            reason = error.strerror or str(error)
             raise StoreError(
-                f"{path}: cannot write the run directory here ({error.strerror}); choose another --out"
+                f"{path}: cannot write the run directory here ({reason}); choose another output"
             ) from error
         return cls(path, group)
 

@@ -90,7 +90,8 @@ class SegmentationHead(nn.Module):
 
 
 class DetectionHead(nn.Module):
-    """Centre heatmap (logit), class logits and object size (pixels) at the detection stride."""
+    """Centre heatmap (logit), class logits, object size (pixels) and the centre's offset inside its cell
+    (in cells, −0.5 … 0.5, as CenterNet) at the detection stride."""
 
     def __init__(self, in_channels: int, n_classes: int, upsample: int):
         super().__init__()
@@ -99,12 +100,18 @@ class DetectionHead(nn.Module):
         self.heatmap = nn.Conv2d(in_channels, 1, 1)
         self.classes = nn.Conv2d(in_channels, n_classes, 1)
         self.size = nn.Conv2d(in_channels, 1, 1)
+        self.offset = nn.Conv2d(in_channels, 2, 1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.upsample > 1:
             x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")
         x = self.trunk(x)
-        return {"heatmap": self.heatmap(x), "classes": self.classes(x), "size": F.softplus(self.size(x)) * 16}
+        return {
+            "heatmap": self.heatmap(x),
+            "classes": self.classes(x),
+            "size": F.softplus(self.size(x)) * 16,
+            "offset": 0.5 * torch.tanh(self.offset(x)),
+        }
 
 
 class ClassificationHead(nn.Module):
@@ -135,7 +142,8 @@ def decode_detections(
 ) -> Detections:
     """Peaks of the centre heatmap (3 × 3 local maxima above ``threshold``) with their class and size.
 
-    Coordinates are pixel centres: map cell ``i`` covers input pixels ``i*stride .. (i+1)*stride - 1``.
+    Coordinates are pixel centres: map cell ``i`` covers input pixels ``i*stride .. (i+1)*stride - 1``, so its
+    centre is ``i*stride + (stride - 1) / 2``, moved by the predicted ``offset`` (in cells) when there is one.
     """
     heat = torch.sigmoid(maps["heatmap"].float())
     peaks = (heat == F.max_pool2d(heat, 3, stride=1, padding=1)) & (heat > threshold)
@@ -146,5 +154,9 @@ def decode_detections(
         batch, iy, ix, score = batch[keep], iy[keep], ix[keep], score[keep]
     label = maps["classes"][batch, :, iy, ix].argmax(dim=1)
     size = maps["size"][batch, 0, iy, ix]
-    centre = (stride - 1) / 2
-    return Detections(iy.float() * stride + centre, ix.float() * stride + centre, label, score, size, batch)
+    y = iy.float() * stride + (stride - 1) / 2
+    x = ix.float() * stride + (stride - 1) / 2
+    if "offset" in maps:
+        y = y + maps["offset"][batch, 0, iy, ix].float() * stride
+        x = x + maps["offset"][batch, 1, iy, ix].float() * stride
+    return Detections(y, x, label, score, size, batch)

@@ -1,0 +1,64 @@
+import numpy as np
+import zarr
+
+from napari_xt.engine.cache import TokenCache
+from napari_xt.engine.events import Finished
+from napari_xt.engine.runner import RunOptions, run_to_end
+from tests.engine.conftest import tiny_sar_model
+
+
+def _count_encoded(model):
+    counts = []
+    original = model.encode
+    model.encode = lambda regions: counts.append(regions.shape[0]) or original(regions)
+    return counts
+
+
+def test_roi_with_whole_image_context_equals_the_whole_run(tmp_path, sar_scene):
+    model = tiny_sar_model()
+    whole = tmp_path / "whole.xt.zarr"
+    run_to_end(sar_scene.pyramid(), model, whole, RunOptions(level=1, cache_dir=""))
+    roi = (256, 256, 768, 640)  # level-0 box → analysis rows 2..5, cols 2..4
+    part = tmp_path / "part.xt.zarr"
+    assert isinstance(
+        run_to_end(sar_scene.pyramid(), model, part, RunOptions(level=1, roi=roi, cache_dir="")), Finished
+    )
+    a = zarr.open_group(str(whole))["labels/segmentation/0"][128:384, 128:320]
+    b = zarr.open_group(str(part))["labels/segmentation/0"][128:384, 128:320]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_token_cache_reuses_encodings_for_another_roi(tmp_path, sar_scene):
+    model = tiny_sar_model()
+    cache = tmp_path / "cache"
+    counts = _count_encoded(model)
+    options = {"level": 1, "cache_dir": str(cache), "batch_size": 8}
+    run_to_end(sar_scene.pyramid(), model, tmp_path / "a.xt.zarr", RunOptions(**options, roi=(0, 0, 256, 256)))
+    first = sum(counts)
+    counts.clear()
+    result = run_to_end(
+        sar_scene.pyramid(), model, tmp_path / "b.xt.zarr", RunOptions(**options, roi=(512, 512, 768, 768))
+    )
+    assert isinstance(result, Finished)
+    grid_regions = zarr.open_group(str(tmp_path / "b.xt.zarr"))["regions/active"][:].sum()
+    assert first >= grid_regions  # the first run encoded the whole image for context
+    assert sum(counts) == 4  # the second only its own 2 × 2 regions (their features are needed to decode)
+    # the cache is safe to delete: a third run simply encodes again
+    import shutil
+
+    shutil.rmtree(cache)
+    counts.clear()
+    run_to_end(sar_scene.pyramid(), model, tmp_path / "c.xt.zarr", RunOptions(**options, roi=(0, 0, 256, 256)))
+    assert sum(counts) == first
+
+
+def test_cache_size_cap_drops_the_oldest(tmp_path):
+    import os
+
+    for i, key in enumerate(("old", "mid", "new")):
+        entry = TokenCache(tmp_path, key, (8, 8), 4, 32)
+        entry.store(np.array([[0, 0]]), np.ones((1, 4, 32), np.float16))
+        os.utime(entry.path, (1000 + i, 1000 + i))
+    size = sum(f.stat().st_size for f in (tmp_path / "new.zarr").rglob("*") if f.is_file())
+    TokenCache.enforce_cap(tmp_path, max_bytes=int(size * 2.5))
+    assert sorted(p.name for p in tmp_path.glob("*.zarr")) == ["mid.zarr", "new.zarr"]

@@ -1,0 +1,38 @@
+import json
+
+import numpy as np
+import pytest
+
+from napari_xt.engine.detections import DetectionTable
+from napari_xt.engine.exports import geojson, map_coordinates, read_csv, write_csv, write_geojson
+
+TABLE = DetectionTable(
+    np.array([10.5, 200.0]), np.array([20.25, 5.0]), np.array([1, 0]), np.array([0.9, 0.4]), np.array([12.0, 30.0])
+)
+
+
+def test_geojson_is_what_qupath_reads(tmp_path):
+    write_geojson(TABLE, tmp_path / "d.geojson", ["open_sea", "near_shore"], {"near_shore": "#f58231"})
+    data = json.loads((tmp_path / "d.geojson").read_text())
+    assert data["type"] == "FeatureCollection" and len(data["features"]) == 2
+    first = data["features"][0]
+    assert first["geometry"] == {"type": "Point", "coordinates": [20.25, 10.5]}  # x, y in level-0 pixels
+    assert first["properties"]["objectType"] == "detection"
+    assert first["properties"]["classification"] == {"name": "near_shore", "color": [245, 130, 49]}
+    assert first["properties"]["measurements"]["score"] == pytest.approx(0.9)
+
+
+def test_csv_round_trip_with_map_coordinates(tmp_path):
+    geotransform = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
+    write_csv(TABLE, tmp_path / "d.csv", ["open_sea", "near_shore"], geotransform)
+    header = (tmp_path / "d.csv").read_text().splitlines()[0]
+    assert header == "y,x,class,score,size,map_x,map_y"
+    back = read_csv(tmp_path / "d.csv", ["open_sea", "near_shore"])
+    np.testing.assert_allclose(back.y, TABLE.y)
+    assert back.label.tolist() == [1, 0]
+    map_x, map_y = map_coordinates(TABLE, geotransform)
+    assert map_x[0] == pytest.approx(500000 + (20.25 + 0.5) * 10)  # pixel centre, not corner
+    assert map_y[0] == pytest.approx(4000000 - (10.5 + 0.5) * 10)
+    assert geojson(TABLE, ["a", "b"], {}, geotransform)["features"][1]["geometry"]["coordinates"][0] == pytest.approx(
+        500055.0
+    )

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from napari_xt.data.synthetic import SarScene, SlideScene
+from napari_xt.engine.grid import GridError, active_regions, choose_level, foreground_mask, make_grid, otsu_threshold
+from napari_xt.io import open_pyramid
+
+
+def test_grid_is_anchored_at_the_image_origin_and_clipped():
+    pyramid = open_pyramid(np.zeros((1000, 700), np.uint16))
+    grid = make_grid(pyramid, 256, roi=(300, 10, 600, 520))
+    assert grid.rows == range(1, 3) and grid.cols == range(0, 3)
+    assert grid.analysis_box(2, 2) == (512, 512, 768, 700)  # clipped at the right edge
+    assert grid.shape == (4, 3)
+    assert grid.positions().tolist() == [[1, 0], [1, 1], [1, 2], [2, 0], [2, 1], [2, 2]]
+
+
+def test_level_and_resample_geometry():
+    pyramid = open_pyramid(np.zeros((4096, 4096), np.uint8), pixel_size=(0.25, 0.25), unit="µm")
+    assert choose_level(pyramid, pixel_size=1.0) == (2, 1.0)
+    level, resample = choose_level(pyramid, pixel_size=1.5)  # between levels 2 (1.0 µm) and 3 (2.0 µm)
+    assert level == 2 and resample == pytest.approx(1.5)
+    grid = make_grid(pyramid, 64, level, resample)
+    assert grid.image_shape == (682, 682)
+    assert grid.downsample == pytest.approx((4096 / 682, 4096 / 682))
+    y, x = grid.to_level0(np.array([0.0]), np.array([10.0]))  # analysis pixel centres → level-0 centres
+    assert y[0] == pytest.approx(0.5 * grid.downsample[0] - 0.5)
+    assert x[0] == pytest.approx(10.5 * grid.downsample[1] - 0.5)
+
+
+def test_bad_requests_are_explained():
+    pyramid = open_pyramid(np.zeros((500, 500), np.uint8))
+    with pytest.raises(GridError, match="lies outside the image"):
+        make_grid(pyramid, 64, roi=(600, 0, 700, 100))
+    with pytest.raises(GridError, match="is empty"):
+        make_grid(pyramid, 64, roi=(100, 100, 100, 200))
+    with pytest.raises(GridError, match="smaller than a region"):
+        make_grid(open_pyramid(np.zeros((40, 40), np.uint8)), 256)
+    with pytest.raises(GridError, match="does not record its pixel size"):
+        choose_level(pyramid, pixel_size=2.0)
+    with pytest.raises(GridError, match="level 7 does not exist"):
+        choose_level(pyramid, level=7)
+
+
+def test_otsu_splits_two_modes():
+    values = np.concatenate([np.full(500, 20.0), np.full(300, 200.0)]) + np.random.default_rng(0).normal(0, 3, 800)
+    assert 40 < otsu_threshold(values) < 180
+
+
+def test_tissue_mask_skips_glass_regions():
+    scene = SlideScene(height=16_384, width=16_384, seed=2, tissue_scale=6000.0)
+    pyramid = scene.pyramid()
+    grid = make_grid(pyramid, 256, level=2)
+    active = active_regions(pyramid, grid, "tissue")
+    truth = np.asarray(scene.labels(2)) > 0
+    tissue_share = truth.reshape(16, 256, 16, 256).mean(axis=(1, 3))
+    assert 0.1 < active.mean() < 0.95
+    assert active[tissue_share > 0.2].all()  # tissue regions are analysed
+    assert not active[tissue_share == 0].any()  # bare glass is skipped
+
+
+def test_nodata_mask_skips_the_swath_edge():
+    scene = SarScene(height=8192, width=8192, seed=0)
+    pyramid = scene.pyramid()
+    grid = make_grid(pyramid, 256, level=1)
+    active = active_regions(pyramid, grid, "nodata")
+    assert not active[:, -1].all() and active[:, 0].all()
+    low = np.asarray(pyramid.levels[4])
+    assert not foreground_mask(low, "nodata")[:, -1].any()

@@ -1,0 +1,168 @@
+import errno
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
+from napari_xt.engine.grid import GridError
+from napari_xt.engine.runner import CancelToken, RunOptions, run, run_to_end
+from napari_xt.engine.store import OutputExistsError, OutputStore, StoreError
+from napari_xt.model import CheckpointError, create_model
+from tests.engine.conftest import tiny_sar_model
+
+FAST = {"level": 1, "cache_dir": "", "batch_size": 8}
+
+
+def _labels(run_dir):
+    return np.asarray(zarr.open_group(str(run_dir), mode="r")["labels/segmentation/0"][:])
+
+
+def _detections(run_dir):
+    return (run_dir / "detections.csv").read_text()
+
+
+def test_whole_run_writes_every_output_and_provenance(tmp_path, sar_scene, sar_checkpoint):
+    events = list(run(sar_scene.pyramid(), sar_checkpoint, tmp_path / "a.xt.zarr", RunOptions(**FAST)))
+    assert isinstance(events[0], Started) and isinstance(events[-1], Finished)
+    assert any(isinstance(e, PartialResult) for e in events)
+    phases = {e.phase for e in events if isinstance(e, Progress)}
+    assert phases == {"encode", "context", "predict"}
+    group = zarr.open_group(str(tmp_path / "a.xt.zarr"), mode="r")
+    spec = group.attrs["napari_xt"]
+    assert spec["status"] == "finished"
+    for key in (
+        "checkpoint_sha256",
+        "config",
+        "image_signature",
+        "level",
+        "region_size",
+        "rois",
+        "versions",
+        "timings",
+    ):
+        assert key in spec
+    assert group["labels/segmentation/0"].shape == (640, 576)  # level 1 of 1280 × 1152
+    np.testing.assert_array_equal(group["regions/done"][:], group["regions/active"][:])
+    assert _detections(tmp_path / "a.xt.zarr").startswith("y,x,class,score,size")
+    geojson = json.loads((tmp_path / "a.xt.zarr" / "detections.geojson").read_text())
+    assert geojson["type"] == "FeatureCollection"
+
+
+def test_nodata_regions_are_skipped_and_stay_empty(tmp_path):
+    image = np.random.default_rng(0).gamma(1.0, 0.1, (256, 256)).astype(np.float32)
+    image[:128, 128:] = np.nan  # a quadrant without data: 2 × 2 regions of 64²
+    events = list(run(image, tiny_sar_model(), tmp_path / "n.xt.zarr", RunOptions(cache_dir="")))
+    assert events[0].n_regions == 16 and events[0].n_active == 12
+    group = zarr.open_group(str(tmp_path / "n.xt.zarr"), mode="r")
+    assert not group["regions/active"][:2, 2:].any() and group["regions/done"][:].sum() == 12
+    assert (_labels(tmp_path / "n.xt.zarr")[:128, 128:] == 0).all()
+
+
+def test_streamed_two_pass_equals_the_model_on_the_whole_image(tmp_path):
+    from napari_xt.model.tokenization import cut
+
+    model = create_model("test_tiny_xl", context_encoder={"window": 4, "memory": 4}).eval()
+    torch.manual_seed(3)
+    image = (torch.rand(1, 3, 192, 256) * 255).round()  # 3 × 4 regions of 64²
+    numpy_image = image[0].permute(1, 2, 0).numpy().astype(np.uint8)
+    last = run_to_end(
+        numpy_image, model, tmp_path / "b.xt.zarr", RunOptions(background="none", cache_dir="", batch_size=5)
+    )
+    assert isinstance(last, Finished)
+    with torch.no_grad():
+        expected = model(image.float())["segmentation"].argmax(1)[0].numpy()
+    np.testing.assert_array_equal(_labels(tmp_path / "b.xt.zarr"), expected)
+    assert cut(image, 64)[1] == (3, 4)
+
+
+def test_roi_runs_only_its_regions_and_accumulates(tmp_path, sar_scene, sar_checkpoint):
+    out = tmp_path / "c.xt.zarr"
+    options = RunOptions(**FAST, roi=(0, 0, 300, 300))
+    assert isinstance(run_to_end(sar_scene.pyramid(), sar_checkpoint, out, options), Finished)
+    done = zarr.open_group(str(out), mode="r")["regions/done"][:]
+    assert done[:3, :3].all() and done.sum() == 9  # 300 level-0 px = 150 analysis px: regions 0..2
+    options = RunOptions(**FAST, roi=(0, 300, 300, 600))
+    assert isinstance(run_to_end(sar_scene.pyramid(), sar_checkpoint, out, options), Finished)
+    group = zarr.open_group(str(out), mode="r")
+    assert group["regions/done"][:3, :5].all()
+    assert len(group.attrs["napari_xt"]["rois"]) == 2
+
+
+def test_cancel_stops_within_one_batch_and_keeps_what_finished(tmp_path, sar_scene, sar_checkpoint):
+    cancel = CancelToken()
+    out = tmp_path / "d.xt.zarr"
+    events = []
+    for event in run(sar_scene.pyramid(), sar_checkpoint, out, RunOptions(**FAST), cancel):
+        events.append(event)
+        if isinstance(event, PartialResult):
+            cancel.cancel()
+    assert isinstance(events[-1], Cancelled)
+    partials = [e for e in events if isinstance(e, PartialResult)]
+    assert len(partials) == 1
+    group = zarr.open_group(str(out), mode="r")
+    assert group["regions/done"][:].sum() == len(partials[0].boxes) == 8
+    assert group.attrs["napari_xt"]["status"] == "cancelled"
+
+
+def test_full_disk_mid_run_fails_clearly_and_resumes_to_the_same_result(
+    tmp_path, sar_scene, sar_checkpoint, monkeypatch
+):
+    reference = tmp_path / "ref.xt.zarr"
+    run_to_end(sar_scene.pyramid(), sar_checkpoint, reference, RunOptions(**FAST))
+    out = tmp_path / "e.xt.zarr"
+    original, calls = OutputStore.write_batch, []
+
+    def failing(self, results):
+        calls.append(len(results))
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, results)
+
+    monkeypatch.setattr(OutputStore, "write_batch", failing)
+    last = run_to_end(sar_scene.pyramid(), sar_checkpoint, out, RunOptions(**FAST))
+    assert isinstance(last, Failed) and "disk is full" in last.message and "resume" in last.message
+    group = zarr.open_group(str(out), mode="r")
+    assert group.attrs["napari_xt"]["status"] == "failed"
+    assert group["regions/done"][:].sum() == 16  # two batches of 8 are safe on disk
+    monkeypatch.setattr(OutputStore, "write_batch", original)
+    assert isinstance(run_to_end(sar_scene.pyramid(), sar_checkpoint, out, RunOptions(**FAST)), Finished)
+    np.testing.assert_array_equal(_labels(out), _labels(reference))
+    assert _detections(out) == _detections(reference)
+
+
+def test_outputs_are_never_overwritten_unasked(tmp_path, sar_scene, sar_checkpoint):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(OutputExistsError, match="is not a napari-xt run directory"):
+        run(sar_scene.pyramid(), sar_checkpoint, tmp_path / "mine", RunOptions(**FAST))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+    out = tmp_path / "f.xt.zarr"
+    run_to_end(sar_scene.pyramid(), sar_checkpoint, out, RunOptions(**FAST, roi=(0, 0, 200, 200)))
+    other_model = tiny_sar_model(seed=9)
+    with pytest.raises(OutputExistsError, match="checkpoint_sha256"):
+        run(sar_scene.pyramid(), other_model, out, RunOptions(**FAST))
+    assert isinstance(run_to_end(sar_scene.pyramid(), other_model, out, RunOptions(**FAST, overwrite=True)), Finished)
+
+
+def test_bad_input_is_refused_before_any_work(tmp_path, sar_scene, sar_checkpoint):
+    rgb_model = create_model("test_tiny_xl")
+    with pytest.raises(CheckpointError, match="expects 3-channel images"):
+        run(sar_scene.pyramid(), rgb_model, tmp_path / "g.xt.zarr")
+    with pytest.raises(GridError, match="outside the image"):
+        run(sar_scene.pyramid(), sar_checkpoint, tmp_path / "g.xt.zarr", RunOptions(roi=(5000, 0, 6000, 10)))
+    with pytest.raises(GridError, match="smaller than a region"):
+        run(np.zeros((10, 10), np.float32), sar_checkpoint, tmp_path / "g.xt.zarr")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(StoreError, match="cannot write the run directory"):
+        run(sar_scene.pyramid(), sar_checkpoint, tmp_path / "a_file" / "h.xt.zarr", RunOptions(**FAST))
+    assert not (tmp_path / "g.xt.zarr").exists()
+
+
+def test_context_none_runs_in_one_pass(tmp_path, sar_scene):
+    model = tiny_sar_model("none")
+    events = list(run(sar_scene.pyramid(), model, tmp_path / "i.xt.zarr", RunOptions(**FAST)))
+    assert isinstance(events[-1], Finished)
+    assert {e.phase for e in events if isinstance(e, Progress)} == {"predict"}
