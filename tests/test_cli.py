@@ -16,3 +16,51 @@ def test_info_bad_input_exits_2_with_one_line(tmp_path, capsys):
     assert main(["info", str(tmp_path / "c.zarr")]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "c.zarr: pixel type complex64 is not supported" in err[0]
+
+
+def test_predict_batch_skips_finished_and_reports_bad_images(tmp_path, sar_zarr, sar_checkpoint, capsys):
+    import shutil
+
+    from napari_xt.cli import EXIT_OK
+
+    second = tmp_path / "second.zarr"
+    shutil.copytree(sar_zarr, second)
+    args = [
+        "predict",
+        str(sar_zarr),
+        str(second),
+        "--checkpoint",
+        str(sar_checkpoint),
+        "--out",
+        str(tmp_path / "runs"),
+        "--level",
+        "1",
+    ]
+    assert main(args) == EXIT_OK
+    assert (tmp_path / "runs" / "scene.xt.zarr" / "detections.csv").exists()
+    assert (tmp_path / "runs" / "second.xt.zarr" / "detections.geojson").exists()
+    capsys.readouterr()
+    assert main(args) == EXIT_OK
+    assert capsys.readouterr().err.count("skipped already finished") == 2
+    missing = [
+        "predict",
+        str(tmp_path / "nope.zarr"),
+        "--checkpoint",
+        str(sar_checkpoint),
+        "--out",
+        str(tmp_path / "runs"),
+    ]
+    assert main(missing) == EXIT_BAD_INPUT
+    assert "nope.zarr: no such file" in capsys.readouterr().err
+
+
+def test_predict_exit_2_for_checkpoint_problems(tmp_path, sar_zarr, ome_zarr_v05, sar_checkpoint, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["predict", str(sar_zarr), "--checkpoint", str(bad), "--out", str(tmp_path)]) == EXIT_BAD_INPUT
+    assert "not a readable .safetensors" in capsys.readouterr().err
+    rgb = ["predict", str(ome_zarr_v05), "--checkpoint", str(sar_checkpoint), "--out", str(tmp_path)]
+    assert main(rgb) == EXIT_BAD_INPUT
+    assert "expects 1-channel images" in capsys.readouterr().err
+    roi = ["predict", str(sar_zarr), "--checkpoint", str(sar_checkpoint), "--out", str(tmp_path), "--roi", "1,2,3"]
+    assert main(roi) == EXIT_BAD_INPUT

@@ -69,10 +69,15 @@ def _predict(args: argparse.Namespace) -> int:
     from napari_xt.io import ImageReadError
     from napari_xt.model import CheckpointError
 
+    try:
+        roi = _parse_roi(args.roi)
+    except argparse.ArgumentTypeError as error:
+        print(f"napari-xt: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     options = {
         "level": args.level,
         "pixel_size": args.pixel_size,
-        "roi": _parse_roi(args.roi),
+        "roi": roi,
         "device": args.device,
         "batch_size": args.batch_size,
         "overwrite": args.overwrite,

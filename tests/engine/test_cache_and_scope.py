@@ -4,7 +4,7 @@ import zarr
 from napari_xt.engine.cache import TokenCache
 from napari_xt.engine.events import Finished
 from napari_xt.engine.runner import RunOptions, run_to_end
-from tests.engine.conftest import tiny_sar_model
+from tests.conftest import tiny_sar_model
 
 
 def _count_encoded(model):

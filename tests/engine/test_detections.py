@@ -9,7 +9,7 @@ from napari_xt.engine.detections import DetectionTable, merge_duplicates
 from napari_xt.engine.events import Finished
 from napari_xt.engine.exports import read_csv
 from napari_xt.engine.runner import RunOptions, run_to_end
-from tests.engine.conftest import tiny_sar_model
+from tests.conftest import tiny_sar_model
 
 
 def _oracle(model):

@@ -57,6 +57,9 @@ class FeatureKeeper:
             return True
         return False
 
+    def has(self, index: int) -> bool:
+        return index in self.memory or index in self.on_disk
+
     def pop(self, index: int) -> list | None:
         import torch
 

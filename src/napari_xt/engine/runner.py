@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -65,7 +66,9 @@ class RunOptions:
         precision: ``auto`` (bf16/fp16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
         background: ``auto``, ``tissue``, ``nodata`` or ``none``; regions under ``min_foreground`` are skipped.
         store_threshold: detections down to this score are stored (display thresholds filter them later).
-        feature_memory_budget, feature_disk_budget: bytes for keeping pass-1 features for pass 2.
+        feature_memory_budget, feature_disk_budget: bytes for keeping pass-1 features for pass 2. Memory is
+            kept small by default (a few batches) so that memory does not grow with the image; the rest goes
+            to float16 files in a scratch folder beside the output, and only past both is a region encoded twice.
         cache_dir: token cache folder; None: the default (``$NAPARI_XT_CACHE`` or ``~/.cache/napari-xt``); "": off.
         cache_max_bytes: size cap of the token cache.
         overwrite: replace an existing run directory.
@@ -81,8 +84,8 @@ class RunOptions:
     background: str = "auto"
     min_foreground: float = 0.02
     store_threshold: float = 0.1
-    feature_memory_budget: int | None = None
-    feature_disk_budget: int = 8 * 2**30
+    feature_memory_budget: int = 64 * 2**20
+    feature_disk_budget: int = 16 * 2**30
     prefetch: int = 2
     cache_dir: str | None = None
     cache_max_bytes: int = 4 * 2**30
@@ -281,7 +284,7 @@ class _Run:
                 i = self.index[(int(position[0]), int(position[1]))]
                 tokens[i] = batch_tokens[k].float().cpu().numpy().astype(np.float16)
                 if (int(position[0]), int(position[1])) in todo_set:
-                    keeper.put(i, [f[k : k + 1].cpu() for f in features])
+                    keeper.put(i, [f[k : k + 1].cpu().clone() for f in features])
                 if not have[i]:
                     new_positions.append(position)
                     new_tokens.append(tokens[i])
@@ -305,61 +308,66 @@ class _Run:
 
         from napari_xt.model.heads import decode_detections
 
-        model, grid = self.model, self.grid
+        model = self.model
         started = time.perf_counter()
         total, done = len(todo) + done_before, done_before
         stride = model.config.heads.detection_stride
-        kept = {self.index[(int(r), int(c))]: keeper.pop(self.index[(int(r), int(c))]) for r, c in todo}
-        to_read = np.array([p for p in todo if kept[self.index[(int(p[0]), int(p[1]))]] is None]).reshape(-1, 2)
+        to_read = np.array([p for p in todo if not keeper.has(self.index[(int(p[0]), int(p[1]))])]).reshape(-1, 2)
         read_iter = self._batches(to_read, self.grid)
-        for batch in _chunks(todo, self.batch_size):
-            if self.cancel.cancelled:
-                return False
-            indices = [self.index[(int(r), int(c))] for r, c in batch]
-            features = self._features_for(batch, indices, kept, read_iter)
-            t0 = time.perf_counter()
-            with self._autocast():
-                if self.uses_context:
-                    region_context = context[torch.tensor(indices, device=self.device)]
-                else:
-                    region_context = model.region_tokens(features)
-                outputs = model.decode(features, region_context)
-            results = self._results(batch, outputs, stride, decode_detections)
-            self.timings["decode"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            self.store.write_batch(results)
-            self.timings["write"] += time.perf_counter() - t0
-            done += len(batch)
-            boxes = np.array([grid.level0_box(int(r), int(c)) for r, c in batch])
-            yield PartialResult(boxes, {"count": sum(len(r["detections"]) for r in results)})
-            yield Progress("predict", done, total, time.perf_counter() - started)
-        return True
+        pending = None  # the batch being written while the next one computes
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            for batch in _chunks(todo, self.batch_size):
+                if self.cancel.cancelled:
+                    break
+                indices = [self.index[(int(r), int(c))] for r, c in batch]
+                features = self._features_for(indices, keeper, read_iter)
+                t0 = time.perf_counter()
+                with self._autocast():
+                    if self.uses_context:
+                        region_context = context[torch.tensor(indices, device=self.device)]
+                    else:
+                        region_context = model.region_tokens(features)
+                    outputs = model.decode(features, region_context)
+                results = self._results(batch, outputs, stride, decode_detections)
+                self.timings["decode"] += time.perf_counter() - t0
+                if pending is not None:
+                    done = yield from self._written(*pending, done, total, started)
+                pending = (writer.submit(self.store.write_batch, results), batch, results)
+            if pending is not None:
+                done = yield from self._written(*pending, done, total, started)
+        return not self.cancel.cancelled
 
-    def _features_for(self, batch, indices, kept, read_iter):
+    def _written(self, future, batch, results, done: int, total: int, started: float):
+        """Wait for a batch's write (re-raising its error), then report it; returns the new done count."""
+        t0 = time.perf_counter()
+        future.result()
+        self.timings["write"] += time.perf_counter() - t0
+        boxes = np.array([self.grid.level0_box(int(r), int(c)) for r, c in batch])
+        yield PartialResult(boxes, {"count": sum(len(r["detections"]) for r in results)})
+        done += len(batch)
+        yield Progress("predict", done, total, time.perf_counter() - started)
+        return done
+
+    def _features_for(self, indices: list[int], keeper: FeatureKeeper, read_iter):
+        """Features of a batch: kept from pass 1 (popped now, so memory stays per batch) or encoded afresh."""
         import torch
 
-        if all(kept[i] is not None for i in indices):
-            return [
-                torch.cat([kept[i][level] for i in indices]).to(self.device).float()
-                for level in range(len(kept[indices[0]]))
-            ]
-        fresh = {}
-        for i in indices:
-            if kept[i] is None:
-                while i not in fresh:
-                    positions, pixels = next(read_iter)
-                    features, _ = self._encode(pixels, want_tokens=False)
-                    for k, (r, c) in enumerate(positions):
-                        fresh[self.index[(int(r), int(c))]] = [f[k : k + 1] for f in features]
-        parts = [kept[i] if kept[i] is not None else fresh[i] for i in indices]
-        return [torch.cat([p[level].to(self.device).float() for p in parts]) for level in range(len(parts[0]))]
+        parts = {i: keeper.pop(i) for i in indices}
+        while any(part is None for part in parts.values()):
+            positions, pixels = next(read_iter)  # regions to encode come in the same order as the batches
+            features, _ = self._encode(pixels, want_tokens=False)
+            for k, (r, c) in enumerate(positions):
+                parts[self.index[(int(r), int(c))]] = [f[k : k + 1] for f in features]
+        levels = len(parts[indices[0]])
+        return [torch.cat([parts[i][level].to(self.device).float() for i in indices]) for level in range(levels)]
 
     def _results(self, batch, outputs, stride, decode_detections) -> list[dict]:
         import torch
 
         grid = self.grid
         segmentation = outputs.get("segmentation")
-        labels = segmentation.argmax(dim=1).to(torch.uint8).cpu().numpy() if segmentation is not None else None
+        # max().indices is ~15× faster than argmax() over the class axis on CPU (same result)
+        labels = segmentation.max(dim=1).indices.to(torch.uint8).cpu().numpy() if segmentation is not None else None
         found = None
         if "detection" in outputs:
             found = decode_detections(outputs["detection"], stride, threshold=self.options.store_threshold)
@@ -440,13 +448,11 @@ class _Run:
         return int(max(1, min(8, available * 0.25 // per_region)))
 
     def _keeper(self, n_todo: int) -> FeatureKeeper:
-        import psutil
-
-        memory = self.options.feature_memory_budget
-        if memory is None:
-            memory = int(min(2 * 2**30, psutil.virtual_memory().available * 0.25))
-        disk = self.options.feature_disk_budget if self.uses_context else 0
-        return FeatureKeeper(memory if self.uses_context else 0, disk, scratch=self.store.path.parent)
+        if not self.uses_context:
+            return FeatureKeeper(0, 0)
+        free = shutil.disk_usage(self.store.path.parent).free
+        disk = int(min(self.options.feature_disk_budget, free * 0.5))
+        return FeatureKeeper(self.options.feature_memory_budget, disk, scratch=self.store.path.parent)
 
     def _token_cache(self, n_tokens: int, width: int) -> TokenCache | None:
         if self.options.cache_dir == "":

@@ -31,9 +31,17 @@ class ContextUNetDecoder(nn.Module):
         reductions: encoder stride per feature map.
         context_width: width of the context tokens (0: no context input).
         decoder_channels: decoder widths at strides 4, 8, 16, 32, …
+        convs_per_stage: 3 × 3 convolutions per stage.
     """
 
-    def __init__(self, channels: list[int], reductions: list[int], context_width: int, decoder_channels: list[int]):
+    def __init__(
+        self,
+        channels: list[int],
+        reductions: list[int],
+        context_width: int,
+        decoder_channels: list[int],
+        convs_per_stage: int = 2,
+    ):
         super().__init__()
         self.by_stride = {}
         for index, stride in enumerate(reductions):
@@ -51,9 +59,9 @@ class ContextUNetDecoder(nn.Module):
         self.stages = nn.ModuleDict()
         for stride in reversed(self.strides[:-1]):
             skip = channels[self.by_stride[stride]] if stride in self.by_stride else 0
-            self.stages[str(stride)] = nn.Sequential(
-                conv_block(widths[stride * 2] + skip, widths[stride]), conv_block(widths[stride], widths[stride])
-            )
+            blocks = [conv_block(widths[stride * 2] + skip, widths[stride])]
+            blocks += [conv_block(widths[stride], widths[stride]) for _ in range(convs_per_stage - 1)]
+            self.stages[str(stride)] = nn.Sequential(*blocks)
         self.out_channels = widths[4]
 
     def forward(self, features: list[torch.Tensor], context: torch.Tensor | None) -> torch.Tensor:

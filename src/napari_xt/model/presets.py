@@ -67,9 +67,16 @@ def create_model(name: str, **overrides):
 
 def _sar(config: XTConfig) -> XTConfig:
     config.in_channels, config.mean, config.std = 1, [0.1], [0.15]
-    config.heads = copy.deepcopy(SAR_HEADS)
+    config.heads = _light_decoder(SAR_HEADS)
     config.pixel_size, config.pixel_unit = 10.0, "m"
     return config
+
+
+def _light_decoder(heads: HeadsConfig) -> HeadsConfig:
+    """A decoder in proportion to a CPU-sized encoder: the xView3 widths cost as much as convnext_atto itself."""
+    heads = copy.deepcopy(heads)
+    heads.decoder_channels, heads.decoder_convs = [24, 48, 96, 128], 1
+    return heads
 
 
 @register_preset
@@ -79,7 +86,7 @@ def demo_slide_xl() -> XTConfig:
         region_size=256,
         region_encoder=RegionEncoderConfig("convnext_atto", input_size=256),
         context_encoder=ContextEncoderConfig(kind="xl", width=128, depth=2, heads=4, window=16, memory=32),
-        heads=copy.deepcopy(SLIDE_HEADS),
+        heads=_light_decoder(SLIDE_HEADS),
         pixel_size=2.0,
         pixel_unit="µm",
     )

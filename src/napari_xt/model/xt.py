@@ -37,7 +37,11 @@ class XTModel(nn.Module):
         self.decoder = None
         if heads.segmentation_classes or heads.detection_classes:
             self.decoder = ContextUNetDecoder(
-                self.region_encoder.channels, self.region_encoder.reductions, context.width, heads.decoder_channels
+                self.region_encoder.channels,
+                self.region_encoder.reductions,
+                context.width,
+                heads.decoder_channels,
+                heads.decoder_convs,
             )
         self.segmentation = (
             SegmentationHead(self.decoder.out_channels, len(heads.segmentation_classes))
