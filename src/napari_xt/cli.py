@@ -115,6 +115,126 @@ def _predict_one(image, args, options, analyse_image):
         return error
 
 
+def _sources(args, level: int, seed_offset: int = 0):
+    from napari_xt.train.data import file_source, synthetic_source
+
+    if args.data.startswith("synthetic:"):
+        kind = args.data.split(":", 1)[1]
+        return [
+            synthetic_source(kind, args.scene_size, args.scene_seed + seed_offset + i, level)
+            for i in range(args.scenes)
+        ]
+    if not args.image:
+        raise ValueError("--data files needs --image (and --labels and/or --points)")
+    classes = args.classes.split(",") if args.classes else []
+    labels = args.labels or [None] * len(args.image)
+    points = args.points or [None] * len(args.image)
+    if len(labels) != len(args.image) or len(points) != len(args.image):
+        raise ValueError("give one --labels and/or one --points per --image, in the same order")
+    return [file_source(i, level, lbl, pts, classes) for i, lbl, pts in zip(args.image, labels, points)]
+
+
+def _train(args: argparse.Namespace) -> int:
+    import shlex
+
+    from napari_xt.model import XTModel, preset_config
+    from napari_xt.train.trainer import TrainSettings, finish_checkpoint, train
+
+    try:
+        sources = [source.materialise() for source in _sources(args, args.level)]
+    except (ValueError, OSError) as error:
+        print(f"napari-xt: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    first = sources[0]
+    overrides = {"context_encoder": {"kind": args.context, "grad_ratio": args.grad_ratio}}
+    if args.region_size:
+        overrides["region_size"] = args.region_size
+        overrides["region_encoder"] = {"input_size": args.region_size}
+    config = preset_config(args.preset, **overrides)
+    config.heads.segmentation_classes = first.segmentation_classes or config.heads.segmentation_classes
+    config.heads.detection_classes = first.detection_classes or config.heads.detection_classes
+    if first.pyramid.pixel_size:
+        config.pixel_size = first.pyramid.pixel_size[0] * first.downsample
+        config.pixel_unit = first.pyramid.unit
+    if first.pyramid.n_channels != config.in_channels:
+        print(
+            f"napari-xt: the data has {first.pyramid.n_channels} channel(s) but preset {args.preset} takes "
+            f"{config.in_channels}; choose a preset for this data",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    config.name = Path(args.out).stem
+    import torch
+
+    torch.manual_seed(args.seed)
+    model = XTModel(config)
+    settings = TrainSettings(
+        steps=args.steps,
+        crop_regions=args.crop_regions,
+        seed=args.seed,
+        lr=args.lr,
+        command="napari-xt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+
+    def log(entry):
+        parts = " ".join(f"{k} {v}" for k, v in entry.items() if k not in ("step", "seconds", "lr"))
+        print(f"step {entry['step']:>5}  {entry['seconds']:>7.1f} s  {parts}", file=sys.stderr)
+
+    provenance = train(model, sources, args.out, settings, resume=not args.restart, on_log=log)
+    if args.eval_size:
+        from napari_xt.train.evaluate import evaluate
+
+        held_out = _sources(args, args.level, seed_offset=1000)[:1] if args.data.startswith("synthetic:") else []
+        if held_out:
+            provenance["eval"] = evaluate(model, _resize(held_out[0], args))
+    digest = finish_checkpoint(model, args.out, provenance)
+    print(f"wrote {args.out} (sha256 {digest[:16]}…)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _resize(source, args):
+    from napari_xt.train.data import synthetic_source
+
+    kind = args.data.split(":", 1)[1]
+    seed = int(source.description.split("seed=")[1])
+    return synthetic_source(kind, args.eval_size, seed, source.level)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from napari_xt.model import CheckpointError
+    from napari_xt.train.evaluate import evaluate, write_report
+
+    try:
+        sources = _sources(args, args.level, seed_offset=0)
+        reports = [evaluate(args.checkpoint, source, args.tolerance, args.threshold) for source in sources]
+    except (ValueError, OSError, CheckpointError) as error:
+        print(f"napari-xt: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    report = reports[0] if len(reports) == 1 else {"scenes": reports}
+    if args.out:
+        write_report(report, args.out)
+    print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        default="synthetic:sar",
+        help="synthetic:sar, synthetic:slide, or files (with --image/--labels/--points)",
+    )
+    parser.add_argument("--image", action="append", help="an image (repeat for several)")
+    parser.add_argument("--labels", action="append", help="its label image (same level-0 size)")
+    parser.add_argument("--points", action="append", help="its points: CSV (y, x, class[, size]) or GeoJSON")
+    parser.add_argument("--classes", help="detection class names, comma-separated (for --points)")
+    parser.add_argument("--level", type=int, default=1, help="analysis level (default 1)")
+    parser.add_argument("--scene-size", type=int, default=8192, help="synthetic scene side in pixels")
+    parser.add_argument("--scene-seed", type=int, default=0, help="seed of the first synthetic scene")
+    parser.add_argument("--scenes", type=int, default=1, help="how many synthetic scenes")
+
+
 def _demo(args: argparse.Namespace) -> int:
     from napari_xt._napari.demo import run_demo
 
@@ -144,6 +264,29 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--scheduler", help="address of a dask.distributed scheduler: one task per image")
     predict.add_argument("--workers", type=int, help="start a local dask.distributed cluster of N processes")
     predict.set_defaults(run=_predict)
+
+    train = commands.add_parser("train", help="train an xT model on crops of N × N regions")
+    _add_data_arguments(train)
+    train.add_argument("--preset", default="demo_sar_xl", help="model preset to start from")
+    train.add_argument("--context", default="xl", choices=("none", "xl", "hyper", "mamba"))
+    train.add_argument("--region-size", type=int, help="region side (default: the preset's)")
+    train.add_argument("--steps", type=int, default=600)
+    train.add_argument("--crop-regions", type=int, default=6, help="crops of N × N regions")
+    train.add_argument("--grad-ratio", type=float, default=0.5, help="share of regions with encoder gradients")
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--eval-size", type=int, default=0, help="evaluate on a held-out scene of this side")
+    train.add_argument("--restart", action="store_true", help="ignore a saved training state")
+    train.add_argument("--out", required=True, help="the checkpoint to write (.safetensors)")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint on whole held-out images (JSON report)")
+    _add_data_arguments(evaluate)
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--threshold", type=float, default=0.3, help="detection score threshold")
+    evaluate.add_argument("--tolerance", type=float, help="match distance in level-0 pixels")
+    evaluate.add_argument("--out", help="write the JSON report here")
+    evaluate.set_defaults(run=_eval)
 
     demo = commands.add_parser(
         "demo", help="open a synthetic gigapixel scene in napari (headless under Xvfb when there is no display)"

@@ -1,0 +1,151 @@
+"""The training loop: crops of N × N regions, AdamW with a cosine schedule, AMP on CUDA, resumable.
+
+The model's ``grad_ratio`` stops gradients through a share of the regions of each crop (as xT does) to bound
+memory. A state file beside the output (``<out>.state.pt``, tensors and plain values only, loaded with
+``weights_only=True``) lets an interrupted run continue where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_xt.model import XTModel, save_checkpoint
+from napari_xt.train.data import Source, sample_crop
+from napari_xt.train.losses import detection_loss, segmentation_loss
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 600
+    crop_regions: int = 6
+    batch: int = 1
+    lr: float = 2e-3
+    weight_decay: float = 0.02
+    warmup: int = 30
+    seed: int = 0
+    log_every: int = 25
+    save_every: int = 100
+    device: str = "auto"
+    command: str = ""
+    history: list = field(default_factory=list)
+
+
+def _batch(sources: list[Source], settings: TrainSettings, crop: int, rng: np.random.Generator, device):
+    crops = [sample_crop(sources[int(rng.integers(len(sources)))], crop, rng) for _ in range(settings.batch)]
+    stack = {key: torch.from_numpy(np.stack([c[key] for c in crops])) for key in crops[0] if key != "origin"}
+    return {key: value.to(device) for key, value in stack.items()}
+
+
+def compute_loss(model: XTModel, batch: dict) -> tuple[torch.Tensor, dict]:
+    outputs = model(batch["image"])
+    parts = {}
+    if "segmentation" in outputs:
+        parts["segmentation"] = segmentation_loss(outputs["segmentation"], batch["segmentation"])
+    if "detection" in outputs:
+        parts.update(detection_loss(outputs["detection"], batch))
+    return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
+
+
+def train(
+    model: XTModel, sources: list[Source], out: str | Path, settings: TrainSettings, resume: bool = True, on_log=None
+) -> dict:
+    """Train ``model`` on crops from ``sources``, write the checkpoint ``out``; return the provenance written."""
+    out = Path(out)
+    device = torch.device(
+        "cuda"
+        if settings.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if settings.device == "auto" else settings.device)
+    )
+    model.to(device).train()
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    state_path = out.with_name(out.name + ".state.pt")
+    start_step = 0
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_step = int(state["step"])
+        settings.history = list(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+    crop = settings.crop_regions * model.config.region_size
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    started = time.perf_counter()
+    running: dict[str, float] = {}
+    for step in range(start_step, settings.steps):
+        lr = (
+            settings.lr * min(1.0, (step + 1) / settings.warmup) * 0.5 * (1 + math.cos(math.pi * step / settings.steps))
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = _batch(sources, settings, crop, rng, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss, parts = compute_loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        scaler.step(optimizer)
+        scaler.update()
+        for key, value in {"total": float(loss.detach()), **parts}.items():
+            running[key] = running.get(key, 0.0) + value
+        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
+            count = (step % settings.log_every) + 1
+            entry = {
+                "step": step + 1,
+                "seconds": round(time.perf_counter() - started, 1),
+                "lr": lr,
+                **{k: round(v / count, 4) for k, v in running.items()},
+            }
+            settings.history.append(entry)
+            running = {}
+            if on_log:
+                on_log(entry)
+        if (step + 1) % settings.save_every == 0 and step + 1 < settings.steps:
+            _save_state(state_path, model, optimizer, step + 1, settings, rng)
+    model.eval()
+    provenance = {
+        "command": settings.command,
+        "seed": settings.seed,
+        "data": [s.description for s in sources],
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("history", "command")},
+        "final_losses": settings.history[-1] if settings.history else {},
+        "train_seconds": round(time.perf_counter() - started, 1),
+        "device": str(device),
+    }
+    return provenance
+
+
+def _save_state(path: Path, model, optimizer, step: int, settings: TrainSettings, rng) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "history": settings.history,
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": json.dumps(rng.bit_generator.state),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def finish_checkpoint(model: XTModel, out: str | Path, provenance: dict, half: bool = True) -> str:
+    """Write the checkpoint (float16 weights by default: half the size) and remove the training state."""
+    if half:
+        model = model.half()
+    digest = save_checkpoint(model, out, provenance)
+    model.float()
+    state_path = Path(out).with_name(Path(out).name + ".state.pt")
+    state_path.unlink(missing_ok=True)
+    return digest
