@@ -239,7 +239,7 @@ def _demo(args: argparse.Namespace) -> int:
     from napari_xt._napari.demo import run_demo
 
     screenshot = Path(args.screenshot) if args.screenshot else None
-    return run_demo(scene=args.scene, screenshot=screenshot)
+    return run_demo(scene=args.scene, screenshot=screenshot, run=not args.no_run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="open a synthetic gigapixel scene in napari (headless under Xvfb when there is no display)"
     )
-    demo.add_argument("--scene", choices=("slide", "sar"), default="slide")
+    demo.add_argument("--scene", choices=("sar", "slide"), default="sar")
+    demo.add_argument("--no-run", action="store_true", help="only open the scene, do not run xT")
     demo.add_argument("--screenshot", help="save a screenshot PNG here and exit (the default when there is no display)")
     demo.set_defaults(run=_demo)
     return parser

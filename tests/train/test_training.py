@@ -78,6 +78,7 @@ def test_resume_from_the_saved_state_equals_an_uninterrupted_run(tmp_path, monke
     train(resumed, [source], tmp_path / "b.safetensors", resumed_settings)
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b)
+
     def losses(history):
         return [{k: v for k, v in entry.items() if k != "seconds"} for entry in history]
 

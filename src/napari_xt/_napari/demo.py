@@ -1,72 +1,79 @@
-"""The demo behind ``napari-xt demo``: open a synthetic scene, zoom to something worth seeing, screenshot."""
+"""The demo behind ``napari-xt demo``: open a demo world in napari, run xT with the shipped checkpoint on the
+visible region through the dock widget, and (without a display, or when asked) save a screenshot."""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
-from napari_xt.data.synthetic import SarScene, SlideScene
+import numpy as np
+
+from napari_xt.train.data import synthetic_scene
+
+VIEW_WIDTH = {"sar": 4096.0, "slide": 3072.0}  # level-0 pixels across the canvas
 
 
-def _focus(scene) -> tuple[float, float, float]:
-    """Level-0 centre ``(y, x)`` of the first object near the scene's middle, and a view width in pixels."""
+def _focus(scene, kind: str) -> tuple[float, float]:
+    """A level-0 centre worth looking at: a near-shore vessel (SAR) or a tumour-zone cluster (slide)."""
     h, w = scene.height, scene.width
-    objects = scene.objects((h // 2 - 4096, w // 2 - 4096, h // 2 + 4096, w // 2 + 4096))
-    if len(objects):
-        return float(objects.y[0]), float(objects.x[0]), 2400.0
-    return h / 2, w / 2, 2400.0
+    objects = scene.objects((h // 2 - 6000, w // 2 - 6000, h // 2 + 6000, w // 2 + 6000))
+    wanted = 1 if kind == "sar" else 0
+    pick = np.flatnonzero(objects.label == wanted)
+    if len(pick):
+        return float(objects.y[pick[0]]), float(objects.x[pick[0]])
+    return h / 2, w / 2
 
 
-def run_demo(scene: str = "slide", screenshot: Path | None = None) -> int:
-    """Open the demo scene in napari; with ``screenshot`` (or no display) save a PNG and close."""
+def run_demo(scene: str = "sar", screenshot: Path | None = None, run: bool = True, timeout_s: float = 900) -> int:
+    """Open the demo scene; run xT on the visible region; with ``screenshot`` (or no display) save a PNG."""
     from napari_xt._napari.headless import display_available
 
     headless = screenshot is not None or not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     screenshot = screenshot or (Path("napari-xt-demo.png") if headless else None)
     with display_available():
         import napari
+        from qtpy.QtWidgets import QApplication
 
+        from napari_xt._napari import checkpoints
         from napari_xt._napari.layers import image_layer_data
+        from napari_xt._napari.sample_data import SAMPLE_SEED
+        from napari_xt._napari.widget import XTWidget, camera
 
-        model = SlideScene() if scene == "slide" else SarScene()
-        data, kwargs, _ = image_layer_data(model.pyramid(), name=f"xT synthetic {model.name}")
+        size = 50_000 if scene == "sar" else 65_536
+        world = synthetic_scene(scene, size, SAMPLE_SEED)
+        data, kwargs, _ = image_layer_data(world.pyramid(), name=f"xT synthetic {scene}")
         viewer = napari.Viewer(show=True, title="napari-xt demo")
-        layer = viewer.add_image(data, **kwargs)
-        y, x, width = _focus(model)
-        s0 = model.pixel_size
-        viewer.camera.center = (y * s0, x * s0)
-        viewer.camera.zoom = _zoom_for(viewer, width * s0)
+        viewer.window._qt_window.resize(1500, 950)
+        viewer.add_image(data, **kwargs)
+        widget = XTWidget(viewer)
+        viewer.window.add_dock_widget(widget, name="Run xT", area="right")
+        QApplication.processEvents()
+        y, x = _focus(world, scene)
+        s0 = world.pixel_size
+        camera(viewer).center = (y * s0, x * s0)
+        camera(viewer).zoom = max(viewer.canvas.size[1], 400) / (VIEW_WIDTH[scene] * s0)
+        checkpoint = checkpoints.demo_checkpoint(scene, "xl")
+        if run and checkpoint is None:
+            print("napari-xt demo: no shipped checkpoint found; showing the scene only")
+        if run and checkpoint is not None:
+            widget.set_checkpoint(checkpoint)
+            widget.roi_combo.setCurrentText("visible region")
+            widget.whole_context.setChecked(False)  # a first look: context from the visible region
+            started = time.monotonic()
+            widget.start()
+            while widget.running and time.monotonic() - started < timeout_s:
+                QApplication.processEvents()
+                time.sleep(0.02)
+            print(f"napari-xt demo: {widget.status.text()}")
         if not headless:
             napari.run()
             return 0
-        _wait_for_data(viewer, layer)
+        for _ in range(40):  # let napari load the visible tiles
+            QApplication.processEvents()
+            time.sleep(0.05)
         viewer.screenshot(str(screenshot), canvas_only=False)
         print(f"napari-xt demo: screenshot saved to {screenshot}")
+        widget.stop()
         viewer.close()
     return 0
-
-
-def _zoom_for(viewer, width_world: float) -> float:
-    """Camera zoom (screen pixels per world unit) that fits ``width_world`` across the canvas."""
-    from qtpy.QtWidgets import QApplication
-
-    QApplication.processEvents()
-    canvas_width = viewer.canvas.size[1]
-    return max(canvas_width, 400) / width_world
-
-
-def _wait_for_data(viewer, layer, timeout_s: float = 60.0) -> None:
-    """Let napari load the visible tiles of a multiscale layer before a screenshot."""
-    import time
-
-    from qtpy.QtWidgets import QApplication
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        QApplication.processEvents()
-        if getattr(layer, "loaded", True):
-            break
-        time.sleep(0.05)
-    for _ in range(5):
-        QApplication.processEvents()
-        time.sleep(0.05)

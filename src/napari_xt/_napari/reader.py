@@ -11,9 +11,23 @@ def get_reader(path):
         if len(path) != 1:
             return None
         path = path[0]
-    if not isinstance(path, str) or not can_open(path):
+    if not isinstance(path, str):
+        return None
+    from napari_xt.engine.store import is_run_dir
+
+    if is_run_dir(path):
+        return read_run
+    if not can_open(path):
         return None
     return read_image
+
+
+def read_run(path):
+    """A napari-xt run directory: its segmentation, detections, probabilities and ROI layers."""
+    from napari_xt._napari.run_layers import run_layers
+
+    path = path[0] if isinstance(path, list) else path
+    return run_layers(path)
 
 
 def read_image(path):

@@ -1,18 +1,22 @@
-"""Sample data: synthetic gigapixel-class scenes, generated lazily and deterministically (nothing downloaded)."""
+"""Sample data: the synthetic demo worlds at gigapixel-class size, generated lazily and deterministically.
+
+They are the worlds the shipped demo checkpoints were trained on (``napari_xt.train.data.SYNTHETIC``), so xT
+gives a real result on them at first try; nothing is downloaded.
+"""
 
 from __future__ import annotations
 
 from napari_xt._napari.layers import image_layer_data
-from napari_xt.data.synthetic import SarScene, SlideScene
+from napari_xt.train.data import synthetic_scene
+
+SAMPLE_SEED = 7
 
 
 def slide_sample():
     """A 65,536 × 65,536 RGB slide-like scene (0.5 µm pixels)."""
-    scene = SlideScene()
-    return [image_layer_data(scene.pyramid(), name="xT synthetic slide")]
+    return [image_layer_data(synthetic_scene("slide", 65_536, SAMPLE_SEED).pyramid(), name="xT synthetic slide")]
 
 
 def sar_sample():
     """A 50,000 × 50,000 float32 SAR-like scene (10 m pixels) with a nodata swath edge."""
-    scene = SarScene()
-    return [image_layer_data(scene.pyramid(), name="xT synthetic SAR")]
+    return [image_layer_data(synthetic_scene("sar", 50_000, SAMPLE_SEED).pyramid(), name="xT synthetic SAR")]

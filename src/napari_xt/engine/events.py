@@ -36,10 +36,11 @@ class Progress:
 
 @dataclass
 class PartialResult:
-    """Regions just written: their level-0 boxes ``(N, 4)`` as ``(y0, x0, y1, x1)`` and their detections."""
+    """Regions just written: their level-0 boxes ``(N, 4)`` as ``(y0, x0, y1, x1)`` and their detections
+    (a ``DetectionTable`` in level-0 pixels, before the cross-border merge done at the end)."""
 
     boxes: np.ndarray
-    detections: dict = field(default_factory=dict)
+    detections: object = None
 
 
 @dataclass

@@ -71,6 +71,7 @@ class RunOptions:
             to float16 files in a scratch folder beside the output, and only past both is a region encoded twice.
         cache_dir: token cache folder; None: the default (``$NAPARI_XT_CACHE`` or ``~/.cache/napari-xt``); "": off.
         cache_max_bytes: size cap of the token cache.
+        save_probabilities: also store class probabilities (float16, one map per class).
         overwrite: replace an existing run directory.
     """
 
@@ -89,6 +90,7 @@ class RunOptions:
     prefetch: int = 2
     cache_dir: str | None = None
     cache_max_bytes: int = 4 * 2**30
+    save_probabilities: bool = False
     overwrite: bool = False
 
 
@@ -151,7 +153,9 @@ def run(
     grid = plan(pyramid, model, options)
     whole_image = options.context_scope == "image" and options.roi is not None
     context_grid = plan(pyramid, model, options, roi=(0, 0, *pyramid.shape[:2])) if whole_image else grid
-    store = OutputStore.open(out, _spec(pyramid, model, grid, weights_sha, checkpoint_path), options.overwrite)
+    spec = _spec(pyramid, model, grid, weights_sha, checkpoint_path)
+    spec["save_probabilities"] = options.save_probabilities
+    store = OutputStore.open(out, spec, options.overwrite)
     return _Run(pyramid, model, grid, context_grid, store, options, cancel, device, weights_sha).events()
 
 
@@ -343,7 +347,7 @@ class _Run:
         future.result()
         self.timings["write"] += time.perf_counter() - t0
         boxes = np.array([self.grid.level0_box(int(r), int(c)) for r, c in batch])
-        yield PartialResult(boxes, {"count": sum(len(r["detections"]) for r in results)})
+        yield PartialResult(boxes, DetectionTable.concatenate([r["detections"] for r in results]))
         done += len(batch)
         yield Progress("predict", done, total, time.perf_counter() - started)
         return done
@@ -368,6 +372,9 @@ class _Run:
         segmentation = outputs.get("segmentation")
         # max().indices is ~15× faster than argmax() over the class axis on CPU (same result)
         labels = segmentation.max(dim=1).indices.to(torch.uint8).cpu().numpy() if segmentation is not None else None
+        probabilities = None
+        if segmentation is not None and self.options.save_probabilities:
+            probabilities = segmentation.float().softmax(dim=1).half().cpu().numpy()
         found = None
         if "detection" in outputs:
             found = decode_detections(outputs["detection"], stride, threshold=self.options.store_threshold)
@@ -390,7 +397,10 @@ class _Run:
                     found.size.cpu().numpy()[mine][inside] * grid.downsample[0],
                 )
             region_labels = labels[k, :h, :w] if labels is not None else np.zeros((h, w), np.uint8)
-            results.append({"row": int(row), "col": int(col), "box": box, "labels": region_labels, "detections": table})
+            result = {"row": int(row), "col": int(col), "box": box, "labels": region_labels, "detections": table}
+            if probabilities is not None:
+                result["probabilities"] = probabilities[k, :, :h, :w]
+            results.append(result)
         return results
 
     # -- helpers ----------------------------------------------------------------------------------------------

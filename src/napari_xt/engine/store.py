@@ -119,12 +119,27 @@ class OutputStore:
     def mark_active(self, rows: range, cols: range, active: np.ndarray) -> None:
         self.group["regions/active"][rows.start : rows.stop, cols.start : cols.stop] = active
 
+    def label_levels(self) -> list:
+        group = self.group["labels/segmentation"]
+        return [group[str(i)] for i in range(len(group.attrs["ome"]["multiscales"][0]["datasets"]))]
+
     def write_batch(self, results: list[dict]) -> None:
-        """Write finished regions: ``{"row", "col", "box": analysis (y0, x0, y1, x1), "labels", "detections"}``."""
-        labels = self.group["labels/segmentation/0"]
+        """Write finished regions: ``{"row", "col", "box": analysis (y0, x0, y1, x1), "labels", "detections"}``
+        (and ``"probabilities"`` ``(K, h, w)`` when the run keeps them).
+
+        Every label level is written at once (nearest sampling), so a viewer sees the regions at every zoom
+        while the run goes on. Region boxes start at multiples of the region size, so they stay aligned.
+        """
+        levels = self.label_levels()
         for result in results:
             y0, x0, y1, x1 = result["box"]
-            labels[y0:y1, x0:x1] = result["labels"]
+            for k, level in enumerate(levels):
+                step = 2**k
+                block = result["labels"][::step, ::step]
+                ly0, lx0 = -(-y0 // step), -(-x0 // step)
+                level[ly0 : ly0 + block.shape[0], lx0 : lx0 + block.shape[1]] = block
+            if "probabilities" in result and "probabilities" in self.group:
+                self.group["probabilities/0"][:, y0:y1, x0:x1] = result["probabilities"]
         lines = []
         for result in results:
             table: DetectionTable = result["detections"]
@@ -158,8 +173,7 @@ class OutputStore:
     # -- at the end ---------------------------------------------------------------------------------------
 
     def finish(self, merged: DetectionTable, timings: dict, geotransform=None) -> None:
-        """Write coarser label levels, the merged detections and exports, and mark the run finished."""
-        self._write_label_levels()
+        """Write the merged detections and exports, and mark the run finished."""
         group = self.group.require_group("detections")
         for column in COLUMNS:
             values = getattr(merged, column)
@@ -175,39 +189,6 @@ class OutputStore:
         self.update(
             status="finished", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), timings=timings, n_detections=len(merged)
         )
-
-    def _write_label_levels(self) -> None:
-        """Levels 1, 2, … by nearest-neighbour halving (labels must not be averaged), in chunk-aligned strips."""
-        group = self.group["labels/segmentation"]
-        level, datasets = 0, [0]
-        current = group["0"]
-        while max(current.shape) > 1024:
-            level += 1
-            name = str(level)
-            if name in group:
-                del group[name]
-            shape = ((current.shape[0] + 1) // 2, (current.shape[1] + 1) // 2)
-            target = group.create_array(name, shape=shape, chunks=current.chunks, dtype=current.dtype, fill_value=0)
-            strip = current.chunks[0]
-            for y in range(0, shape[0], strip):
-                rows = min(strip, shape[0] - y)
-                target[y : y + rows] = current[2 * y : 2 * (y + rows) : 2, ::2]
-            current = target
-            datasets.append(level)
-        meta = dict(group.attrs["ome"])
-        base = meta["multiscales"][0]["datasets"][0]["coordinateTransformations"]
-        (sy, sx), (ty, tx) = base[0]["scale"], base[1]["translation"]
-        meta["multiscales"][0]["datasets"] = [
-            {
-                "path": str(i),
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": [sy * 2**i, sx * 2**i]},
-                    {"type": "translation", "translation": [ty + (2**i - 1) * sy / 2, tx + (2**i - 1) * sx / 2]},
-                ],
-            }
-            for i in datasets
-        ]
-        group.attrs["ome"] = meta
 
     # -- internals ----------------------------------------------------------------------------------------
 
@@ -234,6 +215,14 @@ class OutputStore:
         tmp.replace(self._parts)
 
 
+def label_level_shapes(height: int, width: int) -> list[tuple[int, int]]:
+    """Shapes of the label levels of a run: halved (rounding up) until both sides fit in 1024."""
+    levels = [(height, width)]
+    while max(levels[-1]) > 1024:
+        levels.append((-(-levels[-1][0] // 2), -(-levels[-1][1] // 2)))
+    return levels
+
+
 def _canonical(value):
     return json.loads(json.dumps(value, default=str)) if value is not None else None
 
@@ -246,10 +235,20 @@ def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
     labels_group = group.require_group("labels")
     labels_group.attrs["ome"] = {"version": "0.5", "labels": ["segmentation"]}
     segmentation = labels_group.require_group("segmentation")
-    chunk = (min(region, height), min(region, width))
-    segmentation.create_array(
-        "0", shape=(height, width), chunks=chunk, dtype="uint8" if n_classes < 256 else "uint16", fill_value=0
-    )
+    dtype = "uint8" if n_classes < 256 else "uint16"
+    levels = label_level_shapes(height, width)
+    for k, shape in enumerate(levels):
+        chunk = (min(max(region, 256), shape[0]), min(max(region, 256), shape[1]))
+        segmentation.create_array(str(k), shape=shape, chunks=chunk, dtype=dtype, fill_value=0)
+    if spec.get("save_probabilities"):
+        n = len(spec.get("segmentation_classes", []))
+        group.require_group("probabilities").create_array(
+            "0",
+            shape=(n, height, width),
+            chunks=(1, min(region, height), min(region, width)),
+            dtype="float16",
+            fill_value=0,
+        )
     scale, translate, unit = spec["layer_scale"], spec["layer_translate"], spec.get("unit")
     axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
     if unit:
@@ -264,12 +263,19 @@ def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
                 "axes": axes,
                 "datasets": [
                     {
-                        "path": "0",
+                        "path": str(k),
                         "coordinateTransformations": [
-                            {"type": "scale", "scale": list(scale)},
-                            {"type": "translation", "translation": list(translate)},
+                            {"type": "scale", "scale": [scale[0] * 2**k, scale[1] * 2**k]},
+                            {
+                                "type": "translation",
+                                "translation": [
+                                    translate[0] + (2**k - 1) * scale[0] / 2,
+                                    translate[1] + (2**k - 1) * scale[1] / 2,
+                                ],
+                            },
                         ],
                     }
+                    for k in range(len(levels))
                 ],
             }
         ],

@@ -73,8 +73,9 @@ def save_checkpoint(model, path: str | Path, provenance: dict | None = None) -> 
     return file_sha256(path)
 
 
-def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
-    """Config and provenance of a napari-xt checkpoint, reading only its header."""
+def read_checkpoint_info(path: str | Path, with_hash: bool = True) -> CheckpointInfo:
+    """Config and provenance of a napari-xt checkpoint, reading only its header (and hashing the file unless
+    ``with_hash`` is False, for a quick summary)."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -94,7 +95,8 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
         config = XTConfig.from_json(metadata["config"])
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{path}: its config cannot be used ({error})") from error
-    return CheckpointInfo(str(path), file_sha256(path), config, json.loads(metadata.get("provenance", "{}")))
+    digest = file_sha256(path) if with_hash else ""
+    return CheckpointInfo(str(path), digest, config, json.loads(metadata.get("provenance", "{}")))
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):

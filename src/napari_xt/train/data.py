@@ -193,6 +193,8 @@ def sample_crop(source: Source, crop: int, rng: np.random.Generator, object_bias
     """A crop of ``crop`` analysis pixels: image ``(C, H, W)``, segmentation ``(H, W)`` and detection targets.
 
     With probability ``object_bias`` the crop is centred near a random object (objects are rare), else anywhere.
+    The object stays well inside the crop (jitter of an eighth of it), so that the context its label depends on
+    is in the crop too.
     """
     height, width = source.level_shape()
     ds = source.downsample
@@ -200,8 +202,9 @@ def sample_crop(source: Source, crop: int, rng: np.random.Generator, object_bias
     if len(objects) and rng.random() < object_bias:
         pick = rng.integers(len(objects))
         cy, cx = objects.y[pick] / ds, objects.x[pick] / ds
-        y0 = int(np.clip(cy - crop / 2 + rng.integers(-crop // 3, crop // 3 + 1), 0, max(0, height - crop)))
-        x0 = int(np.clip(cx - crop / 2 + rng.integers(-crop // 3, crop // 3 + 1), 0, max(0, width - crop)))
+        jitter = crop // 8
+        y0 = int(np.clip(cy - crop / 2 + rng.integers(-jitter, jitter + 1), 0, max(0, height - crop)))
+        x0 = int(np.clip(cx - crop / 2 + rng.integers(-jitter, jitter + 1), 0, max(0, width - crop)))
     else:
         y0 = int(rng.integers(0, max(1, height - crop + 1)))
         x0 = int(rng.integers(0, max(1, width - crop + 1)))

@@ -30,6 +30,7 @@ class TrainSettings:
     weight_decay: float = 0.02
     warmup: int = 30
     seed: int = 0
+    max_grid_offset: int = 256
     log_every: int = 25
     save_every: int = 100
     device: str = "auto"
@@ -43,8 +44,8 @@ def _batch(sources: list[Source], settings: TrainSettings, crop: int, rng: np.ra
     return {key: value.to(device) for key, value in stack.items()}
 
 
-def compute_loss(model: XTModel, batch: dict) -> tuple[torch.Tensor, dict]:
-    outputs = model(batch["image"])
+def compute_loss(model: XTModel, batch: dict, grid_offset: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, dict]:
+    outputs = model(batch["image"], grid_offset=grid_offset)
     parts = {}
     if "segmentation" in outputs:
         parts["segmentation"] = segmentation_loss(outputs["segmentation"], batch["segmentation"])
@@ -89,8 +90,11 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = _batch(sources, settings, crop, rng, device)
+        # crops sit anywhere in an image at inference: train the context on global grid positions up to
+        # max_grid_offset regions, not only on positions 0 … crop_regions - 1
+        offset = tuple(int(v) for v in rng.integers(0, settings.max_grid_offset, size=2))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            loss, parts = compute_loss(model, batch)
+            loss, parts = compute_loss(model, batch, offset)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)

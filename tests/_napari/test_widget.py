@@ -1,0 +1,239 @@
+"""The Run xT dock widget under Xvfb: runs, live layers, alignment, cancel, threshold, reopening, responsiveness."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import zarr
+
+from napari_xt._napari.layers import image_layer_data
+from napari_xt._napari.widget import XTWidget
+from napari_xt.io import open_pyramid
+from napari_xt.train.data import synthetic_scene
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_XT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
+def _viewer_with_scene(make_napari_viewer, size=2048, show=False):
+    viewer = make_napari_viewer(show=show)
+    data, kwargs, _ = image_layer_data(synthetic_scene("sar", size, 3).pyramid(), name="scene")
+    viewer.add_image(data, **kwargs)
+    widget = XTWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    return viewer, widget
+
+
+def _choose(widget, checkpoint, roi="whole image", level=1):
+    widget.set_checkpoint(checkpoint)
+    widget.roi_combo.setCurrentText(roi)
+    widget.scale_combo.setCurrentIndex(widget.scale_combo.findData(f"level:{level}"))
+
+
+def _run(qtbot, widget, timeout=120_000):
+    widget.start()
+    qtbot.waitUntil(lambda: widget.done, timeout=timeout)
+
+
+def test_full_run_gives_lazy_aligned_layers(make_napari_viewer, qtbot, sar_checkpoint):
+    viewer, widget = _viewer_with_scene(make_napari_viewer)
+    _choose(widget, sar_checkpoint)
+    _run(qtbot, widget)
+    assert "finished" in widget.status.text()
+    labels, points, roi = widget.layers["labels"], widget.layers["points"], widget.layers["shapes"]
+    data = labels.data[0] if labels.multiscale else labels.data
+    assert not isinstance(data, np.ndarray)  # backed by the run directory, never a full-size array
+    assert data.shape == (1024, 1024)
+    image = viewer.layers["scene"]
+    np.testing.assert_allclose(labels.scale, 2 * np.asarray(image.scale))  # level 1: twice the pixel size
+    np.testing.assert_allclose(labels.translate, np.asarray(image.scale) / 2)  # centres on level-0 centres
+    assert set(points.features.columns) >= {"class", "score", "size"}
+    np.testing.assert_allclose(points.scale, image.scale)
+    assert len(roi.data) == 1
+
+
+def _oracle_model():
+    """A model whose detections are the image's bright blobs, with sub-cell offsets from their centroid."""
+    from tests.conftest import tiny_sar_model
+
+    model = tiny_sar_model()
+    model.encode = lambda x: [x]
+    model.region_tokens = lambda features: torch.zeros(features[0].shape[0], 4, 32)
+    model.contextualise = lambda tokens, positions: tokens
+
+    def decode(features, context):
+        x = features[0][:, :1]
+        pooled = F.avg_pool2d(x, 4)
+        n, _, h, w = pooled.shape
+        weights = torch.clamp(pooled - pooled.amin(dim=(2, 3), keepdim=True), min=0)
+        window = 5
+        kernel = torch.ones(1, 1, window, window)
+        pad = window // 2
+        grid = torch.arange(-pad, pad + 1, dtype=torch.float32)
+        mass = F.conv2d(weights, kernel, padding=pad).clamp(min=1e-6)
+        dy = F.conv2d(weights, grid.view(-1, 1).expand(window, window)[None, None], padding=pad) / mass
+        dx = F.conv2d(weights, grid.view(1, -1).expand(window, window)[None, None], padding=pad) / mass
+        segmentation = torch.zeros(n, 3, x.shape[2], x.shape[3])
+        segmentation[:, 1] = (x[:, 0] > 2).float() * 10
+        return {
+            "segmentation": segmentation,
+            "detection": {
+                "heatmap": 4 * (pooled - 2),
+                "classes": torch.cat([pooled, torch.zeros_like(pooled)], dim=1),
+                "size": torch.full((n, 1, h, w), 8.0),
+                "offset": torch.cat([dy, dx], dim=1).clamp(-0.5, 0.5),  # centroid, in cells
+            },
+        }
+
+    model.decode = decode
+    return model
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_a_known_object_lands_on_itself_within_half_an_analysis_pixel(
+    make_napari_viewer, qtbot, monkeypatch, level, sar_checkpoint
+):
+    import napari_xt.engine.runner as runner
+
+    y0, x0 = 301.3, 433.8  # level-0 pixel coordinates of the object's centre
+    yy, xx = np.mgrid[:1024, :1024].astype(np.float32)
+    image = np.full((1024, 1024), 0.05, np.float32) + np.exp(-((yy - y0) ** 2 + (xx - x0) ** 2) / (2 * 6.0**2))
+    model = _oracle_model()
+    monkeypatch.setattr(runner, "load_model", lambda checkpoint, device: (model.to(device), "oracle", None))
+    viewer = make_napari_viewer()
+    pyramid = open_pyramid(image, pixel_size=(10.0, 10.0), unit="m")
+    data, kwargs, _ = image_layer_data(pyramid, name="blob")
+    layer = viewer.add_image(data, **kwargs)
+    widget = XTWidget(viewer)
+    widget.set_checkpoint(sar_checkpoint)  # loading is replaced by the oracle above
+    widget.roi_combo.setCurrentText("whole image")
+    widget.scale_combo.setCurrentIndex(widget.scale_combo.findData(f"level:{level}"))
+    widget.threshold.setValue(0.5)
+    _run(qtbot, widget)
+    points = widget.layers["points"]
+    shown = np.asarray(points.data)[np.asarray(points.shown)]
+    assert len(shown) == 1
+    world_point = shown[0] * np.asarray(points.scale) + np.asarray(points.translate)
+    world_object = np.array([y0, x0]) * np.asarray(layer.scale) + np.asarray(layer.translate)
+    half_analysis_pixel = 0.5 * 2**level * 10.0
+    assert np.all(np.abs(world_point - world_object) <= half_analysis_pixel), (world_point, world_object)
+    labels = widget.layers["labels"]
+    level0 = np.asarray(labels.data[0] if labels.multiscale else labels.data)
+    centroid = np.argwhere(level0 == 1).mean(axis=0) * np.asarray(labels.scale) + np.asarray(labels.translate)
+    assert np.all(np.abs(centroid - world_object) <= half_analysis_pixel), (centroid, world_object)
+
+
+def test_cancel_keeps_what_finished_and_threshold_filters_without_recompute(make_napari_viewer, qtbot, sar_checkpoint):
+    viewer, widget = _viewer_with_scene(make_napari_viewer, size=2048)
+    _choose(widget, sar_checkpoint, level=0)
+    seen = []
+    original = widget.on_event
+
+    def on_event(event):
+        original(event)
+        seen.append(type(event).__name__)
+        if event.__class__.__name__ == "PartialResult":
+            widget.cancel()
+
+    widget.on_event = on_event
+    _run(qtbot, widget)
+    assert "Cancelled" in seen and "Finished" not in seen
+    done = zarr.open_group(str(widget.run_dir))["regions/done"][:].sum()
+    total = zarr.open_group(str(widget.run_dir))["regions/active"][:].sum()
+    assert 0 < done < total
+    assert "cancelled" in widget.status.text()
+    labels = widget.layers["labels"]
+    assert labels in viewer.layers
+
+
+def test_threshold_filters_points_without_a_new_run(make_napari_viewer, qtbot, sar_checkpoint):
+    _viewer, widget = _viewer_with_scene(make_napari_viewer)
+    _choose(widget, sar_checkpoint)
+    widget.threshold.setValue(0.0)
+    _run(qtbot, widget)
+    points = widget.layers["points"]
+    assert len(points.data) > 0
+    worker = widget.worker
+    widget.threshold.setValue(float(np.median(points.features["score"])))
+    assert 0 < np.asarray(points.shown).sum() < len(points.data)
+    widget.threshold.setValue(1.0)
+    assert np.asarray(points.shown).sum() == 0
+    assert widget.worker is worker  # nothing recomputed
+
+
+def test_second_run_is_refused_while_one_goes(make_napari_viewer, qtbot, sar_checkpoint, monkeypatch):
+    messages = []
+    monkeypatch.setattr("napari.utils.notifications.show_info", messages.append)
+    _viewer, widget = _viewer_with_scene(make_napari_viewer, size=4096)
+    _choose(widget, sar_checkpoint, level=0)
+    widget.start()
+    first = widget.worker
+    widget.start()
+    assert widget.worker is first
+    assert any("already running" in m for m in messages)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.done, timeout=120_000)
+
+
+def test_main_thread_never_stalls_during_a_run(make_napari_viewer, qtbot, sar_checkpoint):
+    from qtpy.QtCore import QTimer
+
+    _viewer, widget = _viewer_with_scene(make_napari_viewer, size=2048, show=True)
+    _choose(widget, sar_checkpoint, level=0)
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    _run(qtbot, widget)
+    timer.stop()
+    gaps = np.diff(ticks)
+    assert len(gaps) > 50
+    assert gaps.max() < 0.1, f"the main thread stalled {gaps.max() * 1000:.0f} ms"
+
+
+def test_reopening_a_run_restores_its_layers(make_napari_viewer, qtbot, sar_checkpoint):
+    _viewer, widget = _viewer_with_scene(make_napari_viewer)
+    _choose(widget, sar_checkpoint)
+    _run(qtbot, widget)
+    run_dir = widget.run_dir
+    other = make_napari_viewer()
+    layers = other.open(str(run_dir), plugin="napari-xt")
+    kinds = sorted(type(layer).__name__ for layer in layers)
+    assert kinds == ["Labels", "Points", "Shapes"]
+    labels = next(layer for layer in layers if type(layer).__name__ == "Labels")
+    np.testing.assert_allclose(labels.scale, widget.layers["labels"].scale)
+
+
+def test_closing_the_viewer_stops_the_worker(make_napari_viewer, qtbot, sar_checkpoint):
+    _viewer, widget = _viewer_with_scene(make_napari_viewer, size=4096)
+    _choose(widget, sar_checkpoint, level=0)
+    widget.start()
+    qtbot.waitUntil(lambda: widget.worker is not None and widget.worker.is_running, timeout=30_000)
+    token, worker = widget.cancel_token, widget.worker
+    _viewer.close()
+    assert token.cancelled
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=60_000)
+
+
+def test_errors_become_notifications(make_napari_viewer, qtbot, sar_checkpoint, monkeypatch, ome_zarr_v05):
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    viewer = make_napari_viewer()
+    viewer.open(str(ome_zarr_v05), plugin="napari-xt")  # RGB: the SAR checkpoint takes one channel
+    widget = XTWidget(viewer)
+    widget.set_checkpoint(sar_checkpoint)
+    widget.roi_combo.setCurrentText("whole image")
+    widget.start()
+    qtbot.waitUntil(lambda: widget.done, timeout=60_000)
+    assert any("expects 1-channel images" in e for e in errors)
+    widget.roi_combo.setCurrentText("selected rectangle")
+    widget.start()
+    assert any("no rectangle" in e for e in errors)
