@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import platform
 import time
@@ -39,3 +40,15 @@ def write_results(name: str, results: dict) -> Path:
     path.write_text(json.dumps({"machine": machine(), **results}, indent=2))
     print(f"wrote {path}")
     return path
+
+
+def in_fresh_process(target, *args):
+    """Run ``target(*args, queue)`` in a new (spawned) process and return what it put on the queue, so that
+    peak memory and warm-up are the measurement's own."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=target, args=(*args, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result

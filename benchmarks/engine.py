@@ -16,7 +16,6 @@ Prints tables and writes results/engine.json.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import resource
 import shutil
 import sys
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results
+from _common import in_fresh_process, write_results
 
 SIDES = (4096, 8192, 16384, 32768, 65536)
 LEVEL = 2
@@ -74,12 +73,10 @@ def _rss_job(side: int, queue) -> None:
 def _throughput(n_side: int) -> dict:
     import numpy as np
     import torch
+    import zarr
 
     from napari_xt.data.synthetic import SarScene
     from napari_xt.engine.runner import RunOptions, run_to_end
-
-    import zarr
-
     from napari_xt.io import open_pyramid
 
     model = _model()
@@ -127,16 +124,6 @@ def _throughput(n_side: int) -> dict:
     }
 
 
-def _in_fresh_process(target, *args):
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=target, args=(*args, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="sizes up to 16,384² and a smaller throughput run")
@@ -146,7 +133,7 @@ def main() -> None:
     print(f"{'image':>10}{'regions':>9}{'seconds':>10}{'peak RSS MB':>13}")
     rows = []
     for side in sides:
-        row = _in_fresh_process(_rss_job, side)
+        row = in_fresh_process(_rss_job, side)
         rows.append(row)
         print(f"{side:>9}²{row['regions']:>9}{row['seconds']:>10.1f}{row['peak_rss_mb']:>13.0f}")
     peaks = [r["peak_rss_mb"] for r in rows]

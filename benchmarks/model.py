@@ -11,14 +11,13 @@ Prints tables and writes results/model.json.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import resource
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results
+from _common import in_fresh_process, write_results
 
 REGION_COUNTS = (256, 1024, 4096, 16384)
 GLOBAL_ATTENTION_LIMIT = 6 * 2**30  # materialised scores past this are predicted, not allocated
@@ -135,16 +134,6 @@ def _context_job(kind: str, regions: int, device: str, queue) -> None:
     )
 
 
-def _in_fresh_process(target, *args):
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=target, args=(*args, queue))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -161,7 +150,7 @@ def main() -> None:
     print(f"{'preset':<24}{'region':>8}{'params':>10}{'ms/region':>12}{'peak MB':>10}")
     preset_rows = []
     for name in presets:
-        row = _in_fresh_process(_preset_job, name, device, 4)
+        row = in_fresh_process(_preset_job, name, device, 4)
         preset_rows.append(row)
         print(
             f"{name:<24}{row['region_size']:>8}{row['params_m']:>9.1f}M{row['ms_per_region']:>12.1f}{row['peak_mb']:>10.0f}"
@@ -172,7 +161,7 @@ def main() -> None:
     for kind in ("xl", "hyper", "mamba", "global"):
         cells = []
         for regions in counts:
-            row = _in_fresh_process(_context_job, kind, regions, device)
+            row = in_fresh_process(_context_job, kind, regions, device)
             context_rows.append(row)
             mark = "*" if row["predicted"] else " "
             cells.append(f"{row['peak_mb']:>12.0f}{mark} ")

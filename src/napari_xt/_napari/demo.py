@@ -59,7 +59,6 @@ def run_demo(scene: str = "sar", screenshot: Path | None = None, run: bool = Tru
         if run and checkpoint is not None:
             widget.set_checkpoint(checkpoint)
             widget.roi_combo.setCurrentText("visible region")
-            widget.whole_context.setChecked(False)  # a first look: context from the visible region
             started = time.monotonic()
             widget.start()
             while widget.running and time.monotonic() - started < timeout_s:

@@ -127,8 +127,12 @@ class XTWidget(QWidget):
         self.roi_combo.addItems(ROI_CHOICES)
         form.addRow("Region", self.roi_combo)
         self.whole_context = QCheckBox("context from the whole image")
-        self.whole_context.setChecked(True)
-        self.whole_context.setToolTip("Slower the first time on a large image; encodings are cached for the next runs.")
+        self.whole_context.setChecked(False)
+        self.whole_context.setToolTip(
+            "Off: context comes from the chosen region (fast). On: from every region of the image, so the region "
+            "gets the same predictions as a whole-image run; the first time this encodes the whole image "
+            "(minutes on a CPU for a gigapixel image), later runs reuse the cached encodings."
+        )
         form.addRow(self.whole_context)
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.0, 1.0)
@@ -259,7 +263,8 @@ class XTWidget(QWidget):
         config = getattr(self, "config", None)
         if config is not None and config.pixel_size and pyramid.pixel_size and config.pixel_unit == pyramid.unit:
             self.scale_combo.addItem(
-                f"checkpoint pixel size ({config.pixel_size:g} {config.pixel_unit})", ("pixel_size", config.pixel_size)
+                f"checkpoint pixel size ({config.pixel_size:g} {config.pixel_unit})",
+                f"pixel_size:{config.pixel_size!r}",
             )
         for level, (dy, _) in enumerate(pyramid.downsample):
             shape = pyramid.levels[level].shape
@@ -314,8 +319,8 @@ class XTWidget(QWidget):
             show_info("xT is already running: wait for it or press Cancel first.")
             return
         layer, checkpoint = self.image_combo.currentData(), self.checkpoint_path()
-        if layer is None or checkpoint is None:
-            show_error("Choose an image layer and a checkpoint first.")
+        if layer is None or checkpoint is None or getattr(self, "config", None) is None:
+            show_error("Choose an image layer and a usable checkpoint first (the summary says what is wrong).")
             return
         try:
             pyramid = pyramid_of_layer(layer)
