@@ -166,3 +166,16 @@ def test_context_none_runs_in_one_pass(tmp_path, sar_scene):
     events = list(run(sar_scene.pyramid(), model, tmp_path / "i.xt.zarr", RunOptions(**FAST)))
     assert isinstance(events[-1], Finished)
     assert {e.phase for e in events if isinstance(e, Progress)} == {"predict"}
+
+
+def test_every_label_level_is_written_as_regions_finish(tmp_path):
+    image = np.random.default_rng(1).gamma(1.0, 0.1, (2560, 2304)).astype(np.float32)
+    out = tmp_path / "levels.xt.zarr"
+    assert isinstance(run_to_end(image, tiny_sar_model(), out, RunOptions(cache_dir="", background="none")), Finished)
+    group = zarr.open_group(str(out), mode="r")["labels/segmentation"]
+    level0, level1, level2 = group["0"][:], group["1"][:], group["2"][:]
+    assert level1.shape == (1280, 1152) and level2.shape == (640, 576)
+    np.testing.assert_array_equal(level1, level0[::2, ::2])  # nearest: labels are never averaged
+    np.testing.assert_array_equal(level2, level0[::4, ::4])
+    datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
+    assert [d["coordinateTransformations"][0]["scale"] for d in datasets] == [[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]]

@@ -6,8 +6,7 @@ from pathlib import Path
 
 from napari_xt.io import Pyramid
 from napari_xt.io.display import contrast_limits
-
-NAPARI_UNITS = {"µm": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter"}
+from napari_xt.io.pyramid import ome_unit
 
 
 def layer_name(pyramid: Pyramid) -> str:
@@ -48,6 +47,6 @@ def image_layer_data(pyramid: Pyramid, name: str | None = None) -> tuple:
         kwargs["axis_labels"] = ("c", "y", "x")
         spatial_axes = 3
     if pyramid.unit is not None:
-        unit = NAPARI_UNITS.get(pyramid.unit, pyramid.unit)
+        unit = ome_unit(pyramid.unit)
         kwargs["units"] = ("pixel", unit, unit) if spatial_axes == 3 else (unit, unit)
     return (data, kwargs, "image")

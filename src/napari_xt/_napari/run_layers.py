@@ -11,6 +11,7 @@ import zarr
 
 from napari_xt.engine.detections import DetectionTable
 from napari_xt.engine.exports import hex_to_rgba
+from napari_xt.io.pyramid import ome_unit
 
 MIN_POINT_SIZE_SCREEN = 6.0
 
@@ -55,12 +56,8 @@ def labels_kwargs(spec: dict, name: str) -> dict:
     except ImportError:  # older napari
         kwargs["color"] = colours
     if spec.get("unit"):
-        kwargs["units"] = (_napari_unit(spec["unit"]),) * 2
+        kwargs["units"] = (ome_unit(spec["unit"]),) * 2
     return kwargs
-
-
-def _napari_unit(unit: str) -> str:
-    return {"µm": "micrometer", "m": "meter", "nm": "nanometer", "mm": "millimeter"}.get(unit, unit)
 
 
 def detections_table(run_dir: str | Path) -> DetectionTable:
@@ -106,7 +103,7 @@ def points_layer_data(table: DetectionTable, spec: dict, threshold: float, name:
         "metadata": {"napari_xt": {"threshold": threshold}},
     }
     if spec.get("unit"):
-        kwargs["units"] = (_napari_unit(spec["unit"]),) * 2
+        kwargs["units"] = (ome_unit(spec["unit"]),) * 2
     return (props["data"], kwargs, "points")
 
 
@@ -123,7 +120,7 @@ def roi_layer_data(spec: dict, name: str) -> tuple:
         "opacity": 0.8,
     }
     if spec.get("unit"):
-        kwargs["units"] = (_napari_unit(spec["unit"]),) * 2
+        kwargs["units"] = (ome_unit(spec["unit"]),) * 2
     return (rectangles, kwargs, "shapes")
 
 

@@ -34,6 +34,7 @@ from napari_xt.engine.cache import default_cache_dir
 from napari_xt.engine.detections import DetectionTable
 from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
 from napari_xt.io import ImageReadError, Pyramid, open_pyramid
+from napari_xt.io.pyramid import make_signature, normalise_unit
 
 ROI_CHOICES = ("visible region", "whole image", "selected rectangle")
 REFRESH_INTERVAL_S = 0.4
@@ -54,7 +55,7 @@ def pyramid_of_layer(layer) -> Pyramid:
         )
     scale = tuple(float(s) for s in layer.scale[-2:])
     units = [str(u) for u in getattr(layer, "units", ())][-2:]
-    unit = {"micrometer": "µm", "meter": "m", "nanometer": "nm", "millimeter": "mm"}.get(units[0]) if units else None
+    unit = normalise_unit(units[0]) if units and units[0] != "pixel" else None
     known = unit is not None or scale != (1.0, 1.0)
     return open_pyramid(data, axes=axes, pixel_size=scale if known else None, unit=unit)
 
@@ -338,11 +339,12 @@ class XTWidget(QWidget):
             save_probabilities=self.probabilities.isChecked(),
             store_threshold=min(0.1, self.threshold.value()),
         )
-        self.run_dir = (
-            default_cache_dir()
-            / "runs"
-            / (f"{safe_name(layer.name)}-{pyramid.signature[:8]}__{safe_name(checkpoint.stem)}.xt.zarr")
-        )
+        # one run directory per image and checkpoint file version: a re-trained checkpoint under the same name
+        # gets its own directory instead of colliding with (or overwriting) the earlier results
+        stat = checkpoint.stat()
+        weights = make_signature(str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns)[:8]
+        name = f"{safe_name(layer.name)}-{pyramid.signature[:8]}__{safe_name(checkpoint.stem)}-{weights}.xt.zarr"
+        self.run_dir = default_cache_dir() / "runs" / name
         catalogue.remember(checkpoint)
         self.cancel_token = CancelToken()
         self.image_layer = layer

@@ -28,6 +28,7 @@ import zarr
 
 from napari_xt.engine.detections import COLUMNS, DetectionTable
 from napari_xt.engine.exports import hex_to_rgba, write_csv, write_geojson
+from napari_xt.io.pyramid import ome_unit
 
 RUN_FORMAT = "napari-xt-run/1"
 IDENTITY_KEYS = ("image_signature", "checkpoint_sha256", "level", "resample", "region_size", "image_shape")
@@ -253,7 +254,7 @@ def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
     axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
     if unit:
         for axis in axes:
-            axis["unit"] = {"µm": "micrometer", "m": "meter", "nm": "nanometer", "mm": "millimeter"}.get(unit, unit)
+            axis["unit"] = ome_unit(unit)
     colours = spec.get("colours", {})
     segmentation.attrs["ome"] = {
         "version": "0.5",

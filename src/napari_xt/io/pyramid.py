@@ -40,6 +40,22 @@ UNIT_ALIASES = {
 }
 
 
+OME_UNIT_NAMES = {
+    "µm": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+    "cm": "centimeter",
+    "m": "meter",
+    "km": "kilometer",
+    "deg": "degree",
+}
+
+
+def ome_unit(unit: str) -> str:
+    """Short symbol → the unit name OME-Zarr and napari (pint) use (``µm`` → ``micrometer``)."""
+    return OME_UNIT_NAMES.get(unit, unit)
+
+
 def normalise_unit(unit: str | None) -> str | None:
     """Map OME/GeoTIFF unit spellings to short symbols (``micrometer`` → ``µm``); unknown units pass through."""
     if unit is None or unit == "":
