@@ -64,3 +64,11 @@ def test_predict_exit_2_for_checkpoint_problems(tmp_path, sar_zarr, ome_zarr_v05
     assert "expects 1-channel images" in capsys.readouterr().err
     roi = ["predict", str(sar_zarr), "--checkpoint", str(sar_checkpoint), "--out", str(tmp_path), "--roi", "1,2,3"]
     assert main(roi) == EXIT_BAD_INPUT
+
+
+def test_predict_can_keep_class_probabilities(tmp_path, sar_zarr, sar_checkpoint):
+    out = tmp_path / "runs"
+    args = ["predict", str(sar_zarr), "--checkpoint", str(sar_checkpoint), "--out", str(out), "--level", "1"]
+    assert main([*args, "--probabilities"]) == 0
+    group = zarr.open_group(str(out / "scene.xt.zarr"), mode="r")
+    assert group["probabilities/0"].shape == (3, *group["labels/segmentation/0"].shape)

@@ -1,6 +1,6 @@
-"""The ``napari-xt`` command: ``info``, ``demo`` (more subcommands join as the engine lands).
+"""The napari-xt command: info, predict, train, eval and demo.
 
-Exit codes: 0 done, 2 bad input (with a one-line reason), 130 cancelled.
+Exit codes: 0 done, 1 an image failed while running, 2 bad input (with a one-line reason), 130 cancelled.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ def _predict(args: argparse.Namespace) -> int:
         "device": args.device,
         "batch_size": args.batch_size,
         "overwrite": args.overwrite,
+        "save_probabilities": args.probabilities,
     }
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.scheduler or args.workers:
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, …")
     predict.add_argument("--batch-size", type=int, help="regions per batch (default: from free memory)")
     predict.add_argument("--overwrite", action="store_true", help="replace existing run directories")
+    predict.add_argument(
+        "--probabilities", action="store_true", help="also store class probabilities (float16, multiscale)"
+    )
     predict.add_argument("--scheduler", help="address of a dask.distributed scheduler: one task per image")
     predict.add_argument("--workers", type=int, help="start a local dask.distributed cluster of N processes")
     predict.set_defaults(run=_predict)

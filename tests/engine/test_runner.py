@@ -68,13 +68,17 @@ def test_streamed_two_pass_equals_the_model_on_the_whole_image(tmp_path):
     torch.manual_seed(3)
     image = (torch.rand(1, 3, 192, 256) * 255).round()  # 3 × 4 regions of 64²
     numpy_image = image[0].permute(1, 2, 0).numpy().astype(np.uint8)
-    last = run_to_end(
-        numpy_image, model, tmp_path / "b.xt.zarr", RunOptions(background="none", cache_dir="", batch_size=5)
-    )
+    options = RunOptions(background="none", cache_dir="", batch_size=5, save_probabilities=True)
+    last = run_to_end(numpy_image, model, tmp_path / "b.xt.zarr", options)
     assert isinstance(last, Finished)
     with torch.no_grad():
-        expected = model(image.float())["segmentation"].argmax(1)[0].numpy()
-    np.testing.assert_array_equal(_labels(tmp_path / "b.xt.zarr"), expected)
+        expected = model(image.float())["segmentation"].softmax(1)[0].numpy()
+    stored = np.asarray(zarr.open_group(str(tmp_path / "b.xt.zarr"))["probabilities/0"][:], np.float32)
+    np.testing.assert_allclose(stored, expected, atol=2e-3)  # float16 tokens and outputs on the way
+    top2 = np.sort(expected, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 1e-2  # where the model is not at a tie, the labels agree exactly
+    assert clear.mean() > 0.8
+    np.testing.assert_array_equal(_labels(tmp_path / "b.xt.zarr")[clear], expected.argmax(0)[clear])
     assert cut(image, 64)[1] == (3, 4)
 
 

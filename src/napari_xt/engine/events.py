@@ -18,16 +18,21 @@ class Started:
 
 @dataclass
 class Progress:
-    """``phase`` is ``encode`` (pass 1, context tokens), ``context`` or ``predict`` (pass 2, outputs)."""
+    """``phase`` is ``encode`` (pass 1, context tokens), ``context`` or ``predict`` (pass 2, outputs).
+
+    ``done`` counts regions finished in this phase so far, ``done_before`` of them were finished before it
+    started (cached tokens, or an earlier run being resumed); ``seconds`` since the phase started.
+    """
 
     phase: str
     done: int
     total: int
     seconds: float
+    done_before: int = 0
 
     @property
     def rate(self) -> float:
-        return self.done / self.seconds if self.seconds > 0 else 0.0
+        return (self.done - self.done_before) / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def eta(self) -> float | None:

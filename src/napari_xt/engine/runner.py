@@ -117,18 +117,49 @@ def load_model(model_or_checkpoint, device):
     return model, weights_hash(model), None
 
 
-def plan(pyramid: Pyramid, model, options: RunOptions, roi=None) -> RegionGrid:
-    """The grid a run will use: level (or pixel size), ROI, and background regions marked inactive."""
+def plan(pyramid: Pyramid, config, options: RunOptions, roi=None, background: bool = True) -> RegionGrid:
+    """The grid a run of a model with ``config`` will use: level (or pixel size) and ROI; with ``background``,
+    regions that are background are marked inactive (this reads a low pyramid level; without it, only
+    metadata is read)."""
     roi = options.roi if roi is None else roi
-    config = model.config
     level, pixel_size = options.level, options.pixel_size
     knows_scale = config.pixel_size and pyramid.pixel_size and config.pixel_unit in (None, pyramid.unit)
     if level is None and pixel_size is None and knows_scale:
         pixel_size = config.pixel_size
     level, resample = choose_level(pyramid, level, pixel_size)
     grid = make_grid(pyramid, config.region_size, level, resample, roi)
+    if not background:
+        return grid
     active = active_regions(pyramid, grid, options.background, options.min_foreground)
     return make_grid(pyramid, config.region_size, level, resample, roi, active)
+
+
+def context_from(config, options: RunOptions) -> str:
+    """Where a run's context comes from: ``image`` (every prediction is the whole-image one) or ``roi``.
+
+    Predictions made with context from an ROI only differ from whole-image ones, so the two are never mixed in
+    one run directory (it is part of a run's identity).
+    """
+    roi_only = options.roi is not None and options.context_scope == "roi" and config.context_encoder.kind != "none"
+    return "roi" if roi_only else "image"
+
+
+def display_spec(pyramid: Pyramid, config, grid: RegionGrid) -> dict:
+    """How a run's outputs sit on the image: analysis shape, classes, colours, and the layer transform that
+    puts analysis pixel centres on level-0 pixel centres (DESIGN.md, Coordinates) in physical units."""
+    heads = config.heads
+    s0 = pyramid.pixel_size or (1.0, 1.0)
+    scale = (s0[0] * grid.downsample[0], s0[1] * grid.downsample[1])
+    return {
+        "image_shape": list(grid.image_shape),
+        "pixel_size": list(pyramid.pixel_size) if pyramid.pixel_size else None,
+        "unit": pyramid.unit,
+        "layer_scale": list(scale),
+        "layer_translate": [scale[0] / 2 - s0[0] / 2, scale[1] / 2 - s0[1] / 2],
+        "segmentation_classes": list(heads.segmentation_classes),
+        "detection_classes": list(heads.detection_classes),
+        "colours": dict(heads.colours),
+    }
 
 
 def run(
@@ -150,11 +181,12 @@ def run(
     check_fits_image(model.config, pyramid.n_channels, pyramid.source)
     if options.context_scope not in ("image", "roi"):
         raise ValueError(f"context_scope must be 'image' or 'roi', not {options.context_scope!r}")
-    grid = plan(pyramid, model, options)
+    grid = plan(pyramid, model.config, options)
     whole_image = options.context_scope == "image" and options.roi is not None
-    context_grid = plan(pyramid, model, options, roi=(0, 0, *pyramid.shape[:2])) if whole_image else grid
+    context_grid = plan(pyramid, model.config, options, roi=(0, 0, *pyramid.shape[:2])) if whole_image else grid
     spec = _spec(pyramid, model, grid, weights_sha, checkpoint_path)
     spec["save_probabilities"] = options.save_probabilities
+    spec["context_from"] = context_from(model.config, options)
     store = OutputStore.open(out, spec, options.overwrite)
     return _Run(pyramid, model, grid, context_grid, store, options, cancel, device, weights_sha).events()
 
@@ -164,9 +196,6 @@ def _spec(pyramid: Pyramid, model, grid: RegionGrid, weights_sha: str, checkpoin
 
     import napari_xt
 
-    heads = model.config.heads
-    s0 = pyramid.pixel_size or (1.0, 1.0)
-    scale = (s0[0] * grid.downsample[0], s0[1] * grid.downsample[1])
     return {
         "image_source": pyramid.source,
         "image_signature": pyramid.signature,
@@ -177,17 +206,10 @@ def _spec(pyramid: Pyramid, model, grid: RegionGrid, weights_sha: str, checkpoin
         "level": grid.level,
         "resample": grid.resample,
         "region_size": grid.region_size,
-        "image_shape": list(grid.image_shape),
         "grid_shape": list(grid.shape),
         "downsample": list(grid.downsample),
-        "pixel_size": list(pyramid.pixel_size) if pyramid.pixel_size else None,
-        "unit": pyramid.unit,
-        "layer_scale": list(scale),
-        "layer_translate": [scale[0] / 2 - s0[0] / 2, scale[1] / 2 - s0[1] / 2],
         "geotransform": list(pyramid.geotransform) if pyramid.geotransform else None,
-        "segmentation_classes": list(heads.segmentation_classes),
-        "detection_classes": list(heads.detection_classes),
-        "colours": dict(heads.colours),
+        **display_spec(pyramid, model.config, grid),
         "versions": {"napari_xt": napari_xt.__version__, "torch": torch.__version__},
         "rois": [],
     }
@@ -292,7 +314,9 @@ class _Run:
                 if not have[i]:
                     new_positions.append(position)
                     new_tokens.append(tokens[i])
-            yield Progress("encode", len(new_positions) + sum(have), len(self.positions), time.perf_counter() - started)
+            n_cached = int(have.sum())
+            done = len(new_positions) + n_cached
+            yield Progress("encode", done, len(self.positions), time.perf_counter() - started, n_cached)
         if cache is not None and new_positions:
             cache.store(np.array(new_positions), np.array(new_tokens))
             TokenCache.enforce_cap(cache.root, self.options.cache_max_bytes)
@@ -302,7 +326,9 @@ class _Run:
         with self._autocast():
             context = model.contextualise(sequence, positions)[0]
         self.timings["context"] += time.perf_counter() - t0
-        yield Progress("context", len(self.positions), len(self.positions), time.perf_counter() - started)
+        yield Progress(
+            "context", len(self.positions), len(self.positions), time.perf_counter() - started, int(have.sum())
+        )
         return context
 
     # -- pass 2: outputs --------------------------------------------------------------------------------------
@@ -335,13 +361,13 @@ class _Run:
                 results = self._results(batch, outputs, stride, decode_detections)
                 self.timings["decode"] += time.perf_counter() - t0
                 if pending is not None:
-                    done = yield from self._written(*pending, done, total, started)
+                    done = yield from self._written(*pending, done, total, started, done_before)
                 pending = (writer.submit(self.store.write_batch, results), batch, results)
             if pending is not None:
-                done = yield from self._written(*pending, done, total, started)
+                done = yield from self._written(*pending, done, total, started, done_before)
         return not self.cancel.cancelled
 
-    def _written(self, future, batch, results, done: int, total: int, started: float):
+    def _written(self, future, batch, results, done: int, total: int, started: float, done_before: int):
         """Wait for a batch's write (re-raising its error), then report it; returns the new done count."""
         t0 = time.perf_counter()
         future.result()
@@ -349,7 +375,7 @@ class _Run:
         boxes = np.array([self.grid.level0_box(int(r), int(c)) for r, c in batch])
         yield PartialResult(boxes, DetectionTable.concatenate([r["detections"] for r in results]))
         done += len(batch)
-        yield Progress("predict", done, total, time.perf_counter() - started)
+        yield Progress("predict", done, total, time.perf_counter() - started, done_before)
         return done
 
     def _features_for(self, indices: list[int], keeper: FeatureKeeper, read_iter):

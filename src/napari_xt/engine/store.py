@@ -6,6 +6,7 @@ Layout::
     run.xt.zarr/
       zarr.json                       attrs: napari_xt (provenance, status), ome (labels list)
       labels/segmentation/0, 1, …     class labels at the analysis level and coarser (multiscale, NGFF 0.5)
+      probabilities/0, 1, …           optional class probabilities (c, y, x), float16, the same levels
       regions/done, regions/active    one flag per global grid region
       detections/parts.csv            appended per batch (row, col, y, x, label, score, size), fsynced
       detections/y, x, label, …       the merged table (written when the run finishes)
@@ -31,7 +32,15 @@ from napari_xt.engine.exports import hex_to_rgba, write_csv, write_geojson
 from napari_xt.io.pyramid import ome_unit
 
 RUN_FORMAT = "napari-xt-run/1"
-IDENTITY_KEYS = ("image_signature", "checkpoint_sha256", "level", "resample", "region_size", "image_shape")
+IDENTITY_KEYS = (
+    "image_signature",
+    "checkpoint_sha256",
+    "level",
+    "resample",
+    "region_size",
+    "image_shape",
+    "context_from",
+)
 
 
 class OutputExistsError(FileExistsError):
@@ -121,8 +130,10 @@ class OutputStore:
         self.group["regions/active"][rows.start : rows.stop, cols.start : cols.stop] = active
 
     def label_levels(self) -> list:
-        group = self.group["labels/segmentation"]
-        return [group[str(i)] for i in range(len(group.attrs["ome"]["multiscales"][0]["datasets"]))]
+        return _levels(self.group["labels/segmentation"])
+
+    def probability_levels(self) -> list:
+        return _levels(self.group["probabilities"]) if "probabilities" in self.group else []
 
     def write_batch(self, results: list[dict]) -> None:
         """Write finished regions: ``{"row", "col", "box": analysis (y0, x0, y1, x1), "labels", "detections"}``
@@ -131,16 +142,12 @@ class OutputStore:
         Every label level is written at once (nearest sampling), so a viewer sees the regions at every zoom
         while the run goes on. Region boxes start at multiples of the region size, so they stay aligned.
         """
-        levels = self.label_levels()
+        labels, probabilities = self.label_levels(), self.probability_levels()
         for result in results:
-            y0, x0, y1, x1 = result["box"]
-            for k, level in enumerate(levels):
-                step = 2**k
-                block = result["labels"][::step, ::step]
-                ly0, lx0 = -(-y0 // step), -(-x0 // step)
-                level[ly0 : ly0 + block.shape[0], lx0 : lx0 + block.shape[1]] = block
-            if "probabilities" in result and "probabilities" in self.group:
-                self.group["probabilities/0"][:, y0:y1, x0:x1] = result["probabilities"]
+            y0, x0, _, _ = result["box"]
+            write_into_levels(labels, result["labels"], y0, x0)
+            if "probabilities" in result:
+                write_into_levels(probabilities, result["probabilities"], y0, x0)
         lines = []
         for result in results:
             table: DetectionTable = result["detections"]
@@ -216,6 +223,17 @@ class OutputStore:
         tmp.replace(self._parts)
 
 
+def write_into_levels(levels: list, block: np.ndarray, y0: int, x0: int) -> None:
+    """Write ``block`` ``(..., h, w)`` of analysis pixels starting at ``(y0, x0)`` into every level; level k holds
+    every ``2**k``-th analysis pixel (nearest sampling), whatever the block's alignment."""
+    for k, level in enumerate(levels):
+        step = 2**k
+        oy, ox = -y0 % step, -x0 % step  # the block's first pixels that level k keeps
+        part = block[..., oy::step, ox::step]
+        ly0, lx0 = (y0 + oy) // step, (x0 + ox) // step
+        level[..., ly0 : ly0 + part.shape[-2], lx0 : lx0 + part.shape[-1]] = part
+
+
 def label_level_shapes(height: int, width: int) -> list[tuple[int, int]]:
     """Shapes of the label levels of a run: halved (rounding up) until both sides fit in 1024."""
     levels = [(height, width)]
@@ -228,69 +246,77 @@ def _canonical(value):
     return json.loads(json.dumps(value, default=str)) if value is not None else None
 
 
-def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
-    spec = json.loads(json.dumps({**spec, "format": RUN_FORMAT, "status": "running"}, default=str))
-    height, width = spec["image_shape"]
-    region = spec["region_size"]
-    n_classes = max(1, len(spec.get("segmentation_classes", [])))
-    labels_group = group.require_group("labels")
-    labels_group.attrs["ome"] = {"version": "0.5", "labels": ["segmentation"]}
-    segmentation = labels_group.require_group("segmentation")
-    dtype = "uint8" if n_classes < 256 else "uint16"
-    levels = label_level_shapes(height, width)
-    for k, shape in enumerate(levels):
-        chunk = (min(max(region, 256), shape[0]), min(max(region, 256), shape[1]))
-        segmentation.create_array(str(k), shape=shape, chunks=chunk, dtype=dtype, fill_value=0)
-    if spec.get("save_probabilities"):
-        n = len(spec.get("segmentation_classes", []))
-        group.require_group("probabilities").create_array(
-            "0",
-            shape=(n, height, width),
-            chunks=(1, min(region, height), min(region, width)),
-            dtype="float16",
-            fill_value=0,
-        )
+def _levels(group: zarr.Group) -> list:
+    return [group[d["path"]] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
+
+
+def _multiscales(name: str, spec: dict, n_levels: int, channel_axis: bool = False) -> dict:
+    """NGFF 0.5 ``multiscales`` of levels that halve the analysis level, placed on level-0 physical coordinates
+    (level k's pixel centres are the centres of 2**k × 2**k blocks of analysis pixels)."""
     scale, translate, unit = spec["layer_scale"], spec["layer_translate"], spec.get("unit")
     axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
     if unit:
         for axis in axes:
             axis["unit"] = ome_unit(unit)
+    lead_axes, lead_scale, lead_translate = (
+        ([{"name": "c", "type": "channel"}], [1.0], [0.0]) if channel_axis else ([], [], [])
+    )
+    datasets = []
+    for k in range(n_levels):
+        factor = 2**k
+        transforms = [
+            {"type": "scale", "scale": [*lead_scale, scale[0] * factor, scale[1] * factor]},
+            {
+                "type": "translation",
+                "translation": [
+                    *lead_translate,
+                    translate[0] + (factor - 1) * scale[0] / 2,
+                    translate[1] + (factor - 1) * scale[1] / 2,
+                ],
+            },
+        ]
+        datasets.append({"path": str(k), "coordinateTransformations": transforms})
+    return {"name": name, "axes": [*lead_axes, *axes], "datasets": datasets}
+
+
+def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
+    spec = json.loads(json.dumps({**spec, "format": RUN_FORMAT, "status": "running"}, default=str))
+    height, width = spec["image_shape"]
+    region = spec["region_size"]
+    classes = spec.get("segmentation_classes", [])
+    labels_group = group.require_group("labels")
+    labels_group.attrs["ome"] = {"version": "0.5", "labels": ["segmentation"]}
+    segmentation = labels_group.require_group("segmentation")
+    dtype = "uint8" if max(1, len(classes)) < 256 else "uint16"
+    levels = label_level_shapes(height, width)
+    side = max(region, 256)
+    for k, shape in enumerate(levels):
+        chunk = (min(side, shape[0]), min(side, shape[1]))
+        segmentation.create_array(str(k), shape=shape, chunks=chunk, dtype=dtype, fill_value=0)
     colours = spec.get("colours", {})
     segmentation.attrs["ome"] = {
         "version": "0.5",
-        "multiscales": [
-            {
-                "name": "segmentation",
-                "axes": axes,
-                "datasets": [
-                    {
-                        "path": str(k),
-                        "coordinateTransformations": [
-                            {"type": "scale", "scale": [scale[0] * 2**k, scale[1] * 2**k]},
-                            {
-                                "type": "translation",
-                                "translation": [
-                                    translate[0] + (2**k - 1) * scale[0] / 2,
-                                    translate[1] + (2**k - 1) * scale[1] / 2,
-                                ],
-                            },
-                        ],
-                    }
-                    for k in range(len(levels))
-                ],
-            }
-        ],
+        "multiscales": [_multiscales("segmentation", spec, len(levels))],
         "image-label": {
             "version": "0.5",
             "colors": [
-                {"label-value": i, "rgba": hex_to_rgba(colours.get(name, "#808080"))}
-                for i, name in enumerate(spec.get("segmentation_classes", []))
+                {"label-value": i, "rgba": hex_to_rgba(colours.get(name, "#808080"))} for i, name in enumerate(classes)
             ],
-            "properties": [
-                {"label-value": i, "class": name} for i, name in enumerate(spec.get("segmentation_classes", []))
-            ],
+            "properties": [{"label-value": i, "class": name} for i, name in enumerate(classes)],
         },
     }
+    if spec.get("save_probabilities") and classes:
+        probabilities = group.require_group("probabilities")
+        for k, shape in enumerate(levels):
+            chunk = (1, min(side, shape[0]), min(side, shape[1]))
+            probabilities.create_array(
+                str(k), shape=(len(classes), *shape), chunks=chunk, dtype="float16", fill_value=0
+            )
+        probabilities.attrs["ome"] = {
+            "version": "0.5",
+            "multiscales": [_multiscales("probabilities", spec, len(levels), channel_axis=True)],
+            "omero": {"channels": [{"label": name} for name in classes]},
+        }
     grid_shape = tuple(spec["grid_shape"])
     regions = group.require_group("regions")
     for name in ("done", "active"):

@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import zarr
+
+from napari_xt.engine.events import Finished, Progress
+from napari_xt.engine.runner import RunOptions, run, run_to_end
+from napari_xt.engine.store import OutputExistsError, label_level_shapes, write_into_levels
+from napari_xt.io import open_pyramid
+from tests.conftest import tiny_sar_model
+
+FAST = {"level": 1, "cache_dir": "", "batch_size": 8}
+
+
+@pytest.mark.parametrize("region", [64, 448, 100])
+def test_blocks_land_in_every_level_at_any_alignment(region):
+    """Level k keeps every 2**k-th analysis pixel, also for regions that are not a multiple of 2**k (Hiera's
+    448² regions at a step of 128, say)."""
+    height, width = 1500, 1300
+    full = np.random.default_rng(0).integers(1, 200, (height, width)).astype(np.uint8)
+    levels = [np.zeros(shape, np.uint8) for shape in label_level_shapes(height, width)]
+    assert len(levels) == 2
+    for y0 in range(0, height, region):
+        for x0 in range(0, width, region):
+            write_into_levels(levels, full[y0 : y0 + region, x0 : x0 + region], y0, x0)
+    for k, level in enumerate(levels):
+        np.testing.assert_array_equal(level, full[:: 2**k, :: 2**k])
+
+
+def test_probabilities_are_a_multiscale_image_beside_the_labels(tmp_path, sar_scene):
+    model = tiny_sar_model()
+    out = tmp_path / "p.xt.zarr"
+    options = RunOptions(**{**FAST, "level": 0}, save_probabilities=True)  # 1280 × 1152: two label levels
+    assert isinstance(run_to_end(sar_scene.pyramid(), model, out, options), Finished)
+    group = zarr.open_group(str(out), mode="r")
+    labels = [group[f"labels/segmentation/{k}"] for k in range(2)]
+    probabilities = [group[f"probabilities/{k}"] for k in range(2)]
+    assert [p.shape for p in probabilities] == [(3, *label.shape) for label in labels]
+    p0 = np.asarray(probabilities[0][:], np.float32)
+    active = np.repeat(np.repeat(group["regions/active"][:], 64, 0), 64, 1)[: p0.shape[1], : p0.shape[2]]
+    np.testing.assert_allclose(p0.sum(axis=0)[active], 1.0, atol=0.01)
+    top2 = np.sort(p0, axis=0)[-2:]
+    clear = active & (top2[1] - top2[0] > 1e-2)  # float16 probabilities tie where float32 logits do not
+    assert clear.sum() > 0.5 * active.sum()
+    np.testing.assert_array_equal(p0.argmax(axis=0)[clear], np.asarray(labels[0][:])[clear])
+    np.testing.assert_array_equal(np.asarray(probabilities[1][:]), np.asarray(probabilities[0][:, ::2, ::2]))
+    # an OME-Zarr image others can open: the coarse level sits on the same level-0 grid
+    pyramid = open_pyramid(out / "probabilities")
+    assert len(pyramid.levels) == 2 and pyramid.n_channels == 3
+    assert pyramid.downsample[1] == (2.0, 2.0)
+
+
+def test_roi_only_context_never_mixes_with_whole_image_results(tmp_path, sar_scene):
+    model = tiny_sar_model()
+    out = tmp_path / "mixed.xt.zarr"
+    roi = (256, 256, 768, 640)
+    run_to_end(sar_scene.pyramid(), model, out, RunOptions(**FAST, roi=roi, context_scope="image"))
+    with pytest.raises(OutputExistsError, match="context_from"):
+        run(sar_scene.pyramid(), model, out, RunOptions(**FAST, roi=roi, context_scope="roi"))
+    # whole-image context for another ROI accumulates in the same run directory
+    last = run_to_end(sar_scene.pyramid(), model, out, RunOptions(**FAST, roi=(0, 0, 256, 256), context_scope="image"))
+    assert isinstance(last, Finished)
+    assert len(zarr.open_group(str(out), mode="r").attrs["napari_xt"]["rois"]) == 2
+
+
+def test_progress_rate_counts_only_this_runs_work(tmp_path, sar_scene):
+    """On resume, regions finished earlier do not inflate the rate (or shrink the ETA)."""
+    model = tiny_sar_model()
+    out = tmp_path / "r.xt.zarr"
+    run_to_end(sar_scene.pyramid(), model, out, RunOptions(**FAST, roi=(0, 0, 640, 1152)))
+    events = list(run(sar_scene.pyramid(), model, out, RunOptions(**FAST)))
+    predict = [e for e in events if isinstance(e, Progress) and e.phase == "predict"]
+    assert predict[0].done_before > 0
+    assert predict[-1].done == predict[-1].total
+    assert predict[-1].rate == pytest.approx((predict[-1].total - predict[-1].done_before) / predict[-1].seconds)
