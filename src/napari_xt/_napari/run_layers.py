@@ -1,19 +1,69 @@
-"""Layers from a run directory: segmentation Labels (lazy, multiscale), detections Points with a features
-table, the ROI as Shapes, class probabilities as an Image. All in the image's physical coordinates."""
+"""Layers of a run directory: segmentation Labels and class probabilities (lazy, multiscale, read from disk),
+detections Points with a features table, and the ROIs as Shapes, all in the image's physical coordinates.
+
+The same builders serve a run that is still going (the widget shows its layers before anything is written)
+and a finished run directory opened again.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 import zarr
 
 from napari_xt.engine.detections import DetectionTable
 from napari_xt.engine.exports import hex_to_rgba
+from napari_xt.engine.store import label_level_shapes
 from napari_xt.io.pyramid import ome_unit
 
-MIN_POINT_SIZE_SCREEN = 6.0
+
+class RunArray:
+    """One array of a run directory as napari reads it: opened at the first read that finds it, zeros before.
+
+    napari reads only the tiles in view, from disk, on each refresh. There is no dask graph in between, so no
+    cache can hand back a tile that the run has since rewritten.
+    """
+
+    def __init__(self, path: str | Path, shape: tuple[int, ...], dtype):
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self._array = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def _open(self):
+        if self._array is None:
+            try:
+                self._array = zarr.open_array(str(self.path), mode="r")
+            except FileNotFoundError:  # the run has not created it yet
+                return None
+        return self._array
+
+    def __getitem__(self, index):
+        array = self._open()
+        if array is None:
+            return np.zeros(np.broadcast_to(np.zeros((), self.dtype), self.shape)[index].shape, self.dtype)
+        return array[index]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[...], dtype=dtype)
+
+    def __repr__(self) -> str:
+        return f"RunArray({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def _levels_data(levels: list[RunArray]) -> tuple:
+    """napari's ``(data, multiscale)`` for levels: one level (at most 1024², see ``label_level_shapes``) is
+    passed on its own, since napari unwraps a list of one."""
+    return (levels, True) if len(levels) > 1 else (levels[0], False)
 
 
 def run_spec(run_dir: str | Path) -> dict:
@@ -25,39 +75,63 @@ def level0_scale(spec: dict) -> tuple[float, float]:
     return (float(size[0]), float(size[1])) if size else (1.0, 1.0)
 
 
-def labels_layer_data(run_dir: str | Path, name: str | None = None) -> tuple:
+def _metadata(run_dir, role: str, **more) -> dict:
+    """Layer metadata that marks a layer as a napari-xt output (the widget never takes it for user input)."""
+    return {"napari_xt": {"run_dir": str(run_dir), "role": role, **more}}
+
+
+def _units(spec: dict, kwargs: dict, leading: int = 0) -> dict:
+    if spec.get("unit"):
+        kwargs["units"] = ("pixel",) * leading + (ome_unit(spec["unit"]),) * 2
+    return kwargs
+
+
+def labels_layer_data(run_dir: str | Path, spec: dict, name: str) -> tuple:
     """A multiscale Labels layer reading the run's label levels from disk (never a full-size array)."""
-    group = zarr.open_group(str(run_dir), mode="r")
-    spec = dict(group.attrs["napari_xt"])
-    segmentation = group["labels/segmentation"]
-    meta = segmentation.attrs["ome"]["multiscales"][0]["datasets"]
-    levels = [da.from_zarr(segmentation[d["path"]]) for d in meta]
-    kwargs = labels_kwargs(spec, name or f"{Path(run_dir).name} segmentation")
-    kwargs["metadata"] = {"napari_xt": {"run_dir": str(run_dir), "classes": spec.get("segmentation_classes", [])}}
-    return (levels if len(levels) > 1 else levels[0], kwargs, "labels")
-
-
-def labels_kwargs(spec: dict, name: str) -> dict:
-    """Layer settings of the segmentation: transforms to level 0, class colours (background transparent)."""
+    levels = [
+        RunArray(Path(run_dir) / "labels" / "segmentation" / str(k), shape, np.uint8)
+        for k, shape in enumerate(label_level_shapes(*spec["image_shape"]))
+    ]
     classes = spec.get("segmentation_classes", [])
     colours = {i: np.array(hex_to_rgba(spec.get("colours", {}).get(n, "#808080"))) / 255 for i, n in enumerate(classes)}
     colours[0] = np.zeros(4)  # background stays transparent
     colours[None] = np.zeros(4)
+    from napari.utils.colormaps import DirectLabelColormap
+
+    data, multiscale = _levels_data(levels)
     kwargs = {
         "name": name,
         "scale": list(spec["layer_scale"]),
         "translate": list(spec["layer_translate"]),
         "opacity": 0.5,
+        "colormap": DirectLabelColormap(color_dict=colours),
+        "multiscale": multiscale,
+        "metadata": _metadata(run_dir, "segmentation", classes=classes),
     }
-    try:
-        from napari.utils.colormaps import DirectLabelColormap
+    return (data, _units(spec, kwargs), "labels")
 
-        kwargs["colormap"] = DirectLabelColormap(color_dict=colours)
-    except ImportError:  # older napari
-        kwargs["color"] = colours
-    if spec.get("unit"):
-        kwargs["units"] = (ome_unit(spec["unit"]),) * 2
-    return kwargs
+
+def probability_layer_data(run_dir: str | Path, spec: dict, name: str) -> tuple:
+    """Class probabilities as a multiscale ``(class, y, x)`` Image layer read from disk."""
+    classes = spec.get("segmentation_classes", [])
+    levels = [
+        RunArray(Path(run_dir) / "probabilities" / str(k), (len(classes), *shape), np.float16)
+        for k, shape in enumerate(label_level_shapes(*spec["image_shape"]))
+    ]
+    data, multiscale = _levels_data(levels)
+    kwargs = {
+        "name": name,
+        "scale": (1.0, *spec["layer_scale"]),
+        "translate": (0.0, *spec["layer_translate"]),
+        "colormap": "magma",
+        "contrast_limits": (0.0, 1.0),
+        "opacity": 0.6,
+        "blending": "additive",
+        "multiscale": multiscale,
+        "axis_labels": ("class", "y", "x"),
+        "metadata": _metadata(run_dir, "probabilities", classes=classes),
+    }
+    return (data, _units(spec, kwargs, leading=1), "image")
 
 
 def detections_table(run_dir: str | Path) -> DetectionTable:
@@ -68,46 +142,42 @@ def detections_table(run_dir: str | Path) -> DetectionTable:
     if "detections/y" in group:
         d = group["detections"]
         return DetectionTable(*(np.asarray(d[c][:]) for c in ("y", "x", "label", "score", "size")))
-    store = OutputStore(Path(run_dir), zarr.open_group(str(run_dir), mode="r+"))
-    return store.region_detections()
+    return OutputStore(Path(run_dir), group).region_detections()
 
 
 def points_properties(table: DetectionTable, spec: dict, threshold: float) -> dict:
-    """Data and per-point settings of the detections Points layer (level-0 pixels → physical units)."""
+    """Data and per-point settings of the detections Points layer (level-0 pixels; the layer scales them)."""
     classes = spec.get("detection_classes", []) or ["object"]
-    s0 = level0_scale(spec)
     names = np.array([classes[int(i)] if int(i) < len(classes) else str(i) for i in table.label], dtype=object)
-    colours = np.array([hex_to_rgba(spec.get("colours", {}).get(n, "#ffff00")) for n in names] or np.zeros((0, 4)))
+    palette = {n: hex_to_rgba(spec.get("colours", {}).get(n, "#ffff00")) for n in set(names)}
+    colours = np.array([palette[n] for n in names], dtype=float).reshape(-1, 4) / 255.0
     return {
         "data": np.stack([table.y, table.x], axis=1) if len(table) else np.zeros((0, 2)),
         "features": {"class": names, "score": table.score.astype(float), "size": table.size.astype(float)},
-        "face_color": (colours / 255.0) if len(table) else "yellow",
-        "size": np.maximum(table.size, 1.0) if len(table) else 10,
+        "face_color": colours,
+        "size": np.maximum(table.size, 1.0).astype(float),
         "shown": table.score >= threshold,
-        "scale": s0,
     }
 
 
-def points_layer_data(table: DetectionTable, spec: dict, threshold: float, name: str) -> tuple:
+def points_layer_data(run_dir: str | Path, table: DetectionTable, spec: dict, threshold: float, name: str) -> tuple:
     props = points_properties(table, spec, threshold)
     kwargs = {
         "name": name,
         "features": props["features"],
-        "face_color": props["face_color"],
+        "face_color": props["face_color"] if len(table) else "yellow",
         "border_color": "white",
         "border_width": 0.1,
-        "size": props["size"],
+        "size": props["size"] if len(table) else 10,
         "shown": props["shown"],
-        "scale": props["scale"],
+        "scale": level0_scale(spec),
         "opacity": 0.9,
-        "metadata": {"napari_xt": {"threshold": threshold}},
+        "metadata": _metadata(run_dir, "detections", threshold=threshold),
     }
-    if spec.get("unit"):
-        kwargs["units"] = (ome_unit(spec["unit"]),) * 2
-    return (props["data"], kwargs, "points")
+    return (props["data"], _units(spec, kwargs), "points")
 
 
-def roi_layer_data(spec: dict, name: str) -> tuple:
+def roi_layer_data(run_dir: str | Path, spec: dict, name: str) -> tuple:
     """The ROIs of the run as rectangles (level-0 pixel edges, scaled to physical units)."""
     rectangles = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) for y0, x0, y1, x1 in spec.get("rois", [])]
     kwargs = {
@@ -118,41 +188,25 @@ def roi_layer_data(spec: dict, name: str) -> tuple:
         "edge_width": 2,
         "scale": level0_scale(spec),
         "opacity": 0.8,
+        "metadata": _metadata(run_dir, "roi"),
     }
-    if spec.get("unit"):
-        kwargs["units"] = (ome_unit(spec["unit"]),) * 2
-    return (rectangles, kwargs, "shapes")
-
-
-def probability_layer_data(run_dir: str | Path, name: str) -> tuple | None:
-    group = zarr.open_group(str(run_dir), mode="r")
-    if "probabilities/0" not in group:
-        return None
-    spec = dict(group.attrs["napari_xt"])
-    scale = spec["layer_scale"]
-    translate = spec["layer_translate"]
-    kwargs = {
-        "name": name,
-        "scale": (1.0, *scale),
-        "translate": (0.0, *translate),
-        "colormap": "magma",
-        "contrast_limits": (0.0, 1.0),
-        "opacity": 0.6,
-        "blending": "additive",
-        "axis_labels": ("class", "y", "x"),
-    }
-    return (da.from_zarr(group["probabilities/0"]), kwargs, "image")
+    return (rectangles, _units(spec, kwargs), "shapes")
 
 
 def run_layers(run_dir: str | Path, threshold: float = 0.5) -> list[tuple]:
-    """All layers of a run directory, for reopening it."""
+    """All layers of a run directory, for opening it again."""
     spec = run_spec(run_dir)
     name = Path(run_dir).name.removesuffix(".xt.zarr")
-    layers = [labels_layer_data(run_dir, f"{name} segmentation")]
+    layers = [labels_layer_data(run_dir, spec, f"{name} segmentation")]
     if spec.get("detection_classes"):
-        layers.append(points_layer_data(detections_table(run_dir), spec, threshold, f"{name} detections"))
-    probabilities = probability_layer_data(run_dir, f"{name} probabilities")
-    if probabilities is not None:
-        layers.append(probabilities)
-    layers.append(roi_layer_data(spec, f"{name} ROI"))
+        layers.append(points_layer_data(run_dir, detections_table(run_dir), spec, threshold, f"{name} detections"))
+    if "probabilities" in zarr.open_group(str(run_dir), mode="r"):
+        layers.append(probability_layer_data(run_dir, spec, f"{name} probabilities"))
+    layers.append(roi_layer_data(run_dir, spec, f"{name} ROI"))
     return layers
+
+
+def is_napari_xt_output(layer) -> bool:
+    """True for layers napari-xt made from a run (their ROI rectangles are no user's selection)."""
+    meta = layer.metadata.get("napari_xt", {}) if isinstance(layer.metadata, dict) else {}
+    return "role" in meta

@@ -2,7 +2,7 @@
 or a drawn rectangle in a background thread, and watch segmentation and detections stream in.
 
 All work happens in the engine, on napari's ``thread_worker``; the main thread only turns events into layer
-updates, throttled so that it never stalls.
+updates (``live.LiveRun``), spaced so that it never stalls.
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ from qtpy.QtWidgets import (
 )
 
 from napari_xt._napari import checkpoints as catalogue
-from napari_xt._napari.run_layers import points_properties, run_layers
+from napari_xt._napari.live import LiveRun
+from napari_xt._napari.run_layers import is_napari_xt_output, run_spec
 from napari_xt.engine.cache import default_cache_dir
-from napari_xt.engine.detections import DetectionTable
 from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
+from napari_xt.engine.store import is_run_dir
 from napari_xt.io import ImageReadError, Pyramid, open_pyramid
 from napari_xt.io.pyramid import make_signature, normalise_unit
 
 ROI_CHOICES = ("visible region", "whole image", "selected rectangle")
-REFRESH_INTERVAL_S = 0.4
+STATUS_INTERVAL_S = 0.25  # progress bar and status text: at most this often (each repaint may redraw the canvas)
 
 
 def pyramid_of_layer(layer) -> Pyramid:
@@ -78,11 +79,9 @@ class XTWidget(QWidget):
         self.cancel_token = None
         self.done = True  # no run in progress
         self.run_dir: Path | None = None
-        self.spec: dict = {}
-        self.detections = DetectionTable.empty()
-        self.layers: dict = {}
-        self._last_refresh = 0.0
-        self._started_at = 0.0
+        self.live: LiveRun | None = None
+        self.config = None
+        self._last_status = 0.0
         import pandas  # noqa: F401  (napari needs it for the detections' features: load it now, not mid-run)
 
         from napari_xt._torchvision_compat import import_timm
@@ -94,10 +93,10 @@ class XTWidget(QWidget):
         self.refresh_checkpoints()
         napari_viewer.layers.events.inserted.connect(self.refresh_images)
         napari_viewer.layers.events.removed.connect(self.refresh_images)
-        self.destroyed.connect(lambda *_: self.stop())
+        # the main window emits ``destroyed`` before deleting its children, so this widget can still stop its run
         qt_window = getattr(getattr(napari_viewer, "window", None), "_qt_window", None)
         if qt_window is not None:
-            qt_window.destroyed.connect(lambda *_: self.stop())
+            qt_window.destroyed.connect(self.stop)
 
     # -- layout ---------------------------------------------------------------------------------------------
 
@@ -187,15 +186,16 @@ class XTWidget(QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def refresh_images(self, *_) -> None:
-        current = self.image_combo.currentText()
+        current = self.image_combo.currentData()
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
         for layer in self.image_layers():
-            self.image_combo.addItem(layer.name, layer)
-        index = self.image_combo.findText(current)
+            if not is_napari_xt_output(layer):
+                self.image_combo.addItem(layer.name, layer)
+        index = self.image_combo.findData(current) if current is not None else -1
         self.image_combo.setCurrentIndex(max(index, 0))
         self.image_combo.blockSignals(False)
-        self._update_scales()
+        self._update_scales(keep=self.image_combo.currentData() is current)
 
     def refresh_checkpoints(self, select: Path | None = None) -> None:
         self.checkpoint_combo.blockSignals(True)
@@ -251,8 +251,21 @@ class XTWidget(QWidget):
         )
         self._update_scales()
 
-    def _update_scales(self, *_) -> None:
+    def _update_scales(self, *_, keep: bool = False) -> None:
+        """Offer the image's levels, the checkpoint's pixel size first when both know theirs (the default);
+        with ``keep``, the current choice stays (layers were added, the image is the same)."""
+        previous = self.scale_combo.currentData() if keep else None
+        self.scale_combo.blockSignals(True)
         self.scale_combo.clear()
+        try:
+            self._fill_scales()
+        finally:
+            index = self.scale_combo.findData(previous) if previous is not None else -1
+            if index >= 0:
+                self.scale_combo.setCurrentIndex(index)
+            self.scale_combo.blockSignals(False)
+
+    def _fill_scales(self) -> None:
         layer = self.image_combo.currentData()
         if layer is None:
             return
@@ -261,7 +274,7 @@ class XTWidget(QWidget):
         except ImageReadError as error:
             self.status.setText(str(error))
             return
-        config = getattr(self, "config", None)
+        config = self.config
         if config is not None and config.pixel_size and pyramid.pixel_size and config.pixel_unit == pyramid.unit:
             self.scale_combo.addItem(
                 f"checkpoint pixel size ({config.pixel_size:g} {config.pixel_unit})",
@@ -290,10 +303,12 @@ class XTWidget(QWidget):
         return (max(low[0], 0), max(low[1], 0), min(high[0], h), min(high[1], w))
 
     def _selected_rectangle(self, scale, translate):
+        """The selected (else the last) shape of the user's Shapes layers, the selected layer first; the ROI
+        layers napari-xt draws itself do not count."""
         from napari.layers import Shapes
 
         for layer in [*self.viewer.layers.selection, *self.viewer.layers]:
-            if isinstance(layer, Shapes) and len(layer.data):
+            if isinstance(layer, Shapes) and len(layer.data) and not is_napari_xt_output(layer):
                 index = next(iter(layer.selected_data), len(layer.data) - 1)
                 vertices = np.asarray(layer.data[index])[:, -2:] * np.asarray(layer.scale[-2:]) + np.asarray(
                     layer.translate[-2:]
@@ -309,28 +324,16 @@ class XTWidget(QWidget):
         """True from Run until the worker has finished (also before its thread has started)."""
         return not self.done
 
-    def start(self) -> None:
-        """Start a run with the current choices (refused, with a message, while one is going)."""
-        from napari.qt.threading import create_worker
-        from napari.utils.notifications import show_error, show_info
+    @property
+    def layers(self) -> dict:
+        """The current run's layers by role: ``labels``, ``points``, ``shapes`` (ROIs), ``probabilities``."""
+        return self.live.layers if self.live is not None else {}
 
-        from napari_xt.engine.runner import CancelToken, RunOptions
+    def _options(self, roi):
+        from napari_xt.engine.runner import RunOptions
 
-        if self.running:
-            show_info("xT is already running: wait for it or press Cancel first.")
-            return
-        layer, checkpoint = self.image_combo.currentData(), self.checkpoint_path()
-        if layer is None or checkpoint is None or getattr(self, "config", None) is None:
-            show_error("Choose an image layer and a usable checkpoint first (the summary says what is wrong).")
-            return
-        try:
-            pyramid = pyramid_of_layer(layer)
-            roi = self.roi(pyramid, layer)
-        except (ImageReadError, ValueError) as error:
-            show_error(f"napari-xt: {error}")
-            return
         kind, value = (self.scale_combo.currentData() or "level:0").split(":")
-        options = RunOptions(
+        return RunOptions(
             level=int(value) if kind == "level" else None,
             pixel_size=float(value) if kind == "pixel_size" else None,
             roi=roi,
@@ -339,45 +342,106 @@ class XTWidget(QWidget):
             save_probabilities=self.probabilities.isChecked(),
             store_threshold=min(0.1, self.threshold.value()),
         )
-        # one run directory per image and checkpoint file version: a re-trained checkpoint under the same name
-        # gets its own directory instead of colliding with (or overwriting) the earlier results
-        stat = checkpoint.stat()
-        weights = make_signature(str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns)[:8]
-        name = f"{safe_name(layer.name)}-{pyramid.signature[:8]}__{safe_name(checkpoint.stem)}-{weights}.xt.zarr"
-        self.run_dir = default_cache_dir() / "runs" / name
-        catalogue.remember(checkpoint)
-        self.cancel_token = CancelToken()
-        self.image_layer = layer
-        self.detections = DetectionTable.empty()
+
+    def start(self) -> None:
+        """Start a run with the current choices (refused, with a message, while one is going).
+
+        Everything that can be checked without the model is checked here, so bad input gets its message at
+        once and leaves no layers behind; what only the engine can find out arrives as a notification.
+        """
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error, show_info
+        from qtpy.QtWidgets import QApplication
+
+        from napari_xt.engine.runner import CancelToken, display_spec, plan
+        from napari_xt.model import CheckpointError, check_fits_image
+
+        if self.running:
+            show_info("xT is already running: wait for it or press Cancel first.")
+            return
+        layer, checkpoint = self.image_combo.currentData(), self.checkpoint_path()
+        if layer is None or checkpoint is None or self.config is None:
+            show_error("Choose an image layer and a usable checkpoint first (the summary says what is wrong).")
+            return
         try:
-            self._prepare_layers(pyramid, options)
-        except (ValueError, OSError) as error:  # a bad level or ROI: the engine would refuse it too
+            pyramid = pyramid_of_layer(layer)
+            check_fits_image(self.config, pyramid.n_channels, layer.name)
+            options = self._options(self.roi(pyramid, layer))
+            grid = plan(pyramid, self.config, options, background=False)
+            self.run_dir = self._run_dir(layer, pyramid, checkpoint, grid, options)
+        except (ImageReadError, CheckpointError, ValueError, OSError) as error:
             show_error(f"napari-xt: {error}")
             return
-        self.worker = create_worker(
-            _events, pyramid, str(checkpoint), self.run_dir, options, self.cancel_token, _start_thread=False
-        )
-        self.worker.yielded.connect(self.on_event)
-        self.worker.errored.connect(self._on_error)
-        self.worker.finished.connect(self._on_worker_done)
+        rois = [*self._earlier_rois(self.run_dir), list(grid.roi)]
+        catalogue.remember(checkpoint)
+        self.done = False  # from here on a second Run is refused
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status.setText("starting…")
-        self._started_at = time.monotonic()
-        self.done = False
-        # a full garbage collection scans every object of the process (napari's are many) while holding the
-        # GIL; triggered by the worker's allocations it froze the interface for ~0.5 s. Objects that exist now
-        # are long-lived: move them out of the collector's way.
+        if self.live is not None:
+            self.live.remove()
+        self.live = LiveRun(
+            self.viewer,
+            self.run_dir,
+            {**display_spec(pyramid, self.config, grid), "rois": rois},
+            self.threshold.value(),
+            probabilities=options.save_probabilities,
+        )
+        self.viewer.layers.selection.active = layer
+        self._started = False
+        # the new layers' first draw (their shaders are compiled then) belongs to the click, not to the run
+        QApplication.processEvents()
+        self.cancel_token = CancelToken()
+        self.worker = create_worker(
+            _events,
+            pyramid,
+            str(checkpoint),
+            self.run_dir,
+            options,
+            self.cancel_token,
+            _start_thread=False,
+            _connect={"yielded": self.on_event, "errored": self._on_error, "finished": self._on_worker_done},
+        )
+        # a full garbage collection walks every object of the process (napari's are many) holding the GIL; one
+        # set off by the worker's allocations froze the interface for ~0.5 s. The objects that exist now live
+        # on: keep them out of the collector's way for the run (released again when it ends).
         gc.freeze()
         self.worker.start()
 
+    def _run_dir(self, layer, pyramid: Pyramid, checkpoint: Path, grid, options) -> Path:
+        """One run directory per image, checkpoint file version, analysis scale and context scope, so that
+        runs that may share results accumulate ROIs in one place and others never collide."""
+        from napari_xt.engine.runner import context_from
+
+        stat = checkpoint.stat()
+        weights = make_signature(str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns)[:8]
+        scale = f"L{grid.level}" + (f"x{grid.resample:.3g}" if grid.resample != 1 else "")
+        scope = context_from(self.config, options)
+        name = (
+            f"{safe_name(layer.name)}-{pyramid.signature[:8]}__{safe_name(checkpoint.stem)}-{weights}__{scale}-{scope}"
+        )
+        return default_cache_dir() / "runs" / f"{name}.xt.zarr"
+
+    @staticmethod
+    def _earlier_rois(run_dir: Path) -> list:
+        if not is_run_dir(run_dir):
+            return []
+        try:
+            return list(run_spec(run_dir).get("rois", []))
+        except (OSError, KeyError, ValueError):
+            return []
+
     def cancel(self) -> None:
-        if self.cancel_token is not None:
+        if self.cancel_token is not None and self.running:
             self.cancel_token.cancel()
             self.status.setText("cancelling after the current batch…")
 
-    def stop(self, wait_ms: int = 10_000) -> None:
-        """Cancel and wait for the worker (the viewer is closing)."""
+    def closeEvent(self, event) -> None:
+        self.stop()
+        super().closeEvent(event)
+
+    def stop(self, *_, wait_ms: int = 10_000) -> None:
+        """Cancel and wait for the worker (the viewer or this widget is closing)."""
         if self.cancel_token is not None:
             self.cancel_token.cancel()
         worker = self.worker
@@ -388,175 +452,74 @@ class XTWidget(QWidget):
             WorkerBase.await_workers(msecs=wait_ms)
 
     def _on_error(self, error: Exception) -> None:
+        """The engine refused the input (or broke) before its first event: say why, leave no empty layers."""
         from napari.utils.notifications import show_error
 
         show_error(f"napari-xt could not run: {error}")
         self.status.setText(f"<span style='color:#e66'>{error}</span>")
+        if self.live is not None and not self._started:
+            self.live.remove()
+            self.live = None
 
     def _on_worker_done(self) -> None:
         self.done = True
+        gc.unfreeze()
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
 
     # -- events → layers ------------------------------------------------------------------------------------
 
     def on_event(self, event) -> None:
+        live = self.live
         if isinstance(event, Started):
+            self._started = True
             self.progress.setRange(0, max(1, event.n_active))
             self.progress.setValue(event.n_done)
             self.status.setText(event.description)
-            self._attach_run()
         elif isinstance(event, Progress):
-            if event.phase == "predict":
-                self.progress.setRange(0, max(1, event.total))
-                self.progress.setValue(event.done)
-            eta = f", ETA {event.eta:.0f} s" if event.eta is not None else ""
-            self.status.setText(f"{event.phase}: {event.done}/{event.total} regions, {event.rate:.1f}/s{eta}")
+            self._show_progress(event)
         elif isinstance(event, PartialResult):
-            if event.detections is not None and len(event.detections):
-                self.detections = DetectionTable.concatenate([self.detections, event.detections])
-            if time.monotonic() - self._last_refresh > REFRESH_INTERVAL_S:
-                self._refresh_layers()
+            live.add_detections(event.detections)
+            if live.refresh_due():
+                live.refresh()
         elif isinstance(event, Finished):
             from napari.utils.notifications import show_info
 
-            self._ensure_layers(reload=True)
+            live.finish()
+            self.progress.setValue(self.progress.maximum())
             self.status.setText(f"finished in {event.seconds:.0f} s: {event.n_detections} detections → {event.run_dir}")
             show_info(f"xT finished: {event.n_detections} detections")
         elif isinstance(event, Cancelled):
-            self._refresh_layers()
+            live.refresh()
             self.status.setText(f"cancelled; {event.n_done} regions kept in {event.run_dir}")
         elif isinstance(event, Failed):
             from napari.utils.notifications import show_error
 
-            self._refresh_layers()
+            live.refresh()
             show_error(f"napari-xt: {event.message}")
             self.status.setText(f"<span style='color:#e66'>{event.message}</span>")
 
-    def _prepare_layers(self, pyramid: Pyramid, options) -> None:
-        """Create the result layers before the run starts (napari's layer creation takes ~0.5 s per layer on a
-        software-rendered display; during the run the main thread then only refreshes them). The labels start
-        as lazy zeros of the run's shapes and are switched to the run directory when it exists."""
-        import dask.array as da
+    def _show_progress(self, event: Progress) -> None:
+        now = time.monotonic()
+        if now - self._last_status < STATUS_INTERVAL_S and event.done < event.total:
+            return
+        self._last_status = now
+        if event.phase == "predict":
+            self.progress.setRange(0, max(1, event.total))
+            self.progress.setValue(event.done)
+        eta = f", ETA {event.eta:.0f} s" if event.eta is not None else ""
+        self.status.setText(f"{event.phase}: {event.done}/{event.total} regions, {event.rate:.1f}/s{eta}")
 
-        from napari_xt.engine.grid import choose_level
-        from napari_xt.engine.store import label_level_shapes
+    @property
+    def detections(self):
+        from napari_xt.engine.detections import DetectionTable
 
-        config = self.config
-        level, resample = choose_level(
-            pyramid,
-            options.level,
-            options.pixel_size
-            or (config.pixel_size if options.level is None and config.pixel_size and pyramid.pixel_size else None),
-        )
-        height, width = (int(n / resample) for n in pyramid.levels[level].shape[:2])
-        s0 = pyramid.pixel_size or (1.0, 1.0)
-        scale = (s0[0] * pyramid.shape[0] / height, s0[1] * pyramid.shape[1] / width)
-        self.spec = {
-            "pixel_size": list(s0) if pyramid.pixel_size else None,
-            "unit": pyramid.unit,
-            "detection_classes": list(config.heads.detection_classes),
-            "segmentation_classes": list(config.heads.segmentation_classes),
-            "colours": dict(config.heads.colours),
-            "layer_scale": list(scale),
-            "layer_translate": [(scale[0] - s0[0]) / 2, (scale[1] - s0[1]) / 2],
-            "rois": [list(options.roi or (0, 0, *pyramid.shape[:2]))],
-        }
-        placeholder = [da.zeros(shape, dtype=np.uint8, chunks=1024) for shape in label_level_shapes(height, width)]
-        from napari_xt._napari.run_layers import labels_kwargs, points_layer_data, roi_layer_data
-
-        for name in ("labels", "points", "shapes"):
-            old = self.layers.pop(name, None)
-            if old is not None and old in self.viewer.layers:
-                self.viewer.layers.remove(old)
-        stem = self.run_dir.name.removesuffix(".xt.zarr")
-        labels_data = placeholder if len(placeholder) > 1 else placeholder[0]
-        self.layers["labels"] = self.viewer.add_labels(labels_data, **labels_kwargs(self.spec, f"{stem} segmentation"))
-        if config.heads.detection_classes:
-            data, kwargs, _ = points_layer_data(
-                DetectionTable.empty(), self.spec, self.threshold.value(), f"{stem} detections"
-            )
-            self.layers["points"] = self.viewer.add_points(data, **kwargs)
-        data, kwargs, _ = roi_layer_data(self.spec, f"{stem} ROI")
-        self.layers["shapes"] = self.viewer.add_shapes(data, **kwargs)
-        self.viewer.layers.selection.active = self.image_layer
-
-    def _attach_run(self) -> None:
-        """Point the labels layer at the run directory's levels (now that the run has created them)."""
-        from napari_xt._napari.run_layers import labels_layer_data, run_spec
-
-        self.spec = run_spec(self.run_dir)
-        labels = self.layers.get("labels")
-        if labels is not None and labels in self.viewer.layers:
-            labels.data = labels_layer_data(self.run_dir)[0]
-        shapes = self.layers.get("shapes")
-        if shapes is not None and shapes in self.viewer.layers and self.spec.get("rois"):
-            from napari_xt._napari.run_layers import roi_layer_data
-
-            shapes.data = roi_layer_data(self.spec, shapes.name)[0]
-
-    def _ensure_layers(self, reload: bool = False) -> None:
-        """Create (or, at the end, reload) the run's layers above the image."""
-        from napari_xt._napari.run_layers import run_spec
-
-        self.spec = run_spec(self.run_dir)
-        for data, kwargs, kind in run_layers(self.run_dir, self.threshold.value()):
-            name = kwargs["name"]
-            if kind == "points" and not reload:
-                data, kwargs = self._live_points(kwargs)
-            existing = self.layers.get(kind)
-            if existing is not None and existing in self.viewer.layers:
-                if kind == "points":
-                    self._update_points(existing, data if reload else None)
-                elif kind == "shapes":
-                    existing.data = data
-                else:
-                    existing.refresh()
-                continue
-            layer = getattr(self.viewer, f"add_{kind}")(data, **kwargs)
-            self.layers[kind] = layer
-            layer.name = name
-        self.viewer.layers.selection.active = self.image_layer if self.image_layer in self.viewer.layers else None
-
-    def _live_points(self, kwargs: dict):
-        props = points_properties(self.detections, self.spec, self.threshold.value())
-        kwargs = {
-            **kwargs,
-            "features": props["features"],
-            "face_color": props["face_color"],
-            "size": props["size"],
-            "shown": props["shown"],
-        }
-        return props["data"], kwargs
-
-    def _update_points(self, layer, data=None) -> None:
-        table = self.detections
-        if data is not None:
-            from napari_xt._napari.run_layers import detections_table
-
-            table = self.detections = detections_table(self.run_dir)
-        props = points_properties(table, self.spec, self.threshold.value())
-        layer.data = props["data"]
-        layer.features = props["features"]
-        if len(table):
-            layer.face_color = props["face_color"]
-            layer.size = props["size"]
-            layer.shown = props["shown"]
-
-    def _refresh_layers(self) -> None:
-        self._last_refresh = time.monotonic()
-        labels = self.layers.get("labels")
-        if labels is not None and labels in self.viewer.layers:
-            labels.refresh()
-        points = self.layers.get("points")
-        if points is not None and points in self.viewer.layers:
-            self._update_points(points)
+        return self.live.detections if self.live is not None else DetectionTable.empty()
 
     def _apply_threshold(self, *_) -> None:
         """Filter detections by score without recomputing anything."""
-        points = self.layers.get("points")
-        if points is not None and points in self.viewer.layers and len(points.data):
-            points.shown = np.asarray(points.features["score"]) >= self.threshold.value()
+        if self.live is not None:
+            self.live.set_threshold(self.threshold.value())
 
 
 def _events(pyramid, checkpoint, run_dir, options, cancel):
