@@ -74,3 +74,31 @@ def test_merge_keeps_the_best_of_each_cluster():
     assert merged.y.tolist() == [12.0, 50.0, 90.0]
     assert merged.label.tolist() == [1, 0, 1]
     assert len(merge_duplicates(DetectionTable.empty())) == 0
+
+
+def _greedy_reference(table, min_distance=4.0, size_fraction=0.5):
+    """The definition, point by point: by score, keep a detection unless a kept one covers it."""
+    radius = np.maximum(min_distance, size_fraction * table.size)
+    kept = []
+    for i in np.argsort(-table.score, kind="stable"):
+        if all(np.hypot(table.y[i] - table.y[k], table.x[i] - table.x[k]) > radius[k] for k in kept):
+            kept.append(i)
+    return sorted(kept)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_merging_equals_the_greedy_definition_on_crowded_points(seed):
+    rng = np.random.default_rng(seed)
+    n = 400
+    table = DetectionTable(
+        y=rng.uniform(0, 300, n),
+        x=rng.uniform(0, 300, n),
+        label=rng.integers(0, 2, n),
+        score=rng.uniform(0, 1, n),
+        size=rng.uniform(2, 40, n),  # radii from 4 to 20: chains of overlaps where greedy order matters
+    )
+    merged = merge_duplicates(table)
+    expected = table.select(np.asarray(_greedy_reference(table), dtype=np.int64))
+    assert 0 < len(merged) < n
+    np.testing.assert_array_equal(merged.y, expected.y)
+    np.testing.assert_array_equal(merged.score, expected.score)

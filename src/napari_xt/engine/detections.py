@@ -54,17 +54,25 @@ def merge_duplicates(table: DetectionTable, min_distance: float = 4.0, size_frac
         return table
     from scipy.spatial import cKDTree
 
-    order = np.argsort(-table.score, kind="stable")
-    points = np.stack([table.y, table.x], axis=1)
-    tree = cKDTree(points)
+    rank = np.empty(len(table), dtype=np.int64)
+    rank[np.argsort(-table.score, kind="stable")] = np.arange(len(table))
     radius = np.maximum(min_distance, size_fraction * table.size)
+    points = np.stack([table.y, table.x], axis=1)
+    # only detections within the largest radius of each other can interact: a few pairs along region borders,
+    # however many detections the image has (a slide can have millions)
+    pairs = cKDTree(points).query_pairs(float(radius.max()), output_type="ndarray")
+    if len(pairs) == 0:
+        return table
+    first, second = pairs[:, 0], pairs[:, 1]
+    swap = rank[first] > rank[second]
+    higher, lower = np.where(swap, second, first), np.where(swap, first, second)
+    close = np.hypot(*(points[higher] - points[lower]).T) <= radius[higher]
+    higher, lower = higher[close], lower[close]
+    # greedy by score: a detection that is kept removes the lower-scored ones within its radius; pairs in the
+    # order of their higher detection, so whether that one was kept is settled before its pairs are read
+    by_rank = np.argsort(rank[higher], kind="stable")
     removed = np.zeros(len(table), dtype=bool)
-    keep = []
-    for index in order:
-        if removed[index]:
-            continue
-        keep.append(index)
-        for other in tree.query_ball_point(points[index], radius[index]):
-            if other != index:
-                removed[other] = True
-    return table.select(np.sort(np.asarray(keep)))
+    for h, low in zip(higher[by_rank].tolist(), lower[by_rank].tolist(), strict=True):
+        if not removed[h]:
+            removed[low] = True
+    return table.select(np.flatnonzero(~removed))
