@@ -3,7 +3,7 @@ import torch
 
 from napari_xt.model.config import RegionEncoderConfig
 from napari_xt.model.region_encoder import RegionEncoder
-from napari_xt.model.tokenization import cut, grid_positions, uncut
+from napari_xt.model.tokenization import cut, grid_positions, hilbert_index, serial_order, uncut
 
 
 def test_cut_and_uncut_round_trip_exactly():
@@ -39,3 +39,30 @@ def test_region_larger_than_encoder_input_is_encoded_as_sub_regions():
                     h, w = alone.shape[-2:]
                     torch.testing.assert_close(feature[:, :, h * i : h * (i + 1), w * j : w * (j + 1)], alone)
     assert nested[0].shape == (2, 24, 32, 32) and nested[-1].shape == (2, 64, 4, 4)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 6])
+def test_hilbert_index_walks_every_cell_through_neighbours(bits):
+    side = 2**bits
+    positions = grid_positions(side, side)
+    index = hilbert_index(positions, bits)
+    assert sorted(index.tolist()) == list(range(side * side))
+    walk = positions[torch.argsort(index)]
+    assert ((walk[1:] - walk[:-1]).abs().sum(-1) == 1).all()
+
+
+def test_hilbert_order_is_global_and_windows_are_compact():
+    wide = grid_positions(64, 512)  # a slide 512 regions wide
+    order = serial_order(wide[None], "hilbert")[0]
+    walk = wide[order]
+    spans = [(w.max(0).values - w.min(0).values + 1).tolist() for w in walk.split(16)]
+    assert max(max(span) for span in spans) <= 4  # every window of 16 regions is a 4 × 4 patch
+    # a crop's regions come in the order they have in the whole image
+    crop = grid_positions(6, 6, offset=(21, 300))
+    crop_walk = crop[serial_order(crop[None], "hilbert")[0]]
+    keys = [tuple(p) for p in crop.tolist()]
+    global_walk = [tuple(p) for p in walk.tolist() if tuple(p) in keys]
+    assert [tuple(p) for p in crop_walk.tolist()] == global_walk
+    assert serial_order(crop[None], "raster") is None
+    with pytest.raises(ValueError, match="must lie in"):
+        hilbert_index(torch.tensor([[-1, 0]]))

@@ -18,6 +18,7 @@ def test_tiny_presets_give_every_output(kind):
     assert (out["detection"]["size"] >= 0).all()
     assert out["detection"]["offset"].shape == (2, 2, 32, 48) and out["detection"]["offset"].abs().max() <= 0.5
     assert out["classification"].shape == (2, 2)
+    assert out["region_classes"].shape == (2, 2, 3, 3)  # per region (2 × 3 of 64²), per segmentation class
 
 
 @pytest.mark.parametrize("name", LARGE)
@@ -99,3 +100,35 @@ def test_detection_decoding_finds_peaks_at_pixel_centres():
     offset[0, :, 3, 5] = torch.tensor([0.25, -0.5])  # in cells
     moved = decode_detections({"heatmap": heat, "classes": classes, "size": size, "offset": offset}, 4, 0.5)
     assert (13.5 + 1.0, 21.5 - 2.0) in list(zip(moved.y.tolist(), moved.x.tolist()))
+
+
+@pytest.mark.parametrize("kind", ["xl", "mamba"])
+def test_context_does_not_depend_on_the_order_regions_arrive_in(kind):
+    torch.manual_seed(0)
+    model = create_model(f"test_tiny_{kind}").eval()
+    tokens = torch.randn(1, 20, 4, 32)
+    positions = torch.stack(torch.meshgrid(torch.arange(4), torch.arange(5), indexing="ij"), -1).reshape(1, 20, 2) + 7
+    shuffle = torch.randperm(20)
+    with torch.no_grad():
+        context = model.contextualise(tokens, positions)
+        shuffled = model.contextualise(tokens[:, shuffle], positions[:, shuffle])
+    torch.testing.assert_close(shuffled, context[:, shuffle])
+    raster = create_model(f"test_tiny_{kind}", context_encoder={"order": "raster"}).eval()
+    raster.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(raster.contextualise(tokens, positions), context)  # the order is a real choice
+
+
+def test_regions_share_nothing_through_normalisation_in_training():
+    """Without context, a region's output depends on that region alone, in training too: the decoder's
+    normalisation must not pool statistics over the batch (the regions of one crop)."""
+    torch.manual_seed(0)
+    model = create_model("test_tiny_none").train()
+    image = torch.rand(1, 3, 128, 128) * 255  # 2 × 2 regions
+    changed = image.clone()
+    changed[:, :, 64:, 64:] = torch.rand(1, 3, 64, 64) * 255
+    first, second = model(image), model(changed)
+    torch.testing.assert_close(first["segmentation"][..., :64, :64], second["segmentation"][..., :64, :64])
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(image)["segmentation"], first["segmentation"].detach())  # train = eval

@@ -92,8 +92,11 @@ def read_checkpoint_info(path: str | Path, with_hash: bool = True) -> Checkpoint
             "with load_official_xt or the region encoder's `weights` setting"
         )
     try:
-        config = XTConfig.from_json(metadata["config"])
-    except (ValueError, TypeError) as error:
+        data = json.loads(metadata["config"])
+        # checkpoints from before the region order was a setting read their regions row by row
+        data.get("context_encoder", {}).setdefault("order", "raster")
+        config = XTConfig.from_dict(data)
+    except (ValueError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{path}: its config cannot be used ({error})") from error
     digest = file_sha256(path) if with_hash else ""
     return CheckpointInfo(str(path), digest, config, json.loads(metadata.get("provenance", "{}")))

@@ -38,6 +38,9 @@ class ContextEncoderConfig:
         depth: number of layers.
         heads: attention heads (``xl``/``hyper``); must divide ``width``.
         tokens_per_region: pooled tokens per region side (``2`` gives 2 × 2 = 4 tokens per region).
+        order: the order in which the regions are read: ``hilbert`` (along a Hilbert curve of their global grid
+            positions, so windows and scans cover compact 2-D patches at any image width) or ``raster``
+            (row by row, as the reference xT code).
         window: regions per window for ``xl`` (and chunk length for the ``mamba`` scan, in regions).
         memory: regions of memory ``xl`` carries from window to window.
         bidirectional: ``xl``: also run over the regions in reverse order and average, so every region sees
@@ -56,6 +59,7 @@ class ContextEncoderConfig:
     depth: int = 2
     heads: int = 4
     tokens_per_region: int = 2
+    order: str = "hilbert"
     window: int = 16
     memory: int = 32
     bidirectional: bool = True
@@ -123,6 +127,8 @@ class XTConfig:
         context = self.context_encoder
         if context.kind not in CONTEXT_KINDS:
             raise ValueError(f"context_encoder.kind must be one of {CONTEXT_KINDS}, not {context.kind!r}")
+        if context.order not in ("hilbert", "raster"):
+            raise ValueError(f"context_encoder.order must be 'hilbert' or 'raster', not {context.order!r}")
         if context.kind in ("xl", "hyper") and context.width % context.heads:
             raise ValueError(f"context_encoder.heads ({context.heads}) must divide width ({context.width})")
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:

@@ -2,12 +2,21 @@
 detection (xView3-style centre heatmap, class and size maps) and classification heads on top of it.
 
 The decoder follows the xView3 solutions xT builds on: channels 48/96/176/256 from stride 4 to 32, nearest
-upsampling, SiLU. Context enters at the deepest level: the region's context tokens, laid out on their
-``t × t`` grid, are projected and upsampled onto the deepest feature map and added to it.
+upsampling, SiLU. Context enters at every scale: the region's context tokens, laid out on their ``t × t``
+grid, are projected and upsampled onto the feature map after each decoder stage and added to it. (Entering
+only at the deepest level, the context reached the classifiers through three stages of local features, and
+trained decoders learned to ignore it: in an early slide model the outputs moved by 0.1% when every other
+region changed, while a linear head on the same context tokens read the region's class right in 85% of the
+regions.)
+
+Normalisation is per region (GroupNorm), not BatchNorm: a training batch is the regions of one crop, and
+BatchNorm's batch statistics would pass crop-wide information between regions in training that is gone at
+inference (running statistics), so a model learns to lean on a channel it does not have when it is used.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -16,9 +25,12 @@ from torch import nn
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """3 × 3 convolution, GroupNorm (8 groups, fewer where the channels do not divide; statistics per region,
+    never across the batch) and SiLU."""
+    groups = math.gcd(out_channels, 8)
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
+        nn.GroupNorm(groups, out_channels),
         nn.SiLU(inplace=True),
     )
 
@@ -55,7 +67,11 @@ class ContextUNetDecoder(nn.Module):
         top = self.strides[-1]
         self.deepest_stride = deepest
         self.entry = conv_block(channels[self.deepest_index], widths[top])
-        self.context_proj = nn.Conv2d(context_width, widths[top], 1) if context_width else None
+        self.context_proj = (
+            nn.ModuleDict({str(stride): nn.Conv2d(context_width, widths[stride], 1) for stride in self.strides})
+            if context_width
+            else None
+        )
         self.stages = nn.ModuleDict()
         for stride in reversed(self.strides[:-1]):
             skip = channels[self.by_stride[stride]] if stride in self.by_stride else 0
@@ -69,12 +85,12 @@ class ContextUNetDecoder(nn.Module):
         top = self.strides[-1]
         if self.deepest_stride > top:  # encoders deeper than the decoder: bring the map up to its top stride
             x = F.interpolate(x, scale_factor=self.deepest_stride // top, mode="nearest")
-        x = self.entry(x)
+        grid = None
         if self.context_proj is not None and context is not None:
             n, t, w = context.shape
             side = round(t**0.5)
-            grid = context.transpose(1, 2).reshape(n, w, side, side)
-            x = x + F.interpolate(self.context_proj(grid.to(x.dtype)), size=x.shape[-2:], mode="bilinear")
+            grid = context.transpose(1, 2).reshape(n, w, side, side).to(x.dtype)
+        x = self._with_context(self.entry(x), grid, top)
         for stride in reversed(self.strides[:-1]):
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             if stride in self.by_stride:
@@ -82,8 +98,13 @@ class ContextUNetDecoder(nn.Module):
                 if skip.shape[-2:] != x.shape[-2:]:
                     skip = F.interpolate(skip, size=x.shape[-2:], mode="nearest")
                 x = torch.cat([x, skip], dim=1)
-            x = self.stages[str(stride)](x)
+            x = self._with_context(self.stages[str(stride)](x), grid, stride)
         return x
+
+    def _with_context(self, x: torch.Tensor, grid: torch.Tensor | None, stride: int) -> torch.Tensor:
+        if grid is None:
+            return x
+        return x + F.interpolate(self.context_proj[str(stride)](grid), size=x.shape[-2:], mode="bilinear")
 
 
 class SegmentationHead(nn.Module):
@@ -120,6 +141,22 @@ class DetectionHead(nn.Module):
             "size": F.softplus(self.size(x)) * 16,
             "offset": 0.5 * torch.tanh(self.offset(x)),
         }
+
+
+class RegionClassHead(nn.Module):
+    """Each region's class distribution from its own context tokens ``(N, T, W)`` → logits ``(N, K)``.
+
+    Used in training only, as deep supervision of the context: the loss (``train.losses.region_class_loss``)
+    compares it with the histogram of the region's labels, a short path from the labels to the context encoder
+    that does not pass through the decoder, where the context is a small bias beside the region's own features.
+    """
+
+    def __init__(self, width: int, n_classes: int):
+        super().__init__()
+        self.layers = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_classes))
+
+    def forward(self, context_tokens: torch.Tensor) -> torch.Tensor:
+        return self.layers(context_tokens.mean(dim=1))
 
 
 class ClassificationHead(nn.Module):

@@ -1,6 +1,13 @@
-"""Nested tokenization: cut images into regions and regions into sub-regions, and put them back.
+"""Nested tokenization: cut images into regions and regions into sub-regions, and put them back; and the order
+in which the context encoder reads the regions.
 
-Pure tensor reshapes (no copies of pixels beyond what ``reshape`` needs), exactly invertible.
+Cutting is pure tensor reshapes (no copies of pixels beyond what ``reshape`` needs), exactly invertible.
+
+Region order: a sequence model sees the image as a line of regions. Read row by row, a region's neighbour above
+is a whole row away, so a window of a few dozen regions reaches less and less of the rows above and below as
+images get wider (a 100,000-pixel slide has 390 regions of 256 per row). Read along a Hilbert curve of the
+regions' global grid positions, consecutive regions are always 2-D neighbours and a stretch of the sequence is a
+compact patch, the same in a training crop and in a whole slide.
 """
 
 from __future__ import annotations
@@ -38,3 +45,41 @@ def grid_positions(rows: int, cols: int, offset: tuple[int, int] = (0, 0), devic
     r = torch.arange(rows, device=device) + offset[0]
     c = torch.arange(cols, device=device) + offset[1]
     return torch.stack(torch.meshgrid(r, c, indexing="ij"), dim=-1).reshape(-1, 2)
+
+
+HILBERT_BITS = 16  # grid positions up to 65,536 regions per side
+
+
+def hilbert_index(positions: torch.Tensor, bits: int = HILBERT_BITS) -> torch.Tensor:
+    """Index along the Hilbert curve of ``2**bits × 2**bits`` cells of integer ``(row, col)`` positions ``(..., 2)``.
+
+    Consecutive indices are 4-neighbours on the grid. The index depends on the global position only, so the
+    regions of any crop or ROI come in the order they have in the whole image.
+    """
+    positions = positions.long()
+    if positions.numel() and (positions.min() < 0 or positions.max() >= 2**bits):
+        raise ValueError(f"grid positions must lie in [0, {2**bits}) for the Hilbert order")
+    y, x = positions[..., 0].clone(), positions[..., 1].clone()
+    index = torch.zeros_like(x)
+    side = 2**bits
+    s = side // 2
+    while s > 0:
+        rx = (x & s) > 0
+        ry = (y & s) > 0
+        index += s * s * ((3 * rx.long()) ^ ry.long())
+        # rotate the quadrant so that the curve inside it starts and ends where the next level expects
+        flip = ~ry & rx
+        x = torch.where(flip, side - 1 - x, x)
+        y = torch.where(flip, side - 1 - y, y)
+        x, y = torch.where(~ry, y, x), torch.where(~ry, x, y)
+        s //= 2
+    return index
+
+
+def serial_order(positions: torch.Tensor, order: str) -> torch.Tensor | None:
+    """Permutation ``(B, M)`` that puts regions at ``positions`` ``(B, M, 2)`` in reading order (None: as given)."""
+    if order == "raster":
+        return None
+    if order == "hilbert":
+        return torch.argsort(hilbert_index(positions), dim=-1, stable=True)
+    raise ValueError(f"unknown region order {order!r} (hilbert or raster)")

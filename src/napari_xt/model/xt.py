@@ -15,9 +15,15 @@ from torch import nn
 
 from napari_xt.model.config import XTConfig
 from napari_xt.model.context import build_context_encoder
-from napari_xt.model.heads import ClassificationHead, ContextUNetDecoder, DetectionHead, SegmentationHead
+from napari_xt.model.heads import (
+    ClassificationHead,
+    ContextUNetDecoder,
+    DetectionHead,
+    RegionClassHead,
+    SegmentationHead,
+)
 from napari_xt.model.region_encoder import RegionEncoder
-from napari_xt.model.tokenization import cut, grid_positions, uncut
+from napari_xt.model.tokenization import cut, grid_positions, serial_order, uncut
 
 
 class XTModel(nn.Module):
@@ -57,6 +63,9 @@ class XTModel(nn.Module):
             ClassificationHead(context.width, len(heads.classification_classes))
             if heads.classification_classes
             else None
+        )
+        self.region_classes = (
+            RegionClassHead(context.width, len(heads.segmentation_classes)) if heads.segmentation_classes else None
         )
         self._initialise_decoder()
         self.register_buffer("mean", torch.tensor(config.mean).view(1, -1, 1, 1), persistent=False)
@@ -104,10 +113,20 @@ class XTModel(nn.Module):
         return positions.flatten(-3, -2)
 
     def contextualise(self, tokens: torch.Tensor, region_positions: torch.Tensor) -> torch.Tensor:
-        """Tokens ``(B, M, T, W)`` of M regions at grid ``region_positions`` ``(B, M, 2)`` → context, same shape."""
+        """Tokens ``(B, M, T, W)`` of M regions at grid ``region_positions`` ``(B, M, 2)`` → context, same shape.
+
+        The regions are read in the configured order (``context_encoder.order``), whatever order they come in.
+        """
         b, m, t, w = tokens.shape
+        order = serial_order(region_positions, self.config.context_encoder.order)
+        if order is not None:
+            tokens = tokens.gather(1, order[..., None, None].expand(-1, -1, t, w))
+            region_positions = region_positions.gather(1, order[..., None].expand(-1, -1, 2))
         mixed = self.context_encoder(tokens.reshape(b, m * t, w), self.token_positions(region_positions))
-        return mixed.reshape(b, m, t, w)
+        mixed = mixed.reshape(b, m, t, w)
+        if order is None:
+            return mixed
+        return torch.empty_like(mixed).scatter_(1, order[..., None, None].expand(-1, -1, t, w), mixed)
 
     def decode(self, features: list[torch.Tensor], context: torch.Tensor) -> dict:
         """Per-region outputs from features and the region's context ``(N, T, W)``."""
@@ -150,7 +169,9 @@ class XTModel(nn.Module):
 
         Returns:
             ``segmentation`` logits ``(B, K, H, W)``; ``detection`` maps ``heatmap``/``classes``/``size`` at the
-            detection stride; ``classification`` logits ``(B, K)``; as the config asks.
+            detection stride; ``classification`` logits ``(B, K)``; as the config asks. With segmentation,
+            also ``region_classes``: each region's class-distribution logits from its context ``(B, rows, cols,
+            K)`` (deep supervision of the context in training).
         """
         b = images.shape[0]
         regions, grid = cut(self.normalise(images), self.config.region_size)
@@ -168,4 +189,6 @@ class XTModel(nn.Module):
         logits = self.classify(context)
         if logits is not None:
             outputs["classification"] = logits
+        if self.region_classes is not None:
+            outputs["region_classes"] = self.region_classes(context.flatten(0, 1)).view(b, *grid, -1)
         return outputs
