@@ -172,6 +172,7 @@ def _train(args: argparse.Namespace) -> int:
     settings = TrainSettings(
         steps=args.steps,
         crop_regions=args.crop_regions,
+        batch=args.batch,
         seed=args.seed,
         lr=args.lr,
         command="napari-xt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--region-size", type=int, help="region side (default: the preset's)")
     train.add_argument("--steps", type=int, default=600)
     train.add_argument("--crop-regions", type=int, default=6, help="crops of N × N regions")
+    train.add_argument("--batch", type=int, default=2, help="crops per step")
     train.add_argument("--grad-ratio", type=float, default=0.5, help="share of regions with encoder gradients")
     train.add_argument("--lr", type=float, default=2e-3)
     train.add_argument("--seed", type=int, default=0)

@@ -101,3 +101,21 @@ def test_points_from_csv_and_qupath_geojson(tmp_path):
     back = read_points(str(tmp_path / "p.geojson"), ["open_sea", "near_shore"])
     np.testing.assert_allclose(back.x, table.x)
     assert back.label.tolist() == [1, 0]
+
+
+def test_batchnorm_keeps_its_statistics_in_training(tmp_path):
+    """A ResNet region encoder's BatchNorm uses running statistics in training too, so no region's output
+    depends on the other regions of its batch; its scale and shift still learn."""
+    config = preset_config("test_tiny_xl", in_channels=1, mean=[0.1], std=[0.15])
+    config.region_encoder.name = "test_resnet"
+    config.heads.segmentation_classes = ["background", "land", "open_sea", "near_shore"]
+    config.heads.detection_classes = ["open_sea", "near_shore"]
+    torch.manual_seed(0)
+    model = XTModel(config)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    before = [(m.running_mean.clone(), m.weight.detach().clone()) for m in norms]
+    train(model, [_source()], tmp_path / "r.safetensors", TrainSettings(steps=3, crop_regions=2, save_every=1000))
+    for m, (mean, weight) in zip(norms, before, strict=True):
+        torch.testing.assert_close(m.running_mean, mean)
+    assert any(not torch.equal(m.weight, weight) for m, (_, weight) in zip(norms, before, strict=True))

@@ -1,4 +1,5 @@
-"""Losses: segmentation (cross-entropy + Dice) and detection (CenterNet focal heatmap, class, size, offset)."""
+"""Losses: segmentation (cross-entropy + Dice), detection (CenterNet focal heatmap, class, size, offset), and the
+region class distributions predicted from the context (deep supervision of the context encoder)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,19 @@ def detection_loss(maps: dict, targets: dict) -> dict[str, torch.Tensor]:
     else:
         size = offset = maps["size"].sum() * 0
     return {"heatmap": heat, "class": class_loss, "size": 0.2 * size, "offset": offset}
+
+
+def region_class_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft cross-entropy between each region's predicted class distribution ``(B, rows, cols, K)`` and the
+    histogram of its labels in ``target`` ``(B, H, W)`` (ignored pixels left out; regions without labels too)."""
+    b, rows, cols, k = logits.shape
+    valid = target != IGNORE
+    one_hot = F.one_hot(target.clamp(min=0), k).float() * valid[..., None]
+    h, w = target.shape[-2] // rows, target.shape[-1] // cols
+    counts = one_hot.view(b, rows, h, cols, w, k).sum(dim=(2, 4))
+    total = counts.sum(-1, keepdim=True)
+    labelled = total[..., 0] > 0
+    if not labelled.any():
+        return logits.sum() * 0
+    histogram = counts / total.clamp(min=1)
+    return -(histogram * logits.float().log_softmax(-1)).sum(-1)[labelled].mean()

@@ -18,14 +18,14 @@ import torch
 
 from napari_xt.model import XTModel, save_checkpoint
 from napari_xt.train.data import Source, sample_crop
-from napari_xt.train.losses import detection_loss, segmentation_loss
+from napari_xt.train.losses import detection_loss, region_class_loss, segmentation_loss
 
 
 @dataclass
 class TrainSettings:
     steps: int = 600
     crop_regions: int = 6
-    batch: int = 1
+    batch: int = 2
     lr: float = 2e-3
     weight_decay: float = 0.02
     warmup: int = 30
@@ -36,6 +36,17 @@ class TrainSettings:
     device: str = "auto"
     command: str = ""
     history: list = field(default_factory=list)
+
+
+def train_mode(model: torch.nn.Module) -> None:
+    """Training mode, except that BatchNorm layers (ResNet, EfficientNet region encoders) keep their running
+    statistics: a training batch is the regions of a few crops, and batch statistics would pass information
+    between regions that inference, with running statistics, does not have. Their scale and shift still train.
+    """
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def _batch(sources: list[Source], settings: TrainSettings, crop: int, rng: np.random.Generator, device):
@@ -49,6 +60,7 @@ def compute_loss(model: XTModel, batch: dict, grid_offset: tuple[int, int] = (0,
     parts = {}
     if "segmentation" in outputs:
         parts["segmentation"] = segmentation_loss(outputs["segmentation"], batch["segmentation"])
+        parts["regions"] = region_class_loss(outputs["region_classes"], batch["segmentation"])
     if "detection" in outputs:
         parts.update(detection_loss(outputs["detection"], batch))
     return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
@@ -64,7 +76,7 @@ def train(
         if settings.device == "auto" and torch.cuda.is_available()
         else ("cpu" if settings.device == "auto" else settings.device)
     )
-    model.to(device).train()
+    train_mode(model.to(device))
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
