@@ -16,7 +16,7 @@ for name in "${names[@]}"; do
   context=${name#*_}
   start=$(date +%s)
   .venv/bin/napari-xt train --data "synthetic:$kind" --scene-size 8192 --scenes 2 --scene-seed 0 \
-    --preset "demo_${kind}_xl" --context "$context" --region-size 128 --crop-regions 6 --steps "$STEPS" \
+    --preset "demo_${kind}_xl" --context "$context" --region-size 128 --crop-regions 6 --batch 2 --steps "$STEPS" \
     --seed 0 --out "$OUT/$name.safetensors"
   echo "$name trained in $(( $(date +%s) - start )) s"
   .venv/bin/napari-xt eval --checkpoint "$OUT/$name.safetensors" --data "synthetic:$kind" --scene-size 6144 \

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from napari_xt.data.synthetic import SarScene, SlideScene
+from napari_xt.train.data import synthetic_scene
 
 
 @pytest.mark.parametrize("scene", [SarScene(height=6000, width=7000, bands=2), SlideScene(height=6000, width=7000)])
@@ -43,16 +44,47 @@ def test_sar_near_shore_needs_context_beyond_a_region():
     assert scene.distance_to_land_below(ys, xs, scene.near_shore_distance).all()
 
 
-def test_slide_cluster_class_comes_from_the_zone():
-    scene = SlideScene(height=16_384, width=16_384, seed=1)
+def test_slide_margin_and_cluster_classes_follow_the_distance_to_tumour():
+    scene = synthetic_scene("slide", 16_384, 1)
     objects = scene.objects()
-    assert {0, 1} <= set(objects.label.tolist())
-    np.testing.assert_array_equal(objects.label == 0, scene.is_tumour_zone(objects.y, objects.x))
+    margin = objects.label == 0
+    assert margin.sum() > 20 and (~margin).sum() > 20
+    # ground truth agrees with the definition, up to the 16-pixel grid the distance is measured on
+    angles = np.linspace(0, 2 * np.pi, 90, endpoint=False)
+    tolerance = scene.MARGIN_GRID * 1.5
+    for y, x, is_margin in zip(objects.y[:80], objects.x[:80], margin[:80]):
+        reach = scene.margin_distance + (tolerance if is_margin else -tolerance)
+        rings = np.linspace(4, reach, 48)[:, None]
+        assert scene.is_tumour(y + rings * np.sin(angles), x + rings * np.cos(angles)).any() == is_margin
+    # the dense labels: stroma within the margin distance is invasive margin, tumour is tumour, clusters by class
     labels = np.asarray(scene.labels(0)[:4096, :4096])
-    inside = objects.y < 4000
+    inside = (objects.y < 4000) & (objects.x < 4000)
+    assert inside.sum() > 10
     for y, x, label in zip(objects.y[inside], objects.x[inside], objects.label[inside]):
-        if x < 4000:
-            assert labels[int(y), int(x)] == 2 + label
+        assert labels[int(y), int(x)] == 4 + label  # margin_cluster, stroma_cluster
+    yy, xx = np.mgrid[:4096:64, :4096:64] + 0.0
+    tumour = scene.is_tumour(yy, xx)
+    np.testing.assert_array_equal(labels[::64, ::64] == 3, tumour)
+
+
+def test_slide_margin_clusters_usually_have_no_tumour_in_their_own_region():
+    """The context-dependent class: a margin cluster's own region (256² level-0 pixels) mostly shows only stroma."""
+    scene = synthetic_scene("slide", 16_384, 2)
+    objects = scene.objects()
+    margin = objects.label == 0
+    alone = 0
+    for y, x in zip(objects.y[margin], objects.x[margin]):
+        y0, x0 = int(y // 256) * 256, int(x // 256) * 256
+        yy, xx = np.mgrid[y0 : y0 + 256 : 8, x0 : x0 + 256 : 8]
+        alone += not scene.is_tumour(yy + 0.0, xx + 0.0).any()
+    assert alone > 0.5 * margin.sum()
+
+
+def test_slide_labels_do_not_depend_on_the_window():
+    scene = synthetic_scene("slide", 8192, 3)
+    whole = scene.render(1, 0, 1024, 0, 1024, "labels")
+    np.testing.assert_array_equal(scene.render(1, 300, 700, 200, 900, "labels"), whole[300:700, 200:900])
+    assert {2, 3} <= set(np.unique(whole).tolist())
 
 
 def test_sar_swath_edge_is_nan_and_sea_darker_than_land():

@@ -15,7 +15,7 @@ VIEW_WIDTH = {"sar": 4096.0, "slide": 3072.0}  # level-0 pixels across the canva
 
 
 def _focus(scene, kind: str) -> tuple[float, float]:
-    """A level-0 centre worth looking at: a near-shore vessel (SAR) or a tumour-zone cluster (slide)."""
+    """A level-0 centre worth looking at: a near-shore vessel (SAR) or a cluster in the invasive margin (slide)."""
     h, w = scene.height, scene.width
     objects = scene.objects((h // 2 - 6000, w // 2 - 6000, h // 2 + 6000, w // 2 + 6000))
     wanted = 1 if kind == "sar" else 0

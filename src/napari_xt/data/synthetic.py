@@ -6,9 +6,10 @@ Both flavours are built so that a label is ambiguous inside one region and decid
   sea are ``near_shore`` when land lies within ``near_shore_distance`` (several regions) and ``open_sea``
   otherwise; a region that is all sea cannot tell the two apart on its own (as xView3's close-to-shore task).
   Look-alike clutter on land is not a target.
-* ``SlideScene``: RGB tissue on a bright background. Tissue is divided into zones; ``tumour`` zones carry
-  glands (pale rings) and ``immune`` zones none. Cell clusters look the same in both zones and take their
-  class from the zone around them, which usually has no gland within one region.
+* ``SlideScene``: RGB tissue on a bright background, tumour nests (epithelium with gland lumens) and the
+  invasive margin, the stroma within a few regions of a nest. Clusters of immune cells look the same wherever
+  they lie and are ``margin_cluster`` in the margin and ``stroma_cluster`` beyond it; a margin cluster's own
+  region usually holds no tumour, so its class (and the margin) needs the regions around it.
 
 Every pixel of every pyramid level is computed from level-0 coordinates, so any level of any window is cheap
 and identical on every machine. Objects live on a jittered grid of cells (one candidate per cell), so the
@@ -296,15 +297,24 @@ def value_sea(y, x, seed: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class SlideScene(_Scene):
-    """A slide-like RGB scene: background, tissue, glands (in tumour zones only) and cell clusters.
+    """A slide-like RGB scene: tissue on glass, tumour nests in the tissue, the invasive margin around them,
+    and clusters of immune cells in the stroma.
+
+    Tumour nests are large areas of epithelium (darker, denser nuclei, gland lumens). The stroma within
+    ``margin_distance`` of a nest is the invasive margin. Immune-cell clusters look the same everywhere in the
+    stroma and are ``margin_cluster`` in the margin and ``stroma_cluster`` beyond it: most margin clusters
+    have no tumour in their own region, so their class, like the margin's extent, needs the regions around.
 
     Args:
         height, width: level-0 size in pixels.
         seed: everything follows from it.
         tissue_scale: size of tissue pieces in pixels.
-        zone_spacing: typical size of a tumour or immune zone (several regions).
-        gland_spacing: one candidate gland per cell of this many pixels (tumour zones only).
-        cluster_spacing: one candidate cell cluster per cell of this many pixels.
+        tissue_level: threshold on the tissue field; larger gives less tissue.
+        nest_scale: size of tumour nests in pixels.
+        nest_level: threshold on the nest field; larger gives fewer, smaller nests.
+        margin_distance: stroma (and clusters) within this many pixels of a nest belong to the margin.
+        cluster_spacing: one candidate immune-cell cluster per cell of this many pixels.
+        cluster_probability: chance that a cell in the stroma holds its cluster.
         pixel_size: micrometres per pixel.
     """
 
@@ -313,9 +323,10 @@ class SlideScene(_Scene):
     seed: int = 0
     tissue_scale: float = 20_000.0
     tissue_level: float = 0.45
-    zone_spacing: int = 2_048
-    gland_spacing: int = 512
-    gland_probability: float = 0.25
+    nest_scale: float = 4_000.0
+    nest_level: float = 0.62
+    margin_distance: float = 1_024.0
+    gland_spacing: int = 96
     cluster_spacing: int = 320
     cluster_probability: float = 0.35
     nucleus_spacing: int = 24
@@ -326,8 +337,9 @@ class SlideScene(_Scene):
     dtype = np.dtype(np.uint8)
     n_channels = 3
     channel_names = ("red", "green", "blue")
-    object_classes = ("tumour_cluster", "immune_cluster")
-    label_classes = ("background", "tissue", "tumour_cluster", "immune_cluster")
+    object_classes = ("margin_cluster", "stroma_cluster")
+    label_classes = ("background", "stroma", "invasive_margin", "tumour", "margin_cluster", "stroma_cluster")
+    MARGIN_GRID = 16  # level-0 pixels between the points where the distance to tumour is measured
 
     def tissue_field(self, y, x) -> np.ndarray:
         return fractal_noise(y, x, self.tissue_scale, self.seed, octaves=5)
@@ -335,47 +347,57 @@ class SlideScene(_Scene):
     def is_tissue(self, y, x) -> np.ndarray:
         return self.tissue_field(y, x) > self.tissue_level
 
-    def is_tumour_zone(self, y, x) -> np.ndarray:
-        """True inside tumour zones: Voronoi cells of jittered seeds, each tumour or immune by a coin flip."""
-        y, x = np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)
-        s = self.zone_spacing
-        base_y, base_x = np.floor(y / s).astype(np.int64), np.floor(x / s).astype(np.int64)
-        best = np.full(np.broadcast_shapes(y.shape, x.shape), np.inf)
-        kind = np.zeros(best.shape, dtype=bool)
-        for oy in (-1, 0, 1):
-            for ox in (-1, 0, 1):
-                gy, gx = base_y + oy, base_x + ox
-                sy = (gy + hash_uniform(gy, gx, 1, seed=self.seed + 5)) * s
-                sx = (gx + hash_uniform(gy, gx, 2, seed=self.seed + 5)) * s
-                distance = (y - sy) ** 2 + (x - sx) ** 2
-                closer = distance < best
-                best = np.where(closer, distance, best)
-                kind = np.where(closer, hash_uniform(gy, gx, 3, seed=self.seed + 5) < 0.5, kind)
-        return kind
+    def nest_field(self, y, x) -> np.ndarray:
+        return fractal_noise(y, x, self.nest_scale, self.seed + 13, octaves=4)
+
+    def is_tumour(self, y, x) -> np.ndarray:
+        return (self.nest_field(y, x) > self.nest_level) & self.is_tissue(y, x)
+
+    def near_tumour(self, y0: float, x0: float, y1: float, x1: float):
+        """Whether tumour lies within ``margin_distance`` of each point of a grid over the level-0 box.
+
+        Returns ``(near, gy, gx)``: a boolean grid and its level-0 coordinates. The grid is anchored at
+        multiples of ``MARGIN_GRID`` (the same points whatever the box) and the distance is exact on it
+        (Euclidean distance transform over the box grown by the margin), so labels do not depend on the window.
+        """
+        from scipy.ndimage import distance_transform_edt
+
+        step, reach = self.MARGIN_GRID, self.margin_distance
+        first_y, first_x = math.floor((y0 - reach) / step), math.floor((x0 - reach) / step)
+        gy = (np.arange(first_y, math.ceil((y1 + reach) / step) + 1) * step).astype(np.float64)
+        gx = (np.arange(first_x, math.ceil((x1 + reach) / step) + 1) * step).astype(np.float64)
+        tumour = self.is_tumour(gy[:, None], gx[None, :])
+        if not tumour.any():
+            near = np.zeros(tumour.shape, dtype=bool)
+        else:
+            near = distance_transform_edt(~tumour) * step <= reach
+        return near, gy, gx
+
+    def _margin_at(self, y: np.ndarray, x: np.ndarray, near, gy, gx) -> np.ndarray:
+        """Sample a ``near_tumour`` grid at level-0 points (nearest grid point)."""
+        iy = np.clip(np.rint((np.asarray(y) - gy[0]) / self.MARGIN_GRID).astype(np.int64), 0, len(gy) - 1)
+        ix = np.clip(np.rint((np.asarray(x) - gx[0]) / self.MARGIN_GRID).astype(np.int64), 0, len(gx) - 1)
+        return near[iy, ix]
+
+    def _scatter(self, cy, cx, spacing: int, margin: float, radius: tuple[float, float], salt: int):
+        """One candidate object per cell ``(cy, cx)`` of a ``spacing`` grid: a centre jittered at least ``margin``
+        from the cell's border, a radius ``radius[0] + radius[1] * u`` and a uniform draw for its presence."""
+        gy, gx = np.meshgrid(cy, cx, indexing="ij")
+        seed = self.seed + salt
+        py = gy * spacing + margin + hash_uniform(gy, gx, 1, seed=seed) * (spacing - 2 * margin)
+        px = gx * spacing + margin + hash_uniform(gy, gx, 2, seed=seed) * (spacing - 2 * margin)
+        size = radius[0] + radius[1] * hash_uniform(gy, gx, 3, seed=seed)
+        return py, px, size, hash_uniform(gy, gx, 4, seed=seed)
 
     def _clusters(self, cy: np.ndarray, cx: np.ndarray):
-        gy, gx = np.meshgrid(cy, cx, indexing="ij")
-        s, margin = self.cluster_spacing, 40
-        py = gy * s + margin + hash_uniform(gy, gx, 1, seed=self.seed + 31) * (s - 2 * margin)
-        px = gx * s + margin + hash_uniform(gy, gx, 2, seed=self.seed + 31) * (s - 2 * margin)
-        radius = 14 + 14 * hash_uniform(gy, gx, 3, seed=self.seed + 31)
+        py, px, radius, draw = self._scatter(cy, cx, self.cluster_spacing, 40, (14, 14), 31)
         inside = (py >= 0) & (py < self.height) & (px >= 0) & (px < self.width)
-        present = inside & (hash_uniform(gy, gx, 4, seed=self.seed + 31) < self.cluster_probability)
-        present &= self.is_tissue(py, px)
-        return py, px, radius, present
-
-    def _glands(self, cy: np.ndarray, cx: np.ndarray):
-        gy, gx = np.meshgrid(cy, cx, indexing="ij")
-        s, margin = self.gland_spacing, 110
-        py = gy * s + margin + hash_uniform(gy, gx, 1, seed=self.seed + 47) * (s - 2 * margin)
-        px = gx * s + margin + hash_uniform(gy, gx, 2, seed=self.seed + 47) * (s - 2 * margin)
-        radius = 50 + 50 * hash_uniform(gy, gx, 3, seed=self.seed + 47)
-        present = hash_uniform(gy, gx, 4, seed=self.seed + 47) < self.gland_probability
-        present &= self.is_tissue(py, px) & self.is_tumour_zone(py, px)
+        present = inside & (draw < self.cluster_probability)
+        present &= self.is_tissue(py, px) & ~self.is_tumour(py, px)
         return py, px, radius, present
 
     def objects(self, box: tuple[int, int, int, int] | None = None) -> ObjectTable:
-        """Cell clusters whose centre lies in the level-0 ``box`` (y0, x0, y1, x1); whole scene if None."""
+        """Immune-cell clusters whose centre lies in the level-0 ``box`` (y0, x0, y1, x1); whole scene if None."""
         y0, x0, y1, x1 = box or (0, 0, self.height, self.width)
         s = self.cluster_spacing
         cy = np.arange(y0 // s, (y1 - 1) // s + 1)
@@ -383,7 +405,10 @@ class SlideScene(_Scene):
         py, px, radius, present = self._clusters(cy, cx)
         keep = present & (py >= y0) & (py < y1) & (px >= x0) & (px < x1)
         py, px, radius = py[keep], px[keep], radius[keep]
-        label = np.where(self.is_tumour_zone(py, px), 0, 1)
+        if len(py) == 0:
+            return ObjectTable(py, px, np.zeros(0, np.int64), 2 * radius)
+        near, gy, gx = self.near_tumour(py.min(), px.min(), py.max() + 1, px.max() + 1)
+        label = np.where(self._margin_at(py, px, near, gy, gx), 0, 1)
         return ObjectTable(py, px, label.astype(np.int64), 2 * radius)
 
     def _own_cell(self, spacing, generator, ys, xs):
@@ -400,25 +425,30 @@ class SlideScene(_Scene):
         tissue = field(self.tissue_field)
         tone = field(lambda y, x: fractal_noise(y, x, 1500.0, self.seed + 3, 3))
         alpha = np.clip((tissue - self.tissue_level) / 0.02, 0, 1)[..., None]
+        nest = np.clip((field(self.nest_field) - self.nest_level) / 0.01, 0, 1)[..., None] * alpha
         background = np.array([242.0, 240.0, 244.0])
         stroma = np.array([232.0, 168.0, 196.0]) - 30 * tone[..., None] * np.array([0.3, 1.0, 0.6])
-        image = background * (1 - alpha) + stroma * alpha
+        epithelium = np.array([196.0, 118.0, 178.0]) - 20 * tone[..., None] * np.array([0.5, 1.0, 0.6])
+        image = background * (1 - alpha) + (stroma * (1 - nest) + epithelium * nest) * alpha
         soft = max(1.0, factor / 2.0)
-        # nuclei: a dark dot per small cell, or their mean tint when smaller than a pixel
+        # nuclei: a dark dot per small cell (packed in the epithelium), or their mean tint when below a pixel
         nucleus_colour = np.array([92.0, 58.0, 142.0])
         if factor <= 4:
             distance, radius, present, _ = self._own_cell(self.nucleus_spacing, self._nuclei, ys, xs)
             cover = np.clip((radius - distance) / soft + 0.5, 0, 1) * present
+            dense = np.clip((radius + 1.5 - distance) / soft + 0.5, 0, 1)
+            cover = cover * (1 - nest[..., 0]) + dense * nest[..., 0]
         else:
-            cover = np.full(shape, 0.09)
+            cover = 0.09 + 0.2 * nest[..., 0]
         image = image * (1 - cover[..., None] * alpha * 0.85) + nucleus_colour * cover[..., None] * alpha * 0.85
-        # glands: pale lumen with a dark rim
+        # gland lumens in the epithelium: pale, with a thin dark rim
         distance, radius, present, _ = self._own_cell(self.gland_spacing, self._glands, ys, xs)
-        rim = np.clip(1 - np.abs(distance - radius) / (6 + soft), 0, 1) * present
-        lumen = np.clip((radius - 8 - distance) / soft + 0.5, 0, 1) * present
+        present = present * nest[..., 0]
+        rim = np.clip(1 - np.abs(distance - radius) / (2 + soft), 0, 1) * present
+        lumen = np.clip((radius - 3 - distance) / soft + 0.5, 0, 1) * present
         image = image * (1 - lumen[..., None]) + np.array([250.0, 236.0, 242.0]) * lumen[..., None]
-        image = image * (1 - 0.8 * rim[..., None]) + np.array([120.0, 60.0, 130.0]) * 0.8 * rim[..., None]
-        # cell clusters: a dense dark blob, the same in every zone
+        image = image * (1 - 0.7 * rim[..., None]) + np.array([120.0, 60.0, 130.0]) * 0.7 * rim[..., None]
+        # immune-cell clusters: a dense dark blob, the same wherever it lies
         distance, radius, present, _ = self._own_cell(self.cluster_spacing, self._clusters, ys, xs)
         blob = np.clip((radius - distance) / soft + 0.5, 0, 1) * present
         image = image * (1 - blob[..., None]) + np.array([60.0, 30.0, 100.0]) * blob[..., None]
@@ -427,19 +457,22 @@ class SlideScene(_Scene):
         return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
     def _nuclei(self, cy, cx):
-        gy, gx = np.meshgrid(cy, cx, indexing="ij")
-        s, margin = self.nucleus_spacing, 6
-        py = gy * s + margin + hash_uniform(gy, gx, 1, seed=self.seed + 59) * (s - 2 * margin)
-        px = gx * s + margin + hash_uniform(gy, gx, 2, seed=self.seed + 59) * (s - 2 * margin)
-        radius = 2.5 + 2.0 * hash_uniform(gy, gx, 3, seed=self.seed + 59)
-        present = hash_uniform(gy, gx, 4, seed=self.seed + 59) < 0.6
-        return py, px, radius, present
+        py, px, radius, draw = self._scatter(cy, cx, self.nucleus_spacing, 6, (2.5, 2.0), 59)
+        return py, px, radius, draw < 0.6
+
+    def _glands(self, cy, cx):
+        py, px, radius, draw = self._scatter(cy, cx, self.gland_spacing, 22, (10, 10), 47)
+        return py, px, radius, draw < 0.55
 
     def _labels(self, ys, xs, factor) -> np.ndarray:
-        out = self.is_tissue(ys[:, None], xs[None, :]).astype(np.uint8)
+        tissue = self.is_tissue(ys[:, None], xs[None, :])
+        tumour = self.is_tumour(ys[:, None], xs[None, :])
+        near, gy, gx = self.near_tumour(ys[0], xs[0], ys[-1] + 1, xs[-1] + 1)
+        margin = self._margin_at(ys[:, None], xs[None, :], near, gy, gx)
+        out = np.where(tissue, np.where(tumour, 3, np.where(margin, 2, 1)), 0).astype(np.uint8)
         distance, radius, present, (py, px, iy, ix) = self._own_cell(self.cluster_spacing, self._clusters, ys, xs)
         hit = (distance <= np.maximum(radius, factor / 2)) & present
         if hit.any():
-            tumour = self.is_tumour_zone(py, px)[iy, ix]
-            out[hit] = np.where(tumour, 2, 3)[hit]
+            cluster_margin = self._margin_at(py, px, near, gy, gx)
+            out[hit] = np.where(cluster_margin[iy, ix], 4, 5)[hit]
         return out

@@ -9,23 +9,26 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
+from napari_xt.data.synthetic import SarScene, SlideScene
 from napari_xt.model.config import ContextEncoderConfig, HeadsConfig, RegionEncoderConfig, XTConfig
 
 _PRESETS: dict[str, Callable[[], XTConfig]] = {}
 
 SLIDE_HEADS = HeadsConfig(
-    segmentation_classes=["background", "tissue", "tumour_cluster", "immune_cluster"],
-    detection_classes=["tumour_cluster", "immune_cluster"],
+    segmentation_classes=list(SlideScene.label_classes),
+    detection_classes=list(SlideScene.object_classes),
     colours={
         "background": "#00000000",
-        "tissue": "#f2c4d6",
-        "tumour_cluster": "#e6194b",
-        "immune_cluster": "#3cb44b",
+        "stroma": "#f2c4d6",
+        "invasive_margin": "#f0a050",
+        "tumour": "#b03a8c",
+        "margin_cluster": "#e6194b",
+        "stroma_cluster": "#2e8b3c",
     },
 )
 SAR_HEADS = HeadsConfig(
-    segmentation_classes=["background", "land", "open_sea", "near_shore"],
-    detection_classes=["open_sea", "near_shore"],
+    segmentation_classes=list(SarScene.label_classes),
+    detection_classes=list(SarScene.object_classes),
     colours={"background": "#00000000", "land": "#a0a0a0", "open_sea": "#4363d8", "near_shore": "#f58231"},
 )
 

@@ -97,9 +97,9 @@ SYNTHETIC = {
     "slide": dict(
         tissue_scale=12000.0,
         tissue_level=0.40,
-        zone_spacing=1536,
-        gland_spacing=384,
-        gland_probability=0.35,
+        nest_scale=3000.0,
+        nest_level=0.60,
+        margin_distance=768.0,
         cluster_spacing=256,
         cluster_probability=0.45,
     ),
