@@ -56,6 +56,7 @@ def _after_each_event(widget, callback):
 def test_full_run_gives_lazy_aligned_layers(make_napari_viewer, qtbot, sar_checkpoint):
     viewer, widget = _viewer_with_scene(make_napari_viewer)
     _choose(widget, sar_checkpoint)
+    widget.region_grid.setChecked(True)
     _run(qtbot, widget)
     assert "finished" in widget.status.text()
     labels, points, roi = widget.layers["labels"], widget.layers["points"], widget.layers["shapes"]
@@ -67,7 +68,9 @@ def test_full_run_gives_lazy_aligned_layers(make_napari_viewer, qtbot, sar_check
     np.testing.assert_allclose(labels.translate, np.asarray(image.scale) / 2)  # centres on level-0 centres
     assert set(points.features.columns) >= {"class", "score", "size"}
     np.testing.assert_allclose(points.scale, image.scale)
-    assert len(roi.data) == 1
+    assert roi.shape_type.count("rectangle") == 1
+    # regions of 64 analysis px = 128 level-0 px: borders at 0, 128, …, 2048 along each axis
+    assert roi.shape_type.count("line") == 2 * 17
 
 
 def _oracle_model():

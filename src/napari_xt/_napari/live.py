@@ -37,9 +37,18 @@ class LiveRun:
         spec: the run's display spec (``engine.runner.display_spec`` plus ``rois``).
         threshold: detection score threshold for display.
         probabilities: also show the class probabilities.
+        region_grid: also draw the borders of the analysed regions in the ROI layer.
     """
 
-    def __init__(self, viewer, run_dir: Path, spec: dict, threshold: float, probabilities: bool = False):
+    def __init__(
+        self,
+        viewer,
+        run_dir: Path,
+        spec: dict,
+        threshold: float,
+        probabilities: bool = False,
+        region_grid: bool = False,
+    ):
         self.viewer, self.run_dir, self.spec, self.threshold = viewer, Path(run_dir), spec, threshold
         self._parts: list[DetectionTable] = []
         self._table = DetectionTable.empty()
@@ -51,7 +60,7 @@ class LiveRun:
             builders.append(("probabilities", probability_layer_data(run_dir, spec, f"{stem} probabilities")))
         if spec.get("detection_classes"):
             builders.append(("points", points_layer_data(run_dir, self._table, spec, threshold, f"{stem} detections")))
-        builders.append(("shapes", roi_layer_data(run_dir, spec, f"{stem} ROI")))
+        builders.append(("shapes", roi_layer_data(run_dir, spec, f"{stem} ROI", region_grid=region_grid)))
         self.layers = {role: getattr(viewer, f"add_{kind}")(data, **kwargs) for role, (data, kwargs, kind) in builders}
 
     # -- during the run ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ and a finished run directory opened again.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -177,20 +178,50 @@ def points_layer_data(run_dir: str | Path, table: DetectionTable, spec: dict, th
     return (props["data"], _units(spec, kwargs), "points")
 
 
-def roi_layer_data(run_dir: str | Path, spec: dict, name: str) -> tuple:
-    """The ROIs of the run as rectangles (level-0 pixel edges, scaled to physical units)."""
-    rectangles = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) for y0, x0, y1, x1 in spec.get("rois", [])]
+MAX_GRID_LINES = 1000  # per axis and ROI; beyond, every 2nd, 4th, … region border is drawn
+
+
+def roi_layer_data(run_dir: str | Path, spec: dict, name: str, region_grid: bool = False) -> tuple:
+    """The ROIs of the run as rectangles (level-0 pixel edges, scaled to physical units) and, with
+    ``region_grid``, the borders of the regions inside them as lines (on the image's global region grid)."""
+    rois = spec.get("rois", [])
+    shapes = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) for y0, x0, y1, x1 in rois]
+    types, widths = ["rectangle"] * len(shapes), [2.0] * len(shapes)
+    if region_grid and spec.get("region_level0"):
+        lines = [line for roi in rois for line in region_grid_lines(roi, spec["region_level0"])]
+        shapes += lines
+        types += ["line"] * len(lines)
+        widths += [1.0] * len(lines)
+    scale = level0_scale(spec)
     kwargs = {
         "name": name,
-        "shape_type": "rectangle",
+        "shape_type": types,
         "edge_color": "cyan",
         "face_color": "transparent",
-        "edge_width": 2,
-        "scale": level0_scale(spec),
+        "edge_width": widths,
+        "scale": scale,
+        "translate": (-scale[0] / 2, -scale[1] / 2),  # vertices are pixel edges; napari puts pixel centres on integers
         "opacity": 0.8,
         "metadata": _metadata(run_dir, "roi"),
     }
-    return (rectangles, _units(spec, kwargs), "shapes")
+    return (shapes, _units(spec, kwargs), "shapes")
+
+
+def region_grid_lines(roi, region: tuple[float, float]) -> list[np.ndarray]:
+    """Lines ``[[y, x], [y, x]]`` along the region borders crossing the level-0 box ``roi`` (regions of
+    ``region`` level-0 pixels, the grid anchored at the image origin, as the engine lays it out)."""
+    y0, x0, y1, x1 = (float(v) for v in roi)
+    lines = []
+    for axis, (start, stop), (across0, across1) in ((0, (y0, y1), (x0, x1)), (1, (x0, x1), (y0, y1))):
+        side = float(region[axis])
+        first, last = math.ceil(start / side), math.floor(stop / side)
+        step = 1
+        while (last - first) // step + 1 > MAX_GRID_LINES:
+            step *= 2
+        for k in range(first, last + 1, step):
+            at = k * side
+            lines.append(np.array([[at, across0], [at, across1]] if axis == 0 else [[across0, at], [across1, at]]))
+    return lines
 
 
 def run_layers(run_dir: str | Path, threshold: float = 0.5) -> list[tuple]:

@@ -142,6 +142,9 @@ class XTWidget(QWidget):
         form.addRow("Detection threshold", self.threshold)
         self.probabilities = QCheckBox("class probability layer")
         form.addRow(self.probabilities)
+        self.region_grid = QCheckBox("show the region grid")
+        self.region_grid.setToolTip("Draw the borders of the regions xT analyses (one region each) in the ROI layer")
+        form.addRow(self.region_grid)
         self.run_button = QPushButton("Run xT")
         self.run_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
@@ -386,6 +389,7 @@ class XTWidget(QWidget):
             {**display_spec(pyramid, self.config, grid), "rois": rois},
             self.threshold.value(),
             probabilities=options.save_probabilities,
+            region_grid=self.region_grid.isChecked(),
         )
         self.viewer.layers.selection.active = layer
         self._started = False

@@ -156,6 +156,7 @@ def display_spec(pyramid: Pyramid, config, grid: RegionGrid) -> dict:
         "unit": pyramid.unit,
         "layer_scale": list(scale),
         "layer_translate": [scale[0] / 2 - s0[0] / 2, scale[1] / 2 - s0[1] / 2],
+        "region_level0": [grid.region_size * grid.downsample[0], grid.region_size * grid.downsample[1]],
         "segmentation_classes": list(heads.segmentation_classes),
         "detection_classes": list(heads.detection_classes),
         "colours": dict(heads.colours),

@@ -1,0 +1,35 @@
+"""Layer data of a run directory: the ROI layer and its region grid (no viewer needed)."""
+
+import numpy as np
+
+from napari_xt._napari.run_layers import MAX_GRID_LINES, region_grid_lines, roi_layer_data
+
+
+def test_region_grid_lines_lie_on_region_borders_inside_the_roi():
+    lines = region_grid_lines((100, 0, 1000, 700), (256.0, 256.0))
+    horizontal = [line for line in lines if line[0, 0] == line[1, 0]]
+    vertical = [line for line in lines if line[0, 1] == line[1, 1]]
+    assert [line[0, 0] for line in horizontal] == [256.0, 512.0, 768.0]  # borders between y 100 and 1000
+    assert [line[0, 1] for line in vertical] == [0.0, 256.0, 512.0]
+    for line in horizontal:
+        np.testing.assert_array_equal(line[:, 1], [0.0, 700.0])  # across the whole ROI
+    for line in vertical:
+        np.testing.assert_array_equal(line[:, 0], [100.0, 1000.0])
+
+
+def test_region_grid_of_a_huge_roi_is_thinned_to_whole_multiples():
+    lines = region_grid_lines((0, 0, 1_000_000, 512), (256.0, 256.0))
+    horizontal = np.array([line[0, 0] for line in lines if line[0, 0] == line[1, 0]])
+    assert len(horizontal) <= MAX_GRID_LINES
+    assert np.all(horizontal % (256 * 4) == 0) and horizontal[0] == 0  # every 4th border of 3,907
+
+
+def test_roi_layer_puts_rectangle_edges_on_pixel_edges_and_adds_the_grid_on_request(tmp_path):
+    spec = {"rois": [[0, 0, 512, 768]], "pixel_size": [0.5, 0.5], "unit": "micrometer", "region_level0": [256, 256]}
+    plain, kwargs, kind = roi_layer_data(tmp_path, spec, "roi")
+    assert kind == "shapes" and len(plain) == 1 and kwargs["shape_type"] == ["rectangle"]
+    # level-0 pixel i is drawn centred at i × 0.5 µm: its top-left edge is 0.25 µm before that
+    np.testing.assert_allclose(np.asarray(kwargs["translate"]) + np.asarray(kwargs["scale"]) * plain[0][0], -0.25)
+    shapes, kwargs, _ = roi_layer_data(tmp_path, spec, "roi", region_grid=True)
+    assert kwargs["shape_type"] == ["rectangle"] + ["line"] * 7  # y: 0, 256, 512; x: 0, 256, 512, 768
+    assert len(shapes) == len(kwargs["edge_width"]) == 8
