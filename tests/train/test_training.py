@@ -116,6 +116,6 @@ def test_batchnorm_keeps_its_statistics_in_training(tmp_path):
     assert norms
     before = [(m.running_mean.clone(), m.weight.detach().clone()) for m in norms]
     train(model, [_source()], tmp_path / "r.safetensors", TrainSettings(steps=3, crop_regions=2, save_every=1000))
-    for m, (mean, weight) in zip(norms, before, strict=True):
+    for m, (mean, _) in zip(norms, before, strict=True):
         torch.testing.assert_close(m.running_mean, mean)
     assert any(not torch.equal(m.weight, weight) for m, (_, weight) in zip(norms, before, strict=True))
