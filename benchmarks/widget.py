@@ -26,32 +26,18 @@ from _common import write_results
 
 
 def measure(scene_kind: str) -> dict:
-    import napari
     import numpy as np
     import zarr
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
     from napari_xt._napari import checkpoints
-    from napari_xt._napari.demo import VIEW_WIDTH, _focus
-    from napari_xt._napari.layers import image_layer_data
-    from napari_xt._napari.sample_data import SAMPLE_SEED
-    from napari_xt._napari.widget import XTWidget, camera
-    from napari_xt.train.data import synthetic_scene
+    from napari_xt._napari.demo import show_demo_world
 
     checkpoint = checkpoints.demo_checkpoint(scene_kind, "xl")
     if checkpoint is None:
         raise SystemExit(f"no shipped {scene_kind} checkpoint: run scripts/train_demo.sh first")
-    world = synthetic_scene(scene_kind, 50_000 if scene_kind == "sar" else 65_536, SAMPLE_SEED)
-    data, kwargs, _ = image_layer_data(world.pyramid(), name="scene")
-    viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1500, 950)
-    viewer.add_image(data, **kwargs)
-    widget = XTWidget(viewer)
-    viewer.window.add_dock_widget(widget, area="right")
-    y, x = _focus(world, scene_kind)
-    camera(viewer).center = (y * world.pixel_size, x * world.pixel_size)
-    camera(viewer).zoom = max(viewer.canvas.size[1], 400) / (VIEW_WIDTH[scene_kind] * world.pixel_size)
+    viewer, widget, _world = show_demo_world(scene_kind)
     widget.set_checkpoint(checkpoint)
     widget.roi_combo.setCurrentText("visible region")
     for _ in range(40):  # the scene is drawn before the click

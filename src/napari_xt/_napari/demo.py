@@ -25,6 +25,31 @@ def _focus(scene, kind: str) -> tuple[float, float]:
     return h / 2, w / 2
 
 
+def show_demo_world(scene: str = "sar"):
+    """A viewer showing the demo world (50,000² SAR or 65,536² slide) around an object whose class needs context,
+    with the Run xT widget docked; returns ``(viewer, widget, world)``. Needs a display (or Xvfb)."""
+    import napari
+    from qtpy.QtWidgets import QApplication
+
+    from napari_xt._napari.layers import image_layer_data
+    from napari_xt._napari.sample_data import SAMPLE_SEED
+    from napari_xt._napari.widget import XTWidget, camera
+
+    world = synthetic_scene(scene, 50_000 if scene == "sar" else 65_536, SAMPLE_SEED)
+    data, kwargs, _ = image_layer_data(world.pyramid(), name=f"xT synthetic {scene}")
+    viewer = napari.Viewer(show=True, title="napari-xt demo")
+    viewer.window._qt_window.resize(1500, 950)
+    viewer.add_image(data, **kwargs)
+    widget = XTWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Run xT", area="right")
+    QApplication.processEvents()
+    y, x = _focus(world, scene)
+    s0 = world.pixel_size
+    camera(viewer).center = (y * s0, x * s0)
+    camera(viewer).zoom = max(viewer.canvas.size[1], 400) / (VIEW_WIDTH[scene] * s0)
+    return viewer, widget, world
+
+
 def run_demo(scene: str = "sar", screenshot: Path | None = None, run: bool = True, timeout_s: float = 900) -> int:
     """Open the demo scene; run xT on the visible region; with ``screenshot`` (or no display) save a PNG."""
     from napari_xt._napari.headless import display_available
@@ -36,23 +61,8 @@ def run_demo(scene: str = "sar", screenshot: Path | None = None, run: bool = Tru
         from qtpy.QtWidgets import QApplication
 
         from napari_xt._napari import checkpoints
-        from napari_xt._napari.layers import image_layer_data
-        from napari_xt._napari.sample_data import SAMPLE_SEED
-        from napari_xt._napari.widget import XTWidget, camera
 
-        size = 50_000 if scene == "sar" else 65_536
-        world = synthetic_scene(scene, size, SAMPLE_SEED)
-        data, kwargs, _ = image_layer_data(world.pyramid(), name=f"xT synthetic {scene}")
-        viewer = napari.Viewer(show=True, title="napari-xt demo")
-        viewer.window._qt_window.resize(1500, 950)
-        viewer.add_image(data, **kwargs)
-        widget = XTWidget(viewer)
-        viewer.window.add_dock_widget(widget, name="Run xT", area="right")
-        QApplication.processEvents()
-        y, x = _focus(world, scene)
-        s0 = world.pixel_size
-        camera(viewer).center = (y * s0, x * s0)
-        camera(viewer).zoom = max(viewer.canvas.size[1], 400) / (VIEW_WIDTH[scene] * s0)
+        viewer, widget, _world = show_demo_world(scene)
         checkpoint = checkpoints.demo_checkpoint(scene, "xl")
         if run and checkpoint is None:
             print("napari-xt demo: no shipped checkpoint found; showing the scene only")
