@@ -298,6 +298,7 @@ class _Run:
             local = self.positions - [grid.rows.start, grid.cols.start]
             have = present[local[:, 0], local[:, 1]]
             tokens[have] = cached[local[have, 0], local[have, 1]]
+        n_cached = int(have.sum())
         todo_set = {(int(r), int(c)) for r, c in todo}
         # regions to encode now: those without tokens, and those still to predict (their features are kept)
         need = [i for i, (r, c) in enumerate(self.positions) if not have[i] or (int(r), int(c)) in todo_set]
@@ -315,7 +316,6 @@ class _Run:
                 if not have[i]:
                     new_positions.append(position)
                     new_tokens.append(tokens[i])
-            n_cached = int(have.sum())
             done = len(new_positions) + n_cached
             yield Progress("encode", done, len(self.positions), time.perf_counter() - started, n_cached)
         if cache is not None and new_positions:
@@ -327,9 +327,7 @@ class _Run:
         with self._autocast():
             context = model.contextualise(sequence, positions)[0]
         self.timings["context"] += time.perf_counter() - t0
-        yield Progress(
-            "context", len(self.positions), len(self.positions), time.perf_counter() - started, int(have.sum())
-        )
+        yield Progress("context", len(self.positions), len(self.positions), time.perf_counter() - started, n_cached)
         return context
 
     # -- pass 2: outputs --------------------------------------------------------------------------------------
