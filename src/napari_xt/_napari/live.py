@@ -14,14 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_xt._napari.run_layers import (
-    detections_table,
-    labels_layer_data,
-    points_layer_data,
-    points_properties,
-    probability_layer_data,
-    roi_layer_data,
-)
+from napari_xt._napari.run_layers import detections_table, layer_data, points_properties
 from napari_xt.engine.detections import DetectionTable
 
 MIN_REFRESH_INTERVAL_S = 0.4
@@ -54,14 +47,10 @@ class LiveRun:
         self._table = DetectionTable.empty()
         self._last_refresh = 0.0
         self._refresh_cost = 0.0
-        stem = self.run_dir.name.removesuffix(".xt.zarr")
-        builders = [("labels", labels_layer_data(run_dir, spec, f"{stem} segmentation"))]
-        if probabilities and spec.get("segmentation_classes"):
-            builders.append(("probabilities", probability_layer_data(run_dir, spec, f"{stem} probabilities")))
-        if spec.get("detection_classes"):
-            builders.append(("points", points_layer_data(run_dir, self._table, spec, threshold, f"{stem} detections")))
-        builders.append(("shapes", roi_layer_data(run_dir, spec, f"{stem} ROI", region_grid=region_grid)))
-        self.layers = {role: getattr(viewer, f"add_{kind}")(data, **kwargs) for role, (data, kwargs, kind) in builders}
+        builders = layer_data(run_dir, spec, self._table, threshold, probabilities, region_grid)
+        self.layers = {
+            role: getattr(viewer, f"add_{kind}")(data, **kwargs) for role, (data, kwargs, kind) in builders.items()
+        }
 
     # -- during the run ---------------------------------------------------------------------------------------
 

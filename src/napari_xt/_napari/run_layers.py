@@ -224,17 +224,31 @@ def region_grid_lines(roi, region: tuple[float, float]) -> list[np.ndarray]:
     return lines
 
 
+def layer_data(
+    run_dir: str | Path,
+    spec: dict,
+    table: DetectionTable,
+    threshold: float,
+    probabilities: bool,
+    region_grid: bool = False,
+) -> dict[str, tuple]:
+    """The layers of a run by role (``labels``, ``probabilities``, ``points``, ``shapes``), bottom to top."""
+    name = Path(run_dir).name.removesuffix(".xt.zarr")
+    layers = {"labels": labels_layer_data(run_dir, spec, f"{name} segmentation")}
+    if probabilities and spec.get("segmentation_classes"):
+        layers["probabilities"] = probability_layer_data(run_dir, spec, f"{name} probabilities")
+    if spec.get("detection_classes"):
+        layers["points"] = points_layer_data(run_dir, table, spec, threshold, f"{name} detections")
+    layers["shapes"] = roi_layer_data(run_dir, spec, f"{name} ROI", region_grid=region_grid)
+    return layers
+
+
 def run_layers(run_dir: str | Path, threshold: float = 0.5) -> list[tuple]:
     """All layers of a run directory, for opening it again."""
     spec = run_spec(run_dir)
-    name = Path(run_dir).name.removesuffix(".xt.zarr")
-    layers = [labels_layer_data(run_dir, spec, f"{name} segmentation")]
-    if spec.get("detection_classes"):
-        layers.append(points_layer_data(run_dir, detections_table(run_dir), spec, threshold, f"{name} detections"))
-    if "probabilities" in zarr.open_group(str(run_dir), mode="r"):
-        layers.append(probability_layer_data(run_dir, spec, f"{name} probabilities"))
-    layers.append(roi_layer_data(run_dir, spec, f"{name} ROI"))
-    return layers
+    table = detections_table(run_dir) if spec.get("detection_classes") else DetectionTable.empty()
+    saved = "probabilities" in zarr.open_group(str(run_dir), mode="r")
+    return list(layer_data(run_dir, spec, table, threshold, saved).values())
 
 
 def is_napari_xt_output(layer) -> bool:
