@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from napari_xt._napari.run_layers import MAX_GRID_LINES, region_grid_lines, roi_layer_data
+from napari_xt._napari.run_layers import MAX_GRID_LINES, points_properties, region_grid_lines, roi_layer_data
+from napari_xt.engine.detections import DetectionTable
 
 
 def test_region_grid_lines_lie_on_region_borders_inside_the_roi():
@@ -33,3 +34,24 @@ def test_roi_layer_puts_rectangle_edges_on_pixel_edges_and_adds_the_grid_on_requ
     shapes, kwargs, _ = roi_layer_data(tmp_path, spec, "roi", region_grid=True)
     assert kwargs["shape_type"] == ["rectangle"] + ["line"] * 7  # y: 0, 256, 512; x: 0, 256, 512, 768
     assert len(shapes) == len(kwargs["edge_width"]) == 8
+
+
+def test_points_take_class_names_and_colours_from_the_checkpoint_and_numbers_for_unnamed_classes():
+    table = DetectionTable(
+        np.array([1.0, 2.0, 3.0, 4.0], np.float32),
+        np.array([5.0, 6.0, 7.0, 8.0], np.float32),
+        np.array([1, 0, 3, 1], np.int16),
+        np.array([0.9, 0.2, 0.7, 0.5], np.float32),
+        np.array([0.5, 4.0, 6.0, 8.0], np.float32),
+    )
+    spec = {"detection_classes": ["vessel", "fishing"], "colours": {"vessel": "#ff0000", "fishing": "#0000ff"}}
+    props = points_properties(table, spec, threshold=0.5)
+    assert list(props["features"]["class"]) == ["fishing", "vessel", "3", "fishing"]
+    np.testing.assert_allclose(props["face_color"][0], [0, 0, 1, 1])
+    np.testing.assert_allclose(props["face_color"][1], [1, 0, 0, 1])
+    np.testing.assert_allclose(props["face_color"][2], [1, 1, 0, 1])  # unnamed: the default yellow
+    np.testing.assert_array_equal(props["data"], [[1, 5], [2, 6], [3, 7], [4, 8]])
+    np.testing.assert_array_equal(props["shown"], [True, False, True, True])
+    np.testing.assert_allclose(props["size"], [1.0, 4.0, 6.0, 8.0])  # at least one pixel
+    empty = points_properties(DetectionTable.empty(), spec, 0.5)
+    assert empty["data"].shape == (0, 2) and empty["face_color"].shape == (0, 4)

@@ -194,12 +194,6 @@ def test_second_run_is_refused_while_one_goes(make_napari_viewer, qtbot, sar_che
     qtbot.waitUntil(lambda: widget.done, timeout=120_000)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, issue 5 open: under Xvfb on 2 cores a refresh with ~7,000 detections (this untrained model's) "
-    "plus the software-OpenGL repaint that follows takes 90-150 ms (our refresh <= 50 ms; an idle repaint 45-60 ms "
-    "with the points, 22 ms without); the bound is not met yet in this environment",
-)
 def test_main_thread_never_stalls_during_a_run(make_napari_viewer, qtbot, sar_checkpoint):
     """The click creates the result layers and draws them once (napari's cost, paid before the run); from then
     until the run has finished, the interface answers every 10 ms timer within 100 ms."""

@@ -148,10 +148,13 @@ def detections_table(run_dir: str | Path) -> DetectionTable:
 
 def points_properties(table: DetectionTable, spec: dict, threshold: float) -> dict:
     """Data and per-point settings of the detections Points layer (level-0 pixels; the layer scales them)."""
-    classes = spec.get("detection_classes", []) or ["object"]
-    names = np.array([classes[int(i)] if int(i) < len(classes) else str(i) for i in table.label], dtype=object)
-    palette = {n: hex_to_rgba(spec.get("colours", {}).get(n, "#ffff00")) for n in set(names)}
-    colours = np.array([palette[n] for n in names], dtype=float).reshape(-1, 4) / 255.0
+    classes = list(spec.get("detection_classes", []) or ["object"])
+    labels = np.asarray(table.label, dtype=np.int64)
+    # labels the checkpoint does not name keep their number (one lookup per class, not per detection)
+    classes += [str(i) for i in range(len(classes), int(labels.max(initial=-1)) + 1)]
+    names = np.array(classes, dtype=object)[labels]
+    palette = np.array([hex_to_rgba(spec.get("colours", {}).get(n, "#ffff00")) for n in classes], float) / 255.0
+    colours = palette[labels]
     return {
         "data": np.stack([table.y, table.x], axis=1) if len(table) else np.zeros((0, 2)),
         "features": {"class": names, "score": table.score.astype(float), "size": table.size.astype(float)},

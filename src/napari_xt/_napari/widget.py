@@ -77,7 +77,7 @@ class XTWidget(QWidget):
         self.viewer = napari_viewer
         self.worker = None
         self.cancel_token = None
-        self.done = True  # no run in progress
+        self._worker_done = True  # no run in progress
         self.run_dir: Path | None = None
         self.live: LiveRun | None = None
         self.config = None
@@ -323,8 +323,14 @@ class XTWidget(QWidget):
     # -- running --------------------------------------------------------------------------------------------
 
     @property
+    def done(self) -> bool:
+        """True when no run is going: its worker has finished and its last results are on screen."""
+        return self._worker_done and (self.live is None or not self.live.refreshing)
+
+    @property
     def running(self) -> bool:
-        """True from Run until the worker has finished (also before its thread has started)."""
+        """True from Run until the worker has finished and the results are shown (also before its thread has
+        started)."""
         return not self.done
 
     @property
@@ -359,7 +365,7 @@ class XTWidget(QWidget):
         from napari_xt.engine.runner import CancelToken, display_spec, plan
         from napari_xt.model import CheckpointError, check_fits_image
 
-        if self.running:
+        if not self._worker_done:  # (a last refresh under way is replaced)
             show_info("xT is already running: wait for it or press Cancel first.")
             return
         layer, checkpoint = self.image_combo.currentData(), self.checkpoint_path()
@@ -377,7 +383,7 @@ class XTWidget(QWidget):
             return
         rois = [*self._earlier_rois(self.run_dir), list(grid.roi)]
         catalogue.remember(checkpoint)
-        self.done = False  # from here on a second Run is refused
+        self._worker_done = False  # from here on a second Run is refused
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status.setText("starting…")
@@ -449,7 +455,7 @@ class XTWidget(QWidget):
         if self.cancel_token is not None:
             self.cancel_token.cancel()
         worker = self.worker
-        if worker is not None and not self.done:
+        if worker is not None and not self._worker_done:
             worker.quit()
             from napari.qt.threading import WorkerBase
 
@@ -466,7 +472,7 @@ class XTWidget(QWidget):
             self.live = None
 
     def _on_worker_done(self) -> None:
-        self.done = True
+        self._worker_done = True
         gc.unfreeze()
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
