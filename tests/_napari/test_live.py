@@ -74,13 +74,35 @@ def test_a_refresh_runs_in_steps_with_the_interface_answering_between_them(live,
     assert len(live.layers["points"].data) == 300
     assert _canvas(live).updatesEnabled()
     steps = {name: (a, b) for name, a, b in live.step_times}
-    assert list(steps) == ["points", "labels", "probabilities", "repaint"]
+    assert list(steps) == ["points", "labels", "probabilities", "repaint", "drawn"]
     # the event loop turned between the detections and the labels, and again before the repaint was let through
     assert any(steps["points"][1] <= t <= steps["labels"][0] for t in ticks)
     assert any(steps["labels"][1] <= t <= steps["repaint"][0] for t in ticks)
     qtbot.waitUntil(lambda: len(painted) > 0, timeout=2_000)
     assert min(painted) > steps["repaint"][0]  # no repaint before the whole refresh was done
     _canvas(live).removeEventFilter(paints)
+
+
+def test_the_repaint_counts_towards_the_main_thread_share_of_refreshing(live, qtbot):
+    """A slow repaint (software OpenGL, many points) spaces the refreshes out as a slow update does."""
+    from qtpy.QtCore import QEvent, QObject
+
+    class SlowPaints(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Type.Paint:
+                time.sleep(0.15)
+            return False
+
+    qtbot.wait(200)
+    slow = SlowPaints()
+    _canvas(live).installEventFilter(slow)
+    live.add_detections(_table(10))
+    live.refresh()
+    qtbot.waitUntil(lambda: not live.refreshing, timeout=5_000)
+    _canvas(live).removeEventFilter(slow)
+    time.sleep(0.5)  # more than the shortest interval (0.4 s), less than 0.15 s / 20%
+    assert not live.refresh_due()
+    qtbot.waitUntil(live.refresh_due, timeout=3_000)  # spaced, not stopped
 
 
 def test_detections_that_arrive_during_a_refresh_are_shown_by_one_more(live, qtbot):

@@ -3,14 +3,15 @@
 They are created before the run starts (napari's layer creation and the first draw of a new layer are the
 slowest things the interface does; the click on Run pays for them once), then only refreshed: the labels and
 probabilities re-read their visible tiles from the run directory, and the detections are updated in one batch
-per refresh. Refreshes are spaced so that they take a small share of the main thread, however many detections
-accumulate.
+per refresh. Refreshes are spaced so that they take a small share of the main thread, the repaint they cause
+included, however many detections accumulate.
 
 A refresh is cut into steps, one per turn of the event loop (detections, labels, probabilities, then the
-repaint), and the canvas does not repaint until the last data step is done. Qt delivers a repaint that a step
-asks for before any timer or input that is already late, so a refresh run in one piece and the repaint behind it
-block the interface for their sum (90-110 ms with 7,000 detections under software OpenGL); cut this way, the
-interface gets a turn between the steps and the longest block is the longest single step or the repaint.
+repaint, then a last step that times it), and the canvas does not repaint until the last data step is done.
+Qt delivers a repaint that a step asks for before any timer or input that is already late, so a refresh run in
+one piece and the repaint behind it block the interface for their sum (90-110 ms with 7,000 detections under
+software OpenGL); cut this way, the interface gets a turn between the steps and the longest block is the
+longest single step or the repaint.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class LiveRun:
         if self._steps:
             self._again = True
             return
-        self._steps = ["points", "labels", "probabilities", "repaint"]
+        self._steps = ["points", "labels", "probabilities", "repaint", "drawn"]
         self._cost = 0.0
         self._hold_repaints(True)
         self._step_timer.start()
@@ -115,6 +116,10 @@ class LiveRun:
                 self._show_points()
             elif step == "repaint":
                 self._hold_repaints(False)  # the canvas repaints once, with everything new
+            elif step == "drawn":
+                # Qt has painted before this timer could fire: count the time since the last step as the
+                # repaint's (it may include other events; refreshing then spaces a little more, never less)
+                self._cost += started - self.step_times[-1][2]
             else:
                 layer = self._layer(step)
                 if layer is not None:
