@@ -5,8 +5,7 @@ runs the shipped ``xl`` checkpoint on the visible region through the dock widget
 QTimer on the main thread: how long the click took (creating the result layers and drawing them once), the
 longest gap between two ticks and the 99th percentile from the click's return until the run has finished and
 its last results are shown, how many times the live layers were refreshed and their longest single step, and the
-run's regions per second. Needs a display; without one it
-starts Xvfb like the demo.
+run's regions per second. Needs a display; without one it starts Xvfb like the demo.
 
 Prints a table and writes results/widget.json.
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,7 @@ class LiveRun:
         self._table = DetectionTable.empty()
         self._last_refresh = 0.0
         self._refresh_cost = 0.0
+        self._cost = 0.0  # of the refresh under way, so far
         self._steps: list[str] = []  # what the refresh under way has left to do
         self._again = False  # asked for while one was under way: one more after it
         self._step_timer = QTimer()
@@ -63,7 +65,8 @@ class LiveRun:
         self._step_timer.setInterval(0)  # a timer, not a posted call: late timers and input run before it
         self._step_timer.timeout.connect(self._step)
         self._canvas = _canvas_widget(viewer)
-        self.step_times: list[tuple[str, float, float]] = []  # (step, perf_counter at start, at end), for benchmarks
+        # (step, perf_counter at its start, at its end) of the latest refresh steps, for benchmarks
+        self.step_times: deque[tuple[str, float, float]] = deque(maxlen=100_000)
         builders = layer_data(run_dir, spec, self._table, threshold, probabilities, region_grid)
         self.layers = {
             role: getattr(viewer, f"add_{kind}")(data, **kwargs) for role, (data, kwargs, kind) in builders.items()
@@ -83,7 +86,7 @@ class LiveRun:
     @property
     def refreshing(self) -> bool:
         """True while a refresh is under way (its last steps have not run yet)."""
-        return bool(self._steps) or self._again
+        return bool(self._steps)
 
     def refresh(self) -> None:
         """Show what the run has written so far: start a refresh (steps on the next turns of the event loop),
