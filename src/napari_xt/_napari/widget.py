@@ -442,7 +442,7 @@ class XTWidget(QWidget):
             return []
 
     def cancel(self) -> None:
-        if self.cancel_token is not None and self.running:
+        if self.cancel_token is not None and not self._worker_done:
             self.cancel_token.cancel()
             self.status.setText("cancelling after the current batch…")
 
