@@ -58,6 +58,7 @@ class LiveRun:
         self._last_refresh = 0.0
         self._refresh_cost = 0.0
         self._cost = 0.0  # of the refresh under way, so far
+        self._step_ended = 0.0  # perf_counter at the end of the last step
         self._steps: list[str] = []  # what the refresh under way has left to do
         self._again = False  # asked for while one was under way: one more after it
         self._step_timer = QTimer()
@@ -122,13 +123,13 @@ class LiveRun:
             elif step == "drawn":
                 # Qt has painted before this timer could fire: count the time since the last step as the
                 # repaint's (it may include other events; refreshing then spaces a little more, never less)
-                self._cost += started - self.step_times[-1][2]
+                self._cost += started - self._step_ended
             else:
                 layer = self._layer(step)
                 if layer is not None:
                     layer.refresh()
         finally:
-            ended = time.perf_counter()
+            ended = self._step_ended = time.perf_counter()
             self.step_times.append((step, started, ended))
             self._cost += ended - started
             if self._steps:
