@@ -28,7 +28,7 @@ fi
 export PIP_CONSTRAINT="$ROOT/scripts/constraints-cpu.txt"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 stamp="$VENV/.napari-xt-installed"
-want="$(cat pyproject.toml scripts/constraints-cpu.txt | sha256sum | cut -c1-16)"
+want="$(cat pyproject.toml scripts/constraints-cpu.txt scripts/torchvision_cpu_shim.py | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "setup: $VENV is up to date"
   exit 0
@@ -36,6 +36,18 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-"$VENV/bin/python" -m pip install -q -e ".[pyqt6,distributed,testing]"
+"$VENV/bin/python" -m pip install -q -e ".[pyqt6,distributed,testing,demo]"
+
+# The registry's torchvision is a CUDA build; next to the CPU torch its compiled ops do not load and its import
+# fails. Only then, install the set-up shim (scripts/torchvision_cpu_shim.py) into this venv: a lazy import hook
+# that defines the missing op schemas. The package itself never patches torchvision.
+site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+rm -f "$site/torchvision_cpu_shim.pth" "$site/_torchvision_cpu_shim.py"
+if ! "$VENV/bin/python" -c "import torchvision" 2>/dev/null; then
+  cp scripts/torchvision_cpu_shim.py "$site/_torchvision_cpu_shim.py"
+  echo "import _torchvision_cpu_shim; _torchvision_cpu_shim.install()" > "$site/torchvision_cpu_shim.pth"
+  "$VENV/bin/python" -c "import timm" || { echo "setup: torchvision still does not import" >&2; exit 1; }
+  echo "setup: torchvision's compiled ops do not load next to this CPU torch; installed the set-up shim"
+fi
 echo "$want" > "$stamp"
 echo "setup: done ($("$VENV/bin/python" -c 'import torch, napari; print("torch", torch.__version__, "napari", napari.__version__)'))"

@@ -1,9 +1,9 @@
-"""Packaging: the manifest is found and valid, every python_name imports, imports stay light, lint is clean."""
+"""Packaging: the manifest is found, every python_name imports, imports stay light (lint and the wheel build:
+scripts/lint.sh)."""
 
 import importlib
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import yaml
@@ -30,22 +30,6 @@ def test_npe2_finds_and_validates_the_installed_manifest():
     manager.discover()
     manifest = manager.get_manifest("napari-xt")
     assert manifest.contributions.readers and manifest.contributions.sample_data
-    result = subprocess.run([sys.executable, "-m", "npe2", "validate", "napari-xt"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_wheel_carries_the_top_level_manifest(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    wheel = next(tmp_path.glob("napari_xt-*.whl"))
-    with zipfile.ZipFile(wheel) as archive:
-        assert archive.read("napari_xt/napari.yaml") == (ROOT / "napari.yaml").read_bytes()
-        entry_points = next(n for n in archive.namelist() if n.endswith("entry_points.txt"))
-        assert "napari-xt = napari_xt:napari.yaml" in archive.read(entry_points).decode()
 
 
 def test_importing_the_package_imports_neither_torch_nor_qt():
@@ -66,12 +50,3 @@ def test_reader_declines_what_it_does_not_handle(tmp_path):
     assert get_reader(str(tmp_path / "notes.txt")) is None
     assert get_reader(str(tmp_path / "folder")) is None
     assert get_reader([str(tmp_path / "a.tif"), str(tmp_path / "b.tif")]) is None
-
-
-def test_ruff_is_clean():
-    ruff = Path(sys.executable).with_name("ruff")
-    for args in (["check"], ["format", "--check"]):
-        result = subprocess.run(
-            [str(ruff), *args, "src", "tests", "benchmarks", "examples"], cwd=ROOT, capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stdout[-3000:]

@@ -38,11 +38,9 @@ def test_swin_nhwc_maps_are_permuted():
 
 
 def test_local_timm_weights_initialise_a_two_channel_encoder(tmp_path):
+    import timm
     from safetensors.torch import save_file
 
-    from napari_xt._torchvision_compat import import_timm
-
-    timm = import_timm()
     source = timm.create_model("test_convnext", pretrained=False)  # an RGB classifier, as timm files are
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "weights.safetensors"))
     config = RegionEncoderConfig("test_convnext", input_size=64, weights=str(tmp_path / "weights.safetensors"))

@@ -31,6 +31,7 @@ def show_demo_world(scene: str = "sar"):
     import napari
     from qtpy.QtWidgets import QApplication
 
+    from napari_xt._napari._napari_compat import main_window
     from napari_xt._napari.layers import image_layer_data
     from napari_xt._napari.sample_data import SAMPLE_SEED
     from napari_xt._napari.widget import XTWidget, camera
@@ -38,7 +39,9 @@ def show_demo_world(scene: str = "sar"):
     world = synthetic_scene(scene, 50_000 if scene == "sar" else 65_536, SAMPLE_SEED)
     data, kwargs, _ = image_layer_data(world.pyramid(), name=f"xT synthetic {scene}")
     viewer = napari.Viewer(show=True, title="napari-xt demo")
-    viewer.window._qt_window.resize(1500, 950)
+    window = main_window(viewer)
+    if window is not None:
+        window.resize(1500, 950)
     viewer.add_image(data, **kwargs)
     widget = XTWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Run xT", area="right")

@@ -18,7 +18,12 @@ def display_available(size: tuple[int, int] = (1600, 1000)):
             "there is no display and Xvfb is not installed: run scripts/setup.sh (it installs xvfb), "
             "or `apt-get install xvfb`"
         )
-    from pyvirtualdisplay import Display
+    try:
+        from pyvirtualdisplay import Display
+    except ImportError as error:
+        raise RuntimeError(
+            "there is no display: the headless demo needs PyVirtualDisplay (pip install 'napari-xt[demo]')"
+        ) from error
 
     with Display(visible=False, size=size, color_depth=24):
         yield True

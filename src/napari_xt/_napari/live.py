@@ -16,7 +16,6 @@ longest single step or the repaint.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import deque
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from qtpy.QtCore import QTimer
 
+from napari_xt._napari._napari_compat import canvas_widget, refreshes_held
 from napari_xt._napari.run_layers import detections_table, layer_data, points_properties
 from napari_xt.engine.detections import DetectionTable
 
@@ -65,7 +65,7 @@ class LiveRun:
         self._step_timer.setSingleShot(True)
         self._step_timer.setInterval(0)  # a timer, not a posted call: late timers and input run before it
         self._step_timer.timeout.connect(self._step)
-        self._canvas = _canvas_widget(viewer)
+        self._canvas = canvas_widget(viewer)
         # (step, perf_counter at its start, at its end) of the latest refresh steps, for benchmarks
         self.step_times: deque[tuple[str, float, float]] = deque(maxlen=100_000)
         builders = layer_data(run_dir, spec, self._table, threshold, probabilities, region_grid)
@@ -179,13 +179,12 @@ class LiveRun:
     def _show_points(self) -> None:
         """Replace the detections in one batch: every property is set with the layer's events and refreshes
         held, then the layer is refreshed once (napari refreshes the layer, its thumbnail included, in each
-        setter: an update to 50,000 detections took 78 ms instead of 50 ms on a 2-core machine)."""
+        setter)."""
         points = self._layer("points")
         if points is None:
             return
         props = points_properties(self._table, self.spec, self.threshold)
-        hold_refreshes = getattr(points, "_block_refresh", contextlib.nullcontext)  # napari >= 0.5
-        with points.events.blocker_all(), hold_refreshes():
+        with points.events.blocker_all(), refreshes_held(points):
             points.data = props["data"]
             points.features = props["features"]
             if len(self._table):
@@ -193,9 +192,3 @@ class LiveRun:
                 points.size = props["size"]
                 points.shown = props["shown"]
         points.refresh()
-
-
-def _canvas_widget(viewer):
-    """The Qt widget napari draws the layers in, or None (a viewer without a window)."""
-    qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
-    return getattr(getattr(qt_viewer, "canvas", None), "native", None)

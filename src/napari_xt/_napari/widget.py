@@ -7,7 +7,6 @@ updates (``live.LiveRun``), spaced so that it never stalls.
 
 from __future__ import annotations
 
-import gc
 import re
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_xt._napari import checkpoints as catalogue
+from napari_xt._napari._napari_compat import main_window
 from napari_xt._napari.live import LiveRun
 from napari_xt._napari.run_layers import is_napari_xt_output, run_spec
 from napari_xt.engine.cache import default_cache_dir
@@ -83,10 +83,7 @@ class XTWidget(QWidget):
         self.config = None
         self._last_status = 0.0
         import pandas  # noqa: F401  (napari needs it for the detections' features: load it now, not mid-run)
-
-        from napari_xt._torchvision_compat import import_timm
-
-        import_timm()  # native libraries load while holding the GIL: do it when the widget opens, not mid-run
+        import timm  # noqa: F401  (native libraries load holding the GIL: when the widget opens, not mid-run)
 
         self._build()
         self.refresh_images()
@@ -94,7 +91,7 @@ class XTWidget(QWidget):
         napari_viewer.layers.events.inserted.connect(self.refresh_images)
         napari_viewer.layers.events.removed.connect(self.refresh_images)
         # the main window emits ``destroyed`` before deleting its children, so this widget can still stop its run
-        qt_window = getattr(getattr(napari_viewer, "window", None), "_qt_window", None)
+        qt_window = main_window(napari_viewer)
         if qt_window is not None:
             qt_window.destroyed.connect(self.stop)
 
@@ -412,10 +409,6 @@ class XTWidget(QWidget):
             _start_thread=False,
             _connect={"yielded": self.on_event, "errored": self._on_error, "finished": self._on_worker_done},
         )
-        # a full garbage collection walks every object of the process (napari's are many) holding the GIL; one
-        # set off by the worker's allocations froze the interface for ~0.5 s. The objects that exist now live
-        # on: keep them out of the collector's way for the run (released again when it ends).
-        gc.freeze()
         self.worker.start()
 
     def _run_dir(self, layer, pyramid: Pyramid, checkpoint: Path, grid, options) -> Path:
@@ -473,7 +466,6 @@ class XTWidget(QWidget):
 
     def _on_worker_done(self) -> None:
         self._worker_done = True
-        gc.unfreeze()
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
 
@@ -533,15 +525,7 @@ class XTWidget(QWidget):
 
 
 def _events(pyramid, checkpoint, run_dir, options, cancel):
-    """The worker's generator: the engine's events (bad input raises here, reaching ``errored``).
-
-    Compute leaves one core to the interface, so that napari stays responsive on small machines.
-    """
-    import os
-
-    import torch
-
+    """The worker's generator: the engine's events (bad input raises here, reaching ``errored``)."""
     from napari_xt.engine.runner import run
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     yield from run(pyramid, checkpoint, run_dir, options, cancel)

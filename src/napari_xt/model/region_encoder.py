@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from napari_xt._torchvision_compat import import_timm
 from napari_xt.model.config import RegionEncoderConfig
 from napari_xt.model.tokenization import cut, uncut
 
@@ -29,7 +28,8 @@ class RegionEncoder(nn.Module):
 
     def __init__(self, config: RegionEncoderConfig, in_channels: int, region_size: int):
         super().__init__()
-        timm = import_timm()
+        import timm
+
         kwargs = dict(config.kwargs)
         if config.out_indices is not None:
             kwargs["out_indices"] = tuple(config.out_indices)
