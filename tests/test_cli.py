@@ -37,8 +37,8 @@ def test_predict_batch_skips_finished_and_reports_bad_images(tmp_path, sar_zarr,
         "1",
     ]
     assert main(args) == EXIT_OK
-    assert (tmp_path / "runs" / "scene.xt.zarr" / "detections.csv").exists()
-    assert (tmp_path / "runs" / "second.xt.zarr" / "detections.geojson").exists()
+    assert (tmp_path / "runs" / "scene__tiny_sar_xl__L1.xt.zarr" / "detections.csv").exists()
+    assert (tmp_path / "runs" / "second__tiny_sar_xl__L1.xt.zarr" / "detections.geojson").exists()
     capsys.readouterr()
     assert main(args) == EXIT_OK
     assert capsys.readouterr().err.count("skipped already finished") == 2
@@ -70,5 +70,5 @@ def test_predict_can_keep_class_probabilities(tmp_path, sar_zarr, sar_checkpoint
     out = tmp_path / "runs"
     args = ["predict", str(sar_zarr), "--checkpoint", str(sar_checkpoint), "--out", str(out), "--level", "1"]
     assert main([*args, "--probabilities"]) == 0
-    group = zarr.open_group(str(out / "scene.xt.zarr"), mode="r")
+    group = zarr.open_group(str(out / "scene__tiny_sar_xl__L1.xt.zarr"), mode="r")
     assert group["probabilities/0"].shape == (3, *group["labels/segmentation/0"].shape)

@@ -1,15 +1,19 @@
 """The napari-xt command: info, predict, train, eval and demo.
 
-Exit codes: 0 done, 1 an image failed while running, 2 bad input (with a one-line reason), 130 cancelled.
+Exit codes: 0 done, 1 an image failed while running, 2 bad input (one line per problem), 130 cancelled,
+143 terminated (SIGTERM); finished regions are kept in the last two cases.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
+import signal
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -33,9 +37,55 @@ def _parse_roi(text: str | None):
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != 4:
-        raise argparse.ArgumentTypeError(f"--roi takes y0,x0,y1,x1 in level-0 pixels, not {text!r}")
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"--roi takes four finite numbers y0,x0,y1,x1 in level-0 pixels, not {text!r}")
     return values
+
+
+def _check_out(out: str) -> Path:
+    """The output folder, created if needed; refuses a file or a folder that cannot be written."""
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out}: is a file; give a folder for the run directories")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(
+            f"--out {out}: cannot be created ({error.strerror or error}); choose another folder"
+        ) from error
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot be written (permission denied); choose another folder")
+    return path
+
+
+def _predict_options(args: argparse.Namespace) -> dict:
+    """Run options from the arguments, every number checked (``ValueError`` with a one-line reason)."""
+    from napari_xt.engine.runner import RunOptions, pick_device
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, not {args.batch_size}")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, not {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, not {args.threads}")
+    if args.level is not None and args.level < 0:
+        raise ValueError(f"--level must be 0 or more, not {args.level}")
+    if args.pixel_size is not None and not (math.isfinite(args.pixel_size) and args.pixel_size > 0):
+        raise ValueError(f"--pixel-size must be a positive number, not {args.pixel_size}")
+    options = {
+        "level": args.level,
+        "pixel_size": args.pixel_size,
+        "roi": _parse_roi(args.roi),
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "overwrite": args.overwrite,
+        "save_probabilities": args.probabilities,
+    }
+    RunOptions(**options).validate()
+    pick_device(args.device)
+    if not Path(args.checkpoint).is_file():
+        raise ValueError(f"--checkpoint {args.checkpoint}: no such file")
+    return options
 
 
 class ProgressLine:
@@ -62,58 +112,54 @@ class ProgressLine:
             print("\r" + line, end="\n" if event.done >= event.total else "", file=sys.stderr, flush=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C: the run stops after unwinding, keeping what finished."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def _predict(args: argparse.Namespace) -> int:
-    from napari_xt.engine.batch import analyse_distributed, analyse_image
-    from napari_xt.engine.grid import GridError
-    from napari_xt.engine.store import OutputExistsError, StoreError
-    from napari_xt.io import ImageReadError
-    from napari_xt.model import CheckpointError
+    from napari_xt.engine.batch import BAD_INPUT, CANCELLED, FAILED, analyse_distributed, analyse_image
 
     try:
-        roi = _parse_roi(args.roi)
-    except argparse.ArgumentTypeError as error:
+        options = _predict_options(args)
+        _check_out(args.out)
+    except ValueError as error:
         print(f"napari-xt: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    options = {
-        "level": args.level,
-        "pixel_size": args.pixel_size,
-        "roi": roi,
-        "device": args.device,
-        "batch_size": args.batch_size,
-        "overwrite": args.overwrite,
-        "save_probabilities": args.probabilities,
-    }
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.scheduler or args.workers:
         results = analyse_distributed(args.images, args.checkpoint, args.out, options, args.scheduler, args.workers)
     else:
-        results = (_predict_one(image, args, options, analyse_image) for image in args.images)
-    status = EXIT_OK
-    bad_input = (ImageReadError, CheckpointError, GridError, OutputExistsError, StoreError, FileNotFoundError)
+        results = (
+            analyse_image(image, args.checkpoint, args.out, options, on_event=ProgressLine(str(image)))
+            for image in args.images
+        )
+    statuses = set()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         for result in results:
-            if isinstance(result, BaseException):
-                if not isinstance(result, bad_input):
-                    raise result
-                print(f"napari-xt: {result}", file=sys.stderr)
-                status = EXIT_BAD_INPUT
-                continue
-            print(f"{result.image}: {result.status} {result.message} -> {result.run_dir}".rstrip(), file=sys.stderr)
-            if result.status == "failed":
-                status = 1
-            elif result.status == "cancelled":
+            statuses.add(result.status)
+            where = f" -> {result.run_dir}" if result.run_dir and result.status != BAD_INPUT else ""
+            print(f"{result.image}: {result.status} {result.message}".rstrip() + where, file=sys.stderr)
+            if result.status == CANCELLED:
                 return EXIT_CANCELLED
+    except Terminated:
+        print("napari-xt: terminated; finished regions are kept, run the same command to resume", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("napari-xt: cancelled; finished regions are kept, run the same command to resume", file=sys.stderr)
         return EXIT_CANCELLED
-    return status
-
-
-def _predict_one(image, args, options, analyse_image):
-    try:
-        return analyse_image(image, args.checkpoint, args.out, options, on_event=ProgressLine(str(image)))
-    except (ValueError, OSError) as error:  # bad input: reported per image, the batch goes on
-        return error
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if BAD_INPUT in statuses:
+        return EXIT_BAD_INPUT
+    return EXIT_FAILED if FAILED in statuses else EXIT_OK
 
 
 def _sources(args, level: int, seed_offset: int = 0):
@@ -244,9 +290,16 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(scene=args.scene, screenshot=screenshot, run=not args.no_run)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line that says where to look, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-xt", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="napari-xt", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     info = commands.add_parser("info", help="print levels, shapes, chunks, dtype and pixel size of images")
     info.add_argument("images", nargs="+", help="OME-Zarr / zarr directories or TIFF-family files")
@@ -268,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--scheduler", help="address of a dask.distributed scheduler: one task per image")
     predict.add_argument("--workers", type=int, help="start a local dask.distributed cluster of N processes")
+    predict.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     predict.set_defaults(run=_predict)
 
     train = commands.add_parser("train", help="train an xT model on crops of N × N regions")

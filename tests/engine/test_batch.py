@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_xt.engine.batch import analyse_distributed, analyse_image, run_dir_for
+from napari_xt.engine.batch import analyse_distributed, analyse_image
 from napari_xt.engine.exports import read_csv
 
 pytest.importorskip("distributed")
@@ -38,9 +38,12 @@ def test_distributed_results_equal_the_local_run(tmp_path, three_images, sar_che
     assert sorted(r.status for r in results) == ["finished"] * 3
     expected = read_csv(Path(local.run_dir) / "detections.csv", CLASSES)
     assert len(expected) > 0
+    run_dirs = {result.image: Path(result.run_dir) for result in results}
+    assert sorted(run_dirs) == sorted(three_images)
     for image in three_images:
-        np.testing.assert_array_equal(_labels(run_dir_for(image, tmp_path / "dist")), _labels(local.run_dir))
-        found = read_csv(run_dir_for(image, tmp_path / "dist") / "detections.csv", CLASSES)
+        assert run_dirs[image].parent == tmp_path / "dist"
+        np.testing.assert_array_equal(_labels(run_dirs[image]), _labels(local.run_dir))
+        found = read_csv(run_dirs[image] / "detections.csv", CLASSES)
         # the same detections; scores may differ in the 4th decimal: dask's workers run torch with one thread
         # (OMP_NUM_THREADS=1), the local run with two, and the sums are rounded in another order
         np.testing.assert_array_equal(found.label, expected.label)
@@ -67,5 +70,5 @@ def test_a_killed_worker_loses_no_finished_image(tmp_path, three_images, sar_che
     results = list(analyse_distributed(three_images, str(sar_checkpoint), str(tmp_path / "out"), OPTIONS, workers=2))
     assert os.path.exists(marker), "the worker was not killed"
     assert sorted(r.status for r in results) == ["finished"] * 3
-    for image in three_images:
-        assert zarr.open_group(str(run_dir_for(image, tmp_path / "out"))).attrs["napari_xt"]["status"] == "finished"
+    for result in results:
+        assert zarr.open_group(result.run_dir).attrs["napari_xt"]["status"] == "finished"

@@ -38,7 +38,7 @@ def test_sigkill_half_way_then_resume_equals_uninterrupted(tmp_path, sar_zarr, s
     out = tmp_path / "runs"
     env = {**os.environ, "NAPARI_XT_CACHE": str(tmp_path / "cache")}
     process = subprocess.Popen(_predict_command(sar_zarr, sar_checkpoint, out), env=env, stderr=subprocess.DEVNULL)
-    run_dir = out / "scene.xt.zarr"
+    run_dir = out / "scene__tiny_sar_xl__L0.xt.zarr"
     deadline = time.monotonic() + 120
     done = 0
     while time.monotonic() < deadline and process.poll() is None:

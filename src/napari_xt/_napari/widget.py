@@ -7,7 +7,6 @@ updates (``live.LiveRun``), spaced so that it never stalls.
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from napari_xt.engine.cache import default_cache_dir
 from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
 from napari_xt.engine.store import is_run_dir
 from napari_xt.io import ImageReadError, Pyramid, open_pyramid
-from napari_xt.io.pyramid import make_signature, normalise_unit
+from napari_xt.io.pyramid import normalise_unit
 
 ROI_CHOICES = ("visible region", "whole image", "selected rectangle")
 STATUS_INTERVAL_S = 0.25  # progress bar and status text: at most this often (each repaint may redraw the canvas)
@@ -65,10 +64,6 @@ def camera(viewer):
     """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
     scene = getattr(viewer, "scene", None)
     return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
-
-
-def safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:60] or "image"
 
 
 class XTWidget(QWidget):
@@ -347,6 +342,7 @@ class XTWidget(QWidget):
             context_scope="image" if self.whole_context.isChecked() else "roi",
             save_probabilities=self.probabilities.isChecked(),
             store_threshold=min(0.1, self.threshold.value()),
+            replace_stale=True,  # the widget's run directories are its own cache: recompute, never reuse
         )
 
     def start(self) -> None:
@@ -412,18 +408,15 @@ class XTWidget(QWidget):
         self.worker.start()
 
     def _run_dir(self, layer, pyramid: Pyramid, checkpoint: Path, grid, options) -> Path:
-        """One run directory per image, checkpoint file version, analysis scale and context scope, so that
-        runs that may share results accumulate ROIs in one place and others never collide."""
+        """The run directory in napari-xt's cache, named by the engine's one rule (image, checkpoint, analysis
+        level, and the ROI when context comes from it alone)."""
+        from napari_xt.engine.identity import image_key_of, roi_scope, run_dir_for
         from napari_xt.engine.runner import context_from
 
-        stat = checkpoint.stat()
-        weights = make_signature(str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns)[:8]
-        scale = f"L{grid.level}" + (f"x{grid.resample:.3g}" if grid.resample != 1 else "")
-        scope = context_from(self.config, options)
-        name = (
-            f"{safe_name(layer.name)}-{pyramid.signature[:8]}__{safe_name(checkpoint.stem)}-{weights}__{scale}-{scope}"
-        )
-        return default_cache_dir() / "runs" / f"{name}.xt.zarr"
+        scope = roi_scope(context_from(self.config, options), grid.roi)
+        image_key = image_key_of(pyramid.source, pyramid.signature)
+        out = default_cache_dir() / "runs"
+        return run_dir_for(out, layer.name, image_key, str(checkpoint), grid.level, grid.resample, scope)
 
     @staticmethod
     def _earlier_rois(run_dir: Path) -> list:

@@ -26,7 +26,8 @@ import dask.array as da
 import numpy as np
 
 from napari_xt.data.noise import coarse_field, fractal_noise, hash_uniform
-from napari_xt.io.pyramid import TARGET_CHUNK, Pyramid, make_signature
+from napari_xt.io.pyramid import TARGET_CHUNK, Pyramid
+from napari_xt.io.signature import digest
 
 SMALLEST_SIDE = 512
 
@@ -84,7 +85,7 @@ class _Scene:
             pixel_size=(self.pixel_size, self.pixel_size),
             unit=self.unit,
             channel_names=self.channel_names,
-            signature=make_signature(repr(self)),
+            signature=digest(repr(self)),
             source=f"synthetic {self.name} {self.height}×{self.width} seed {self.seed}",
             format="synthetic",
         )

@@ -1,59 +1,116 @@
 """Many images: one run directory each, skipping finished ones; locally or as dask.distributed tasks.
 
-A task analyses one whole image and writes its own run directory, so a worker that dies loses only the image
-it was on (and that image resumes from its finished regions when the task is retried elsewhere).
+Each image fails alone: whatever goes wrong with one image becomes its ``ImageResult`` (``bad input`` when the
+image, checkpoint or settings cannot be used, ``failed`` when the run broke), and the batch goes on. A task
+analyses one whole image and writes its own run directory, so a worker that dies loses only the image it was
+on (it resumes from its finished regions when the task is retried elsewhere); bad input is never retried.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_xt.engine.store import is_run_dir
+import numpy as np
+
+BAD_INPUT, FAILED, FINISHED, SKIPPED, CANCELLED = "bad input", "failed", "finished", "skipped", "cancelled"
 
 
 @dataclass
 class ImageResult:
     image: str
     run_dir: str
-    status: str  # finished, skipped (already finished), cancelled, failed
+    status: str  # finished, skipped (already finished), cancelled, failed, bad input
     message: str = ""
     n_detections: int = 0
 
 
-def run_dir_for(image: str | Path, out_dir: str | Path) -> Path:
-    """``OUT/<image name>.xt.zarr`` (the image's name without its extensions)."""
-    name = Path(str(image).rstrip("/")).name
-    for suffix in (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".svs"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return Path(out_dir) / f"{name}.xt.zarr"
+def bad_input_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the input cannot be used (as opposed to a run that broke)."""
+    from napari_xt.engine.store import OutputExistsError, StoreError
+
+    return (ValueError, OutputExistsError, StoreError, FileNotFoundError, PermissionError, NotADirectoryError)
 
 
-def already_finished(run_dir: Path) -> bool:
-    if not is_run_dir(run_dir):
+def run_dir_of(prepared, out_dir: str | Path, image_name: str) -> Path:
+    """The run directory of a prepared run in ``out_dir`` (``identity.run_dir_for``)."""
+    from napari_xt.engine.identity import run_dir_for
+
+    spec = prepared.spec
+    checkpoint = spec.get("checkpoint") or prepared.model.config.name or "model"
+    return run_dir_for(
+        out_dir, image_name, spec["image_key"], checkpoint, spec["level"], spec["resample"], spec["roi_scope"]
+    )
+
+
+def already_finished(run_dir: Path, prepared) -> bool:
+    """True when ``run_dir`` holds this very run (same identity) with every region of its grid done."""
+    from napari_xt.engine.identity import differences
+    from napari_xt.engine.store import run_attributes
+
+    previous = run_attributes(run_dir)
+    if previous.get("status") != "finished" or differences(previous, prepared.spec):
         return False
     import zarr
 
-    return zarr.open_group(str(run_dir), mode="r").attrs["napari_xt"].get("status") == "finished"
+    try:
+        done = np.asarray(zarr.open_group(str(run_dir), mode="r")["regions/done"][:])
+    except Exception:  # unreadable flags: not finished, the run will look again
+        return False
+    positions = prepared.grid.positions()
+    return bool(done[positions[:, 0], positions[:, 1]].all()) if len(positions) else True
+
+
+@functools.lru_cache(maxsize=2)
+def _prepared_model(checkpoint: str, mtime_ns: int, size: int, device: str):
+    """A checkpoint's model and sha256, loaded once per process for a whole batch."""
+    from napari_xt.engine.runner import load_model, pick_device
+
+    model, sha, _ = load_model(checkpoint, pick_device(device))
+    return model, sha
 
 
 def analyse_image(image: str, checkpoint: str, out_dir: str, options_dict: dict, on_event=None) -> ImageResult:
-    """Run one image to the end (the unit of work of a batch, local or distributed)."""
+    """Run one image to the end (the unit of work of a batch, local or distributed); never raises for one
+    image's problems, which become the result's status and message."""
     from napari_xt.engine.events import Cancelled, Failed, Finished
-    from napari_xt.engine.runner import RunOptions, run_to_end
+    from napari_xt.engine.runner import RunOptions, prepare, start
+    from napari_xt.io import ImageReadError
 
-    run_dir = run_dir_for(image, out_dir)
-    if not options_dict.get("overwrite") and already_finished(run_dir):
-        return ImageResult(str(image), str(run_dir), "skipped", "already finished")
-    last = run_to_end(image, checkpoint, run_dir, RunOptions(**options_dict), on_event=on_event)
+    run_dir = ""
+    try:
+        options = RunOptions(**options_dict)
+        options.validate()
+        stat = os.stat(checkpoint)
+        model, sha = _prepared_model(str(Path(checkpoint).resolve()), stat.st_mtime_ns, stat.st_size, options.device)
+        prepared = prepare(image, model, options, weights_sha=sha)
+        prepared.spec["checkpoint"] = str(checkpoint)
+        run_dir = run_dir_of(prepared, out_dir, str(image))
+        if not options.overwrite and already_finished(run_dir, prepared):
+            return ImageResult(str(image), str(run_dir), SKIPPED, "already finished")
+        last = None
+        for event in start(prepared, run_dir):
+            if on_event is not None:
+                on_event(event)
+            last = event
+    except bad_input_errors() as error:
+        return ImageResult(str(image), str(run_dir), BAD_INPUT, _one_line(error))
+    except Exception as error:  # whatever broke belongs to this image alone
+        return ImageResult(str(image), str(run_dir), FAILED, f"{type(error).__name__}: {_one_line(error)}")
     if isinstance(last, Finished):
-        return ImageResult(str(image), str(run_dir), "finished", n_detections=last.n_detections)
+        return ImageResult(str(image), str(run_dir), FINISHED, last.message, n_detections=last.n_detections)
     if isinstance(last, Cancelled):
-        return ImageResult(str(image), str(run_dir), "cancelled")
-    message = last.message if isinstance(last, Failed) else "no result"
-    return ImageResult(str(image), str(run_dir), "failed", message)
+        return ImageResult(str(image), str(run_dir), CANCELLED)
+    if isinstance(last, Failed):
+        status = BAD_INPUT if isinstance(last.error, ImageReadError) else FAILED
+        return ImageResult(str(image), str(run_dir), status, _one_line(last.message))
+    return ImageResult(str(image), str(run_dir), FAILED, "the run ended without a result")
+
+
+def _one_line(error) -> str:
+    return " ".join(str(error).split())
 
 
 def analyse_distributed(
@@ -69,7 +126,8 @@ def analyse_distributed(
 
     Args:
         scheduler: address of a running scheduler; None starts a LocalCluster of ``workers`` processes.
-        retries: how often a task whose worker died is started again elsewhere.
+        retries: how often a task whose worker died is started again elsewhere (bad input is a result, not an
+            error, so it is never retried).
     """
     try:
         from distributed import Client, LocalCluster, as_completed
@@ -83,7 +141,7 @@ def analyse_distributed(
     else:
         client = Client(scheduler)
     try:
-        futures = [
+        futures = {
             client.submit(
                 analyse_image,
                 image,
@@ -93,14 +151,14 @@ def analyse_distributed(
                 key=f"napari-xt-{i}-{Path(image).name}",
                 retries=retries,
                 pure=False,
-            )
+            ): image
             for i, image in enumerate(images)
-        ]
+        }
         for future in as_completed(futures):
             try:
                 yield future.result()
-            except Exception as error:  # a task that failed on every retry
-                yield ImageResult(str(images[futures.index(future)]), "", "failed", f"{type(error).__name__}: {error}")
+            except Exception as error:  # a task whose worker died on every retry
+                yield ImageResult(str(futures[future]), "", FAILED, f"{type(error).__name__}: {_one_line(error)}")
     finally:
         client.close()
         if cluster is not None:

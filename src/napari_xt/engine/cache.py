@@ -1,17 +1,19 @@
 """Keeping encodings: per-run feature keeping (pass 1 → pass 2) and the region token cache across runs.
 
 ``FeatureKeeper`` holds each region's multi-scale features from pass 1 until pass 2 decodes it: in memory up to
-a budget, then as float16 files in a scratch folder up to a disk budget; beyond both, pass 2 encodes again.
+a budget, then as files of the same dtype in a scratch folder up to a disk budget; beyond both, pass 2 encodes
+again.
 
-``TokenCache`` stores the pooled region tokens of pass 1 on disk, keyed by (image signature, level, resample,
-region size, encoder weights hash), so that another ROI or another threshold on the same image reuses them.
-It has a size cap (oldest entries go first) and is safe to delete at any time.
+``TokenCache`` stores the pooled region tokens of pass 1 on disk, keyed by (image content signature, level,
+resample, region size, weights hash), so that another ROI on the same pixels reuses them. It has a size cap
+(least recently used entries go first), drops corrupt entries instead of failing, and is safe to delete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+logger = logging.getLogger(__name__)
+
 
 def default_cache_dir() -> Path:
     base = os.environ.get("NAPARI_XT_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "napari-xt")
@@ -27,33 +31,45 @@ def default_cache_dir() -> Path:
 
 
 class FeatureKeeper:
-    """Features of regions between the two passes, in memory and then on disk, within budgets."""
+    """Features of regions between the two passes, in memory and then on disk, within budgets.
+
+    Features spilled to disk keep their dtype, so a region's result never depends on where its features waited.
+    """
+
+    PREFIX = "napari-xt-features-"
 
     def __init__(self, memory_budget: int, disk_budget: int, scratch: Path | None = None):
         self.memory_budget, self.disk_budget = memory_budget, disk_budget
         self.memory: dict[int, list] = {}
-        self.on_disk: dict[int, list[tuple[str, tuple, str]]] = {}
+        self.on_disk: dict[int, list[str]] = {}
         self.memory_used = self.disk_used = 0
-        self.scratch = Path(tempfile.mkdtemp(prefix="napari-xt-features-", dir=scratch)) if disk_budget > 0 else None
+        self.scratch = None
+        if disk_budget > 0:
+            self.scratch = Path(tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=scratch))
+
+    @classmethod
+    def clean_stale(cls, folder: Path) -> None:
+        """Remove scratch folders left in ``folder`` by runs whose process is gone (killed, crashed)."""
+        for entry in Path(folder).glob(f"{cls.PREFIX}*"):
+            pid = entry.name[len(cls.PREFIX) :].split("-", 1)[0]
+            if entry.is_dir() and (not pid.isdigit() or not _process_alive(int(pid))):
+                shutil.rmtree(entry, ignore_errors=True)
 
     def put(self, index: int, features: list) -> bool:
         """Keep ``features`` (CPU tensors) of region ``index``; False when both budgets are spent."""
-        import torch
-
         size = sum(f.numel() * f.element_size() for f in features)
         if self.memory_used + size <= self.memory_budget:
             self.memory[index] = features
             self.memory_used += size
             return True
-        half_size = sum(f.numel() * 2 for f in features)
-        if self.scratch is not None and self.disk_used + half_size <= self.disk_budget:
+        if self.scratch is not None and self.disk_used + size <= self.disk_budget:
             files = []
             for level, feature in enumerate(features):
                 path = self.scratch / f"{index}_{level}.npy"
-                np.save(path, feature.to(torch.float16).numpy())
-                files.append((str(path), tuple(feature.shape), str(feature.dtype)))
+                np.save(path, feature.numpy())
+                files.append(str(path))
             self.on_disk[index] = files
-            self.disk_used += half_size
+            self.disk_used += size
             return True
         return False
 
@@ -69,8 +85,8 @@ class FeatureKeeper:
             return features
         if index in self.on_disk:
             features = []
-            for path, _, dtype in self.on_disk.pop(index):
-                features.append(torch.from_numpy(np.load(path)).to(getattr(torch, dtype.split(".")[-1])))
+            for path in self.on_disk.pop(index):
+                features.append(torch.from_numpy(np.load(path)))
                 os.remove(path)
             return features
         return None
@@ -81,8 +97,21 @@ class FeatureKeeper:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class TokenCache:
-    """Region tokens ``(rows, cols, T, W)`` float16 of one (image, level, grid, weights), stored in zarr."""
+    """Region tokens ``(rows, cols, T, W)`` float16 of one (image, level, grid, weights), stored in zarr.
+
+    Entries are named ``<image signature>-<rest of the key>.zarr``, so one image's entries can be forgotten.
+    """
 
     def __init__(self, root: Path, key: str, grid_shape: tuple[int, int], tokens: int, width: int):
         self.root = root
@@ -95,8 +124,8 @@ class TokenCache:
                     self.group = group
                     os.utime(self.path)  # most recently used
                     return
-            except (KeyError, ValueError, OSError):
-                pass
+            except Exception as error:  # unreadable metadata of any kind: drop the entry and start again
+                logger.warning("napari-xt: dropping a corrupt token cache entry %s (%s)", self.path, error)
             shutil.rmtree(self.path, ignore_errors=True)
         group = zarr.open_group(str(self.path), mode="w")
         chunk = (min(64, grid_shape[0]), min(64, grid_shape[1]), tokens, width)
@@ -106,20 +135,41 @@ class TokenCache:
 
     @staticmethod
     def key(image_signature: str, level: int, resample: float, region_size: int, weights: str) -> str:
-        text = json.dumps([image_signature, level, round(resample, 6), region_size, weights])
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
+        rest = hashlib.sha256(json.dumps([level, round(resample, 6), region_size, weights]).encode()).hexdigest()
+        return f"{_entry_prefix(image_signature)}-{rest[:16]}"
 
-    def lookup(self, rows: range, cols: range) -> tuple[np.ndarray, np.ndarray]:
-        """Tokens and presence flags of the window ``rows × cols``."""
-        window = (slice(rows.start, rows.stop), slice(cols.start, cols.stop))
-        return np.asarray(self.group["tokens"][window]), np.asarray(self.group["present"][window])
+    @staticmethod
+    def forget(root: Path, image_signature: str) -> None:
+        """Delete every cache entry of the image with this signature."""
+        for entry in Path(root).glob(f"{_entry_prefix(image_signature)}-*.zarr"):
+            shutil.rmtree(entry, ignore_errors=True)
+
+    def lookup(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Presence flags ``(N,)`` and tokens ``(N, T, W)`` of the regions at global ``positions``; None when the
+        entry turns out to be corrupt (it is then dropped, with a warning, and the tokens are recomputed)."""
+        if not len(positions):
+            return np.zeros(0, bool), np.zeros((0, *self.group["tokens"].shape[2:]), np.float16)
+        window = _window(positions)
+        try:
+            present = np.asarray(self.group["present"][window])
+            tokens = np.asarray(self.group["tokens"][window])
+        except Exception as error:  # a damaged chunk: never fatal, the tokens are computed again
+            logger.warning("napari-xt: dropping a corrupt token cache entry %s (%s)", self.path, error)
+            shutil.rmtree(self.path, ignore_errors=True)
+            return None
+        local = positions - [window[0].start, window[1].start]
+        return present[local[:, 0], local[:, 1]], tokens[local[:, 0], local[:, 1]]
 
     def store(self, positions: np.ndarray, tokens: np.ndarray) -> None:
-        for (row, col), value in zip(positions, tokens):
-            self.group["tokens"][row, col] = value
-        present = self.group["present"]
-        for row, col in positions:
-            present[row, col] = True
+        """Store the tokens of regions at ``positions`` in one dense write of their bounding window."""
+        window = _window(positions)
+        local = positions - [window[0].start, window[1].start]
+        block = np.asarray(self.group["tokens"][window])
+        present = np.asarray(self.group["present"][window])
+        block[local[:, 0], local[:, 1]] = tokens
+        present[local[:, 0], local[:, 1]] = True
+        self.group["tokens"][window] = block
+        self.group["present"][window] = present  # after the tokens: a region is present only once stored
 
     @staticmethod
     def enforce_cap(root: Path, max_bytes: int) -> None:
@@ -136,6 +186,15 @@ class TokenCache:
                 break
             shutil.rmtree(entry, ignore_errors=True)
             total -= size
+
+
+def _entry_prefix(image_signature: str) -> str:
+    return hashlib.sha256(image_signature.encode()).hexdigest()[:16]
+
+
+def _window(positions: np.ndarray) -> tuple[slice, slice]:
+    low, high = positions.min(axis=0), positions.max(axis=0) + 1
+    return (slice(int(low[0]), int(high[0])), slice(int(low[1]), int(high[1])))
 
 
 def weights_hash(model) -> str:

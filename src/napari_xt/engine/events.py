@@ -50,10 +50,13 @@ class PartialResult:
 
 @dataclass
 class Finished:
+    """The run is complete; ``message`` says when there was nothing to analyse."""
+
     run_dir: str | None
     n_detections: int
     seconds: float
     timings: dict = field(default_factory=dict)
+    message: str = ""
 
 
 @dataclass

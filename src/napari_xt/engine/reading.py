@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_xt.engine.grid import RegionGrid
-from napari_xt.io import Pyramid
+from napari_xt.io import ImageReadError, Pyramid
 
 
 def read_region(pyramid: Pyramid, grid: RegionGrid, row: int, col: int) -> np.ndarray:
@@ -14,7 +14,17 @@ def read_region(pyramid: Pyramid, grid: RegionGrid, row: int, col: int) -> np.nd
 
     level = pyramid.levels[grid.level]
     y0, x0, y1, x1 = grid.level_box(row, col)
-    block = np.asarray(level[y0:y1, x0:x1].compute(scheduler="synchronous"), dtype=np.float32)
+    try:
+        block = np.asarray(level[y0:y1, x0:x1].compute(scheduler="synchronous"), dtype=np.float32)
+    except ImageReadError:
+        raise
+    except Exception as error:  # a codec, tifffile or zarr failed on this part of the file
+        raise ImageReadError(
+            pyramid.source,
+            f"pixels of level {grid.level} at y {y0}–{y1}, x {x0}–{x1} cannot be read "
+            f"({type(error).__name__}: {str(error)[:200]})",
+            "the file may be truncated or corrupt; regions finished before this one are kept",
+        ) from error
     r = grid.region_size
     if grid.resample != 1.0:
         ay0, ax0, ay1, ax1 = grid.analysis_box(row, col)

@@ -1,28 +1,29 @@
 """The streaming runner: a generator of events that analyses a whole image or an ROI in bounded memory.
 
-Whole-image context, two passes (DESIGN.md):
+Whole-image context in two passes, composed from ``stages``:
 
-1. every foreground region is read and encoded; a few pooled tokens per region are kept (float16, reused from
-   the token cache when this image was seen before), and the region's features are kept for pass 2 in memory
-   or on disk within budgets;
-2. the context encoder runs over the tokens of all regions at once (xl: windows with carried memory; mamba:
-   chunked scans in both directions; hyper: bucketed attention), giving each region its context;
-3. regions are decoded batch by batch with their features and context, and written to the run directory.
+1. every region that gives context is read and encoded; its pooled tokens are kept (float16, reused from the
+   token cache when this image was seen with these weights), and the features of regions still to predict are
+   kept for pass 2 in memory and then on disk, within budgets;
+2. the context encoder runs over the tokens of all those regions at once, giving each region its context;
+3. the regions to predict are decoded batch by batch with their features and context, and written.
 
-Memory: O(batch × region pixels) + O(regions × tokens × width). Reading runs ahead in a thread pool while the
-model computes. Cancellation is checked between batches. No Qt here: the napari widget consumes the events.
+Memory: O(batch × region pixels) + O(regions × tokens × width). Reading runs ahead in a thread pool and writing
+in a writer thread while the model computes. Cancellation is checked between batches. No Qt here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
+import math
 import shutil
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,25 @@ from napari_xt.engine.cache import FeatureKeeper, TokenCache, default_cache_dir,
 from napari_xt.engine.detections import DetectionTable, merge_duplicates
 from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
 from napari_xt.engine.grid import RegionGrid, active_regions, choose_level, make_grid
-from napari_xt.engine.reading import read_batch
+from napari_xt.engine.identity import image_key_of, roi_scope
+from napari_xt.engine.stages import (
+    Compute,
+    ResultSettings,
+    Timings,
+    chunks,
+    contextualise,
+    decode,
+    encode,
+    read_batches,
+    region_results,
+)
 from napari_xt.engine.store import OutputStore
 from napari_xt.io import Pyramid, open_pyramid
+
+logger = logging.getLogger(__name__)
+
+BACKGROUND_KINDS = ("auto", "tissue", "nodata", "none")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class CancelToken:
@@ -50,6 +67,10 @@ class CancelToken:
         return self._event.is_set()
 
 
+class DeviceError(ValueError):
+    """The requested device does not exist in this torch installation."""
+
+
 @dataclass
 class RunOptions:
     """How to run.
@@ -59,20 +80,22 @@ class RunOptions:
             pixel size when both the model and the image know theirs, else level 0.
         roi: level-0 box ``(y0, x0, y1, x1)``; None: the whole image.
         context_scope: ``image`` (context from every foreground region of the image, so an ROI gets the same
-            predictions as in a whole-image run; tokens outside the ROI come from the token cache when this
+            predictions as a whole-image run; tokens outside the ROI come from the token cache when this
             image was seen before) or ``roi`` (context from the ROI only: faster for a first look).
         device: ``auto`` (cuda, then mps, then cpu), or a torch device string.
         batch_size: regions per batch; None: chosen from free memory.
-        precision: ``auto`` (bf16/fp16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
+        precision: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
         background: ``auto``, ``tissue``, ``nodata`` or ``none``; regions under ``min_foreground`` are skipped.
         store_threshold: detections down to this score are stored (display thresholds filter them later).
-        feature_memory_budget, feature_disk_budget: bytes for keeping pass-1 features for pass 2. Memory is
-            kept small by default (a few batches) so that memory does not grow with the image; the rest goes
-            to float16 files in a scratch folder beside the output, and only past both is a region encoded twice.
+        feature_memory_budget, feature_disk_budget: bytes for keeping pass-1 features for pass 2: in memory
+            first, then as files (the same dtype) in a scratch folder beside the output; past both, a region is
+            encoded again in pass 2. Results do not depend on these budgets.
         cache_dir: token cache folder; None: the default (``$NAPARI_XT_CACHE`` or ``~/.cache/napari-xt``); "": off.
         cache_max_bytes: size cap of the token cache.
         save_probabilities: also store class probabilities (float16, one map per class).
-        overwrite: replace an existing run directory.
+        overwrite: replace an existing run directory (and forget this image's cached tokens).
+        replace_stale: replace a run directory whose identity differs from this run's instead of refusing
+            (for run directories the application owns, such as the widget's cache).
     """
 
     level: int | None = None
@@ -92,18 +115,64 @@ class RunOptions:
     cache_max_bytes: int = 4 * 2**30
     save_probabilities: bool = False
     overwrite: bool = False
+    replace_stale: bool = False
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first setting out of range."""
+        if self.level is not None and (not isinstance(self.level, int) or self.level < 0):
+            raise ValueError(f"level must be a whole number ≥ 0, not {self.level!r}")
+        if self.pixel_size is not None and not (math.isfinite(self.pixel_size) and self.pixel_size > 0):
+            raise ValueError(f"pixel size must be a positive number, not {self.pixel_size!r}")
+        if self.roi is not None:
+            values = [float(v) for v in self.roi]
+            if len(values) != 4 or not all(math.isfinite(v) for v in values):
+                raise ValueError(f"the ROI must be four finite numbers y0, x0, y1, x1, not {self.roi!r}")
+            if values[2] <= values[0] or values[3] <= values[1]:
+                raise ValueError(f"the ROI {tuple(self.roi)} is empty: y1 must exceed y0 and x1 must exceed x0")
+        if self.context_scope not in ("image", "roi"):
+            raise ValueError(f"context_scope must be 'image' or 'roi', not {self.context_scope!r}")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ValueError(f"batch size must be a whole number ≥ 1, not {self.batch_size!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if self.background not in BACKGROUND_KINDS:
+            raise ValueError(f"background must be one of {BACKGROUND_KINDS}, not {self.background!r}")
+        for name in ("min_foreground", "store_threshold"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 <= value <= 1):
+                raise ValueError(f"{name} must be between 0 and 1, not {value!r}")
+        if self.prefetch < 1:
+            raise ValueError(f"prefetch must be ≥ 1, not {self.prefetch!r}")
+        for name in ("feature_memory_budget", "feature_disk_budget", "cache_max_bytes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0")
 
 
 def pick_device(requested: str = "auto"):
+    """The torch device for ``requested`` (``auto``: CUDA, then MPS, then CPU); refuses devices not present."""
     import torch
 
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if has_mps else "cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, TypeError) as error:
+        raise DeviceError(f"unknown device {requested!r}: use auto, cpu, cuda, cuda:N or mps") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise DeviceError(
+                f"device {requested!r} asked for, but this torch ({torch.__version__}) has {build}; use "
+                "--device cpu (or auto), or install a CUDA build of torch"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {requested!r} asked for, but only {torch.cuda.device_count()} GPU(s) exist")
+    if device.type == "mps" and not has_mps:
+        raise DeviceError(f"device {requested!r} asked for, but MPS is not available; use --device cpu")
+    return device
 
 
 def load_model(model_or_checkpoint, device):
@@ -135,11 +204,7 @@ def plan(pyramid: Pyramid, config, options: RunOptions, roi=None, background: bo
 
 
 def context_from(config, options: RunOptions) -> str:
-    """Where a run's context comes from: ``image`` (every prediction is the whole-image one) or ``roi``.
-
-    Predictions made with context from an ROI only differ from whole-image ones, so the two are never mixed in
-    one run directory (it is part of a run's identity).
-    """
+    """Where a run's context comes from: ``image`` (every prediction is the whole-image one) or ``roi``."""
     roi_only = options.roi is not None and options.context_scope == "roi" and config.context_encoder.kind != "none"
     return "roi" if roi_only else "image"
 
@@ -163,42 +228,16 @@ def display_spec(pyramid: Pyramid, config, grid: RegionGrid) -> dict:
     }
 
 
-def run(
-    image, model_or_checkpoint, out: str | Path, options: RunOptions | None = None, cancel: CancelToken | None = None
-) -> Iterator:
-    """Analyse ``image`` with a model or checkpoint, writing the run directory ``out``; yield events.
-
-    Ends with exactly one of ``Finished``, ``Cancelled`` or ``Failed``. Bad input (an unreadable image, a
-    checkpoint that does not fit, an ROI outside the image, an output that must not be overwritten) raises
-    before the first event, with a message saying what to do.
-    """
-    from napari_xt.model import check_fits_image
-
-    options = options or RunOptions()
-    cancel = cancel or CancelToken()
-    pyramid = open_pyramid(image)
-    device = pick_device(options.device)
-    model, weights_sha, checkpoint_path = load_model(model_or_checkpoint, device)
-    check_fits_image(model.config, pyramid.n_channels, pyramid.source)
-    if options.context_scope not in ("image", "roi"):
-        raise ValueError(f"context_scope must be 'image' or 'roi', not {options.context_scope!r}")
-    grid = plan(pyramid, model.config, options)
-    whole_image = options.context_scope == "image" and options.roi is not None
-    context_grid = plan(pyramid, model.config, options, roi=(0, 0, *pyramid.shape[:2])) if whole_image else grid
-    spec = _spec(pyramid, model, grid, weights_sha, checkpoint_path)
-    spec["save_probabilities"] = options.save_probabilities
-    spec["context_from"] = context_from(model.config, options)
-    store = OutputStore.open(out, spec, options.overwrite)
-    return _Run(pyramid, model, grid, context_grid, store, options, cancel, device, weights_sha).events()
-
-
-def _spec(pyramid: Pyramid, model, grid: RegionGrid, weights_sha: str, checkpoint_path) -> dict:
+def run_spec(pyramid: Pyramid, model, grid: RegionGrid, weights_sha: str, checkpoint_path, options) -> dict:
+    """Identity, settings and provenance of a run, as stored in its run directory."""
     import torch
 
     import napari_xt
 
+    scope = context_from(model.config, options)
     return {
         "image_source": pyramid.source,
+        "image_key": image_key_of(pyramid.source, pyramid.signature),
         "image_signature": pyramid.signature,
         "image_shape_level0": list(pyramid.shape[:2]),
         "checkpoint": checkpoint_path,
@@ -211,300 +250,356 @@ def _spec(pyramid: Pyramid, model, grid: RegionGrid, weights_sha: str, checkpoin
         "downsample": list(grid.downsample),
         "geotransform": list(pyramid.geotransform) if pyramid.geotransform else None,
         **display_spec(pyramid, model.config, grid),
+        "context_from": scope,
+        "roi_scope": roi_scope(scope, grid.roi),
+        "store_threshold": options.store_threshold,
+        "save_probabilities": options.save_probabilities,
         "versions": {"napari_xt": napari_xt.__version__, "torch": torch.__version__},
         "rois": [],
     }
 
 
-class _Run:
-    def __init__(self, pyramid, model, grid, context_grid, store, options, cancel, device, weights_sha):
-        self.pyramid, self.model, self.grid, self.context_grid, self.store = pyramid, model, grid, context_grid, store
-        self.options, self.cancel, self.device, self.weights_sha = options, cancel, device, weights_sha
-        self.timings = {"read_wait": 0.0, "encode": 0.0, "context": 0.0, "decode": 0.0, "write": 0.0}
-        self.uses_context = model.config.context_encoder.kind != "none"
-        if not self.uses_context:  # no context: only the ROI's own regions matter
-            self.context_grid = grid
-        self.positions = self.context_grid.positions()  # active regions that give context, global (row, col)
-        self.index = {(int(r), int(c)): i for i, (r, c) in enumerate(self.positions)}
+@dataclass
+class PreparedRun:
+    """Everything a run needs that input checking produces: the opened image, the model, the grids, the spec."""
 
-    # -- the event stream -----------------------------------------------------------------------------------
+    pyramid: Pyramid
+    model: object
+    weights_sha: str
+    grid: RegionGrid
+    context_grid: RegionGrid
+    spec: dict
+    options: RunOptions
+    device: object
 
-    def events(self) -> Iterator:
-        start = time.perf_counter()
-        grid, store = self.grid, self.store
-        store.mark_active(grid.rows, grid.cols, grid.active)
-        store.update(rois=[*store.spec.get("rois", []), list(grid.roi)], status="running")
-        done_all = store.done_mask()
-        done = done_all[grid.rows.start : grid.rows.stop, grid.cols.start : grid.cols.stop]
-        todo = np.array([p for p in grid.positions() if not done[p[0] - grid.rows.start, p[1] - grid.cols.start]])
-        todo = todo.reshape(-1, 2)
-        yield Started(str(store.path), grid.n_regions, grid.n_active, grid.n_active - len(todo), grid.describe())
-        try:
-            import torch
 
-            with torch.inference_mode():
-                self.batch_size = self.options.batch_size or self._auto_batch_size()
-                keeper = self._keeper(len(todo))
-                try:
-                    context = yield from self._context(todo, keeper)
-                    if context is None:
-                        store.update(status="cancelled")
-                        yield Cancelled(str(store.path), grid.n_active - len(todo))
-                        return
-                    finished = yield from self._predict(todo, context, keeper, done_before=grid.n_active - len(todo))
-                finally:
-                    keeper.close()
-            if not finished:
-                store.update(status="cancelled", timings=self._timings(start))
-                yield Cancelled(str(store.path), int(store.done_mask().sum()))
-                return
-            merged = merge_duplicates(store.region_detections()).sorted()
-            store.finish(merged, self._timings(start), self.pyramid.geotransform)
-            elapsed = time.perf_counter() - start
-            yield Finished(str(store.path), len(merged), elapsed, self._timings(start))
-        except OSError as error:
-            message = _os_error_message(error, store.path)
-            _try_update(store, status="failed", error=message)
-            yield Failed(str(store.path), message, error)
-        except Exception as error:  # the run must end with an event, whatever broke
-            message = f"{type(error).__name__}: {error}"
-            _try_update(store, status="failed", error=message)
-            yield Failed(str(store.path), message, error)
+def prepare(
+    image, model_or_checkpoint, options: RunOptions | None = None, weights_sha: str | None = None
+) -> PreparedRun:
+    """Check and open everything a run needs, writing nothing.
 
-    def _timings(self, start: float) -> dict:
+    Args:
+        weights_sha: the sha256 of a model passed in that came from a checkpoint file (saves hashing it again).
+
+    Raises:
+        ValueError (``ImageReadError``, ``CheckpointError``, ``GridError``, ``DeviceError``): bad input, with a
+            message that names it and says what to do.
+    """
+    from napari_xt.model import check_fits_image
+
+    options = options or RunOptions()
+    options.validate()
+    pyramid = open_pyramid(image)
+    device = pick_device(options.device)
+    if weights_sha is not None and not isinstance(model_or_checkpoint, str | Path):
+        model, checkpoint_path = model_or_checkpoint.to(device).eval(), None
+    else:
+        model, weights_sha, checkpoint_path = load_model(model_or_checkpoint, device)
+    check_fits_image(model.config, pyramid.n_channels, pyramid.source)
+    grid = plan(pyramid, model.config, options)
+    uses_context = model.config.context_encoder.kind != "none"
+    whole_image = uses_context and options.context_scope == "image" and options.roi is not None
+    context_grid = plan(pyramid, model.config, options, roi=(0, 0, *pyramid.shape[:2])) if whole_image else grid
+    spec = run_spec(pyramid, model, grid, weights_sha, checkpoint_path, options)
+    return PreparedRun(pyramid, model, weights_sha, grid, context_grid, spec, options, device)
+
+
+def start(prepared: PreparedRun, out: str | Path, cancel: CancelToken | None = None) -> Iterator:
+    """Open (or resume) the run directory ``out`` for a prepared run and return its event stream."""
+    options = prepared.options
+    store = OutputStore.open(out, prepared.spec, options.overwrite, replace_stale=options.replace_stale)
+    cache_root = _cache_root(options)
+    if options.overwrite and cache_root is not None:
+        TokenCache.forget(cache_root, prepared.pyramid.signature)
+    context = _RunContext(
+        pyramid=prepared.pyramid,
+        model=prepared.model,
+        grid=prepared.grid,
+        context_grid=prepared.context_grid,
+        store=store,
+        options=options,
+        cancel=cancel or CancelToken(),
+        compute=Compute(prepared.device, options.precision),
+        weights_sha=prepared.weights_sha,
+        cache_root=cache_root,
+        uses_context=prepared.model.config.context_encoder.kind != "none",
+    )
+    return _events(context)
+
+
+def run(
+    image, model_or_checkpoint, out: str | Path, options: RunOptions | None = None, cancel: CancelToken | None = None
+) -> Iterator:
+    """Analyse ``image`` with a model or checkpoint, writing the run directory ``out``; yield events.
+
+    Ends with exactly one of ``Finished``, ``Cancelled`` or ``Failed``. Bad input (an unreadable image, a
+    checkpoint that does not fit, settings out of range, an ROI outside the image, an output that holds another
+    run or is in use) raises before the first event, with a message saying what to do.
+    """
+    return start(prepare(image, model_or_checkpoint, options), out, cancel)
+
+
+def run_to_end(image, model_or_checkpoint, out, options: RunOptions | None = None, cancel=None, on_event=None):
+    """Run and return the last event (``Finished``, ``Cancelled`` or ``Failed``), calling ``on_event`` for each."""
+    last = None
+    for event in run(image, model_or_checkpoint, out, options, cancel):
+        if on_event is not None:
+            on_event(event)
+        last = event
+    return last
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _RunContext:
+    pyramid: Pyramid
+    model: object
+    grid: RegionGrid
+    context_grid: RegionGrid
+    store: OutputStore
+    options: RunOptions
+    cancel: CancelToken
+    compute: Compute
+    weights_sha: str
+    cache_root: Path | None
+    uses_context: bool
+    timings: Timings = field(default_factory=Timings)
+    batch_size: int = 1
+    positions: np.ndarray = field(init=False)  # regions that give context, global (row, col)
+    _index: dict = field(init=False)
+
+    def __post_init__(self):
+        self.positions = self.context_grid.positions()
+        self._index = {(int(r), int(c)): i for i, (r, c) in enumerate(self.positions)}
+
+    def index_of(self, positions: np.ndarray) -> np.ndarray:
+        return np.array([self._index[(int(r), int(c))] for r, c in positions], dtype=np.int64)
+
+    def timings_dict(self, start: float) -> dict:
         return {
-            **{k: round(v, 3) for k, v in self.timings.items()},
+            **{name: round(seconds, 3) for name, seconds in self.timings.seconds.items()},
             "total": round(time.perf_counter() - start, 3),
             "batch_size": self.batch_size,
-            "device": str(self.device),
+            "device": str(self.compute.device),
         }
 
-    # -- pass 1: tokens and context ---------------------------------------------------------------------------
 
-    def _context(self, todo: np.ndarray, keeper: FeatureKeeper):
-        """Context per active region ``(M, T, W)`` (a tensor), or None when cancelled. Pass 1 lives here."""
-        import torch
+_CANCELLED = object()
 
-        if not self.uses_context:
-            return {}
-        model, grid = self.model, self.context_grid
-        config = model.config.context_encoder
-        n_tokens, width = config.tokens_per_region**2, config.width
-        tokens = np.zeros((len(self.positions), n_tokens, width), dtype=np.float16)
-        cache = self._token_cache(n_tokens, width)
-        have = np.zeros(len(self.positions), dtype=bool)
-        if cache is not None:
-            cached, present = cache.lookup(grid.rows, grid.cols)
-            local = self.positions - [grid.rows.start, grid.cols.start]
-            have = present[local[:, 0], local[:, 1]]
-            tokens[have] = cached[local[have, 0], local[have, 1]]
-        n_cached = int(have.sum())
-        todo_set = {(int(r), int(c)) for r, c in todo}
-        # regions to encode now: those without tokens, and those still to predict (their features are kept)
-        need = [i for i, (r, c) in enumerate(self.positions) if not have[i] or (int(r), int(c)) in todo_set]
-        started = time.perf_counter()
-        new_positions, new_tokens = [], []
-        for batch, pixels in self._batches(self.positions[need], self.context_grid):
-            if self.cancel.cancelled:
-                return None
-            features, batch_tokens = self._encode(pixels, want_tokens=True)
-            for k, position in enumerate(batch):
-                i = self.index[(int(position[0]), int(position[1]))]
-                tokens[i] = batch_tokens[k].float().cpu().numpy().astype(np.float16)
-                if (int(position[0]), int(position[1])) in todo_set:
-                    keeper.put(i, [f[k : k + 1].cpu().clone() for f in features])
-                if not have[i]:
-                    new_positions.append(position)
-                    new_tokens.append(tokens[i])
-            done = len(new_positions) + n_cached
-            yield Progress("encode", done, len(self.positions), time.perf_counter() - started, n_cached)
-        if cache is not None and new_positions:
-            cache.store(np.array(new_positions), np.array(new_tokens))
-            TokenCache.enforce_cap(cache.root, self.options.cache_max_bytes)
-        t0 = time.perf_counter()
-        sequence = torch.from_numpy(tokens).float().to(self.device)[None]
-        positions = torch.from_numpy(self.positions).to(self.device)[None]
-        with self._autocast():
-            context = model.contextualise(sequence, positions)[0]
-        self.timings["context"] += time.perf_counter() - t0
-        yield Progress("context", len(self.positions), len(self.positions), time.perf_counter() - started, n_cached)
-        return context
 
-    # -- pass 2: outputs --------------------------------------------------------------------------------------
-
-    def _predict(self, todo: np.ndarray, context, keeper: FeatureKeeper, done_before: int):
-        import torch
-
-        from napari_xt.model.heads import decode_detections
-
-        model = self.model
-        started = time.perf_counter()
-        total, done = len(todo) + done_before, done_before
-        stride = model.config.heads.detection_stride
-        to_read = np.array([p for p in todo if not keeper.has(self.index[(int(p[0]), int(p[1]))])]).reshape(-1, 2)
-        read_iter = self._batches(to_read, self.grid)
-        pending = None  # the batch being written while the next one computes
-        with ThreadPoolExecutor(max_workers=1) as writer:
-            for batch in _chunks(todo, self.batch_size):
-                if self.cancel.cancelled:
-                    break
-                indices = [self.index[(int(r), int(c))] for r, c in batch]
-                features = self._features_for(indices, keeper, read_iter)
-                t0 = time.perf_counter()
-                with self._autocast():
-                    if self.uses_context:
-                        region_context = context[torch.tensor(indices, device=self.device)]
-                    else:
-                        region_context = model.region_tokens(features)
-                    outputs = model.decode(features, region_context)
-                results = self._results(batch, outputs, stride, decode_detections)
-                self.timings["decode"] += time.perf_counter() - t0
-                if pending is not None:
-                    done = yield from self._written(*pending, done, total, started, done_before)
-                pending = (writer.submit(self.store.write_batch, results), batch, results)
-            if pending is not None:
-                done = yield from self._written(*pending, done, total, started, done_before)
-        return not self.cancel.cancelled
-
-    def _written(self, future, batch, results, done: int, total: int, started: float, done_before: int):
-        """Wait for a batch's write (re-raising its error), then report it; returns the new done count."""
-        t0 = time.perf_counter()
-        future.result()
-        self.timings["write"] += time.perf_counter() - t0
-        boxes = np.array([self.grid.level0_box(int(r), int(c)) for r, c in batch])
-        yield PartialResult(boxes, DetectionTable.concatenate([r["detections"] for r in results]))
-        done += len(batch)
-        yield Progress("predict", done, total, time.perf_counter() - started, done_before)
-        return done
-
-    def _features_for(self, indices: list[int], keeper: FeatureKeeper, read_iter):
-        """Features of a batch: kept from pass 1 (popped now, so memory stays per batch) or encoded afresh."""
-        import torch
-
-        parts = {i: keeper.pop(i) for i in indices}
-        while any(part is None for part in parts.values()):
-            positions, pixels = next(read_iter)  # regions to encode come in the same order as the batches
-            features, _ = self._encode(pixels, want_tokens=False)
-            for k, (r, c) in enumerate(positions):
-                parts[self.index[(int(r), int(c))]] = [f[k : k + 1] for f in features]
-        levels = len(parts[indices[0]])
-        return [torch.cat([parts[i][level].to(self.device).float() for i in indices]) for level in range(levels)]
-
-    def _results(self, batch, outputs, stride, decode_detections) -> list[dict]:
-        import torch
-
-        grid = self.grid
-        segmentation = outputs.get("segmentation")
-        # max().indices is ~15× faster than argmax() over the class axis on CPU (same result)
-        labels = segmentation.max(dim=1).indices.to(torch.uint8).cpu().numpy() if segmentation is not None else None
-        probabilities = None
-        if segmentation is not None and self.options.save_probabilities:
-            probabilities = segmentation.float().softmax(dim=1).half().cpu().numpy()
-        found = None
-        if "detection" in outputs:
-            found = decode_detections(outputs["detection"], stride, threshold=self.options.store_threshold)
-        results = []
-        for k, (row, col) in enumerate(batch):
-            box = grid.analysis_box(int(row), int(col))
-            h, w = box[2] - box[0], box[3] - box[1]
-            table = DetectionTable.empty()
-            if found is not None:
-                mine = (found.batch == k).cpu().numpy()
-                y = found.y.cpu().numpy()[mine]
-                x = found.x.cpu().numpy()[mine]
-                inside = (y < h) & (x < w)  # padding beyond the image edge holds nothing
-                y0, x0 = grid.to_level0(y[inside] + box[0], x[inside] + box[1])
-                table = DetectionTable(
-                    y0,
-                    x0,
-                    found.label.cpu().numpy()[mine][inside],
-                    found.score.cpu().numpy()[mine][inside],
-                    found.size.cpu().numpy()[mine][inside] * grid.downsample[0],
-                )
-            region_labels = labels[k, :h, :w] if labels is not None else np.zeros((h, w), np.uint8)
-            result = {"row": int(row), "col": int(col), "box": box, "labels": region_labels, "detections": table}
-            if probabilities is not None:
-                result["probabilities"] = probabilities[k, :, :h, :w]
-            results.append(result)
-        return results
-
-    # -- helpers ----------------------------------------------------------------------------------------------
-
-    def _encode(self, pixels: np.ndarray, want_tokens: bool):
-        import torch
-
-        t0 = time.perf_counter()
-        x = torch.from_numpy(pixels).to(self.device)
-        with self._autocast():
-            features = self.model.encode(self.model.normalise(x))
-            tokens = self.model.region_tokens(features) if want_tokens else None
-        self.timings["encode"] += time.perf_counter() - t0
-        return features, tokens
-
-    def _batches(self, positions: np.ndarray, grid: RegionGrid):
-        """``(positions, pixels)`` batches, read ahead in a thread pool while the model computes."""
-        chunks = list(_chunks(positions, self.batch_size))
-        if not chunks:
+def _events(ctx: _RunContext) -> Iterator:
+    start = time.perf_counter()
+    grid, store = ctx.grid, ctx.store
+    try:
+        store.mark_active(grid.rows, grid.cols, grid.active)
+        store.update(rois=[*store.spec.get("rois", []), list(grid.roi)], status="running")
+        todo = _todo(grid, store.done_mask())
+        n_done_before = grid.n_active - len(todo)
+        yield Started(str(store.path), grid.n_regions, grid.n_active, n_done_before, grid.describe())
+        if grid.n_active == 0:
+            store.finish(DetectionTable.empty(), ctx.timings_dict(start), ctx.pyramid.geotransform, no_foreground=True)
+            yield Finished(str(store.path), 0, time.perf_counter() - start, ctx.timings_dict(start), _NO_FOREGROUND)
             return
-        with ThreadPoolExecutor(max_workers=max(1, self.options.prefetch)) as pool:
-            futures = [pool.submit(read_batch, self.pyramid, grid, chunk) for chunk in chunks[: self.options.prefetch]]
-            for i, chunk in enumerate(chunks):
-                t0 = time.perf_counter()
-                pixels = futures[i].result()
-                self.timings["read_wait"] += time.perf_counter() - t0
-                ahead = i + self.options.prefetch
-                if ahead < len(chunks):
-                    futures.append(pool.submit(read_batch, self.pyramid, grid, chunks[ahead]))
-                futures[i] = None
-                yield chunk, pixels
+        finished = True
+        if len(todo):
+            # a resumed run keeps its batch size, so its regions come out as in an uninterrupted run
+            ctx.batch_size = store.spec.get("batch_size") or ctx.options.batch_size or _auto_batch_size(ctx)
+            store.update(batch_size=ctx.batch_size)
+            keeper = _keeper(ctx)
+            try:
+                context = yield from _pass1(ctx, todo, keeper)
+                finished = context is not _CANCELLED and (yield from _pass2(ctx, todo, context, keeper, n_done_before))
+            finally:
+                keeper.close()
+        if not finished:
+            store.update(status="cancelled", timings=ctx.timings_dict(start))
+            yield Cancelled(str(store.path), int(store.done_mask().sum()))
+            return
+        merged = merge_duplicates(store.region_detections()).sorted()
+        store.finish(merged, ctx.timings_dict(start), ctx.pyramid.geotransform)
+        yield Finished(str(store.path), len(merged), time.perf_counter() - start, ctx.timings_dict(start))
+    except OSError as error:
+        message = _os_error_message(error, store.path)
+        _try_update(store, status="failed", error=message)
+        yield Failed(str(store.path), message, error)
+    except Exception as error:  # the run must end with an event, whatever broke
+        message = str(error) if isinstance(error, ValueError) else f"{type(error).__name__}: {error}"
+        _try_update(store, status="failed", error=message)
+        yield Failed(str(store.path), message, error)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM, generator closed): finished regions are kept
+        _try_update(store, status="interrupted", timings=ctx.timings_dict(start))
+        raise
+    finally:
+        store.close()
 
-    def _autocast(self):
-        import torch
 
-        precision = self.options.precision
-        if precision == "auto":
-            precision = "bf16" if self.device.type == "cuda" else "fp32"
-        if precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+_NO_FOREGROUND = "no foreground: every region is background (blank glass, nodata or zeros); nothing to analyse"
 
-    def _auto_batch_size(self) -> int:
-        import psutil
-        import torch
 
-        probe = torch.zeros(1, self.model.config.in_channels, self.grid.region_size, self.grid.region_size)
-        features = self.model.encode(self.model.normalise(probe.to(self.device)))
-        per_region = 8 * sum(f.numel() * 4 for f in features) + probe.numel() * 4 * 4
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info()
-            return int(max(1, min(64, free * 0.5 // per_region)))
-        available = psutil.virtual_memory().available
-        return int(max(1, min(8, available * 0.25 // per_region)))
+def _todo(grid: RegionGrid, done_all: np.ndarray) -> np.ndarray:
+    """Active regions of ``grid`` not yet marked done, ``(N, 2)`` global positions."""
+    positions = grid.positions()
+    if not len(positions):
+        return positions.reshape(0, 2)
+    return positions[~done_all[positions[:, 0], positions[:, 1]]].reshape(-1, 2)
 
-    def _keeper(self, n_todo: int) -> FeatureKeeper:
-        if not self.uses_context:
-            return FeatureKeeper(0, 0)
-        free = shutil.disk_usage(self.store.path.parent).free
-        disk = int(min(self.options.feature_disk_budget, free * 0.5))
-        return FeatureKeeper(self.options.feature_memory_budget, disk, scratch=self.store.path.parent)
 
-    def _token_cache(self, n_tokens: int, width: int) -> TokenCache | None:
-        if self.options.cache_dir == "":
-            return None
-        root = Path(self.options.cache_dir) if self.options.cache_dir else default_cache_dir() / "tokens"
-        key = TokenCache.key(
-            self.pyramid.signature, self.grid.level, self.grid.resample, self.grid.region_size, self.weights_sha
+def _pass1(ctx: _RunContext, todo: np.ndarray, keeper: FeatureKeeper):
+    """Encode the regions that give context and return their context (or ``None`` without a context encoder,
+    ``_CANCELLED`` when cancelled); features of regions in ``todo`` are kept for pass 2."""
+    if not ctx.uses_context:
+        return None
+    config = ctx.model.config.context_encoder
+    n_tokens, width = config.tokens_per_region**2, config.width
+    tokens = np.zeros((len(ctx.positions), n_tokens, width), dtype=np.float16)
+    cache = _token_cache(ctx, n_tokens, width)
+    have = np.zeros(len(ctx.positions), dtype=bool)
+    if cache is not None:
+        cached = cache.lookup(ctx.positions)
+        if cached is None:  # the entry was corrupt and has been dropped
+            cache = None
+        else:
+            have, cached_tokens = cached
+            tokens[have] = cached_tokens[have]
+    n_cached = int(have.sum())
+    to_predict = np.zeros(len(ctx.positions), dtype=bool)
+    to_predict[ctx.index_of(todo)] = True
+    need = np.flatnonzero(~have | to_predict)
+    started = time.perf_counter()
+    new = []
+    batches = chunks(ctx.positions[need], ctx.batch_size)
+    for pixels in read_batches(ctx.pyramid, ctx.context_grid, batches, ctx.options.prefetch, ctx.timings):
+        if ctx.cancel.cancelled:
+            return _CANCELLED
+        with ctx.timings.stage("encode"):
+            encoded = encode(ctx.model, pixels, ctx.compute, want_tokens=True, pad_to=ctx.batch_size)
+            indices = ctx.index_of(encoded.positions)
+            tokens[indices] = encoded.tokens.float().cpu().numpy().astype(np.float16)
+        for k, i in enumerate(indices):
+            if to_predict[i]:
+                keeper.put(int(i), [f[k : k + 1].cpu().clone() for f in encoded.features])
+        new.extend(int(i) for i in indices if not have[i])
+        done = len(new) + n_cached
+        yield Progress("encode", done, len(ctx.positions), time.perf_counter() - started, n_cached)
+    if cache is not None and new:
+        cache.store(ctx.positions[new], tokens[new])
+        TokenCache.enforce_cap(cache.root, ctx.options.cache_max_bytes)
+    with ctx.timings.stage("context"):
+        context = contextualise(ctx.model, tokens, ctx.positions, ctx.compute)
+    yield Progress("context", len(ctx.positions), len(ctx.positions), time.perf_counter() - started, n_cached)
+    return context
+
+
+def _pass2(ctx: _RunContext, todo: np.ndarray, context, keeper: FeatureKeeper, done_before: int):
+    """Decode and write the regions in ``todo`` batch by batch; True unless cancelled."""
+    heads = ctx.model.config.heads
+    settings = ResultSettings(
+        heads.detection_stride,
+        ctx.options.store_threshold,
+        bool(ctx.store.spec.get("save_probabilities")),
+        max(1, len(heads.segmentation_classes)),
+    )
+    batches = chunks(todo, ctx.batch_size)
+    indices = [ctx.index_of(batch) for batch in batches]
+    unkept = [batch[[not keeper.has(int(i)) for i in idx]] for batch, idx in zip(batches, indices)]
+    reader = read_batches(ctx.pyramid, ctx.grid, [u for u in unkept if len(u)], ctx.options.prefetch, ctx.timings)
+    started = time.perf_counter()
+    done, total = done_before, len(todo) + done_before
+    pending = None  # the batch being written while the next one computes
+    with ThreadPoolExecutor(max_workers=1) as writer, contextlib.closing(reader):
+        for batch, idx, to_encode in zip(batches, indices, unkept):
+            if ctx.cancel.cancelled:
+                break
+            features = _features(ctx, idx, to_encode, keeper, reader)
+            with ctx.timings.stage("decode"):
+                region_context = context[idx] if context is not None else None
+                outputs = decode(ctx.model, features, region_context, ctx.compute, pad_to=ctx.batch_size)
+                results = region_results(ctx.grid, batch, outputs, settings)
+            if pending is not None:
+                done = yield from _written(ctx, *pending, done, total, started, done_before)
+            pending = (writer.submit(ctx.store.write_batch, results), batch, results)
+        if pending is not None:
+            done = yield from _written(ctx, *pending, done, total, started, done_before)
+    return not ctx.cancel.cancelled
+
+
+def _features(ctx: _RunContext, indices: np.ndarray, to_encode: np.ndarray, keeper: FeatureKeeper, reader) -> list:
+    """Features of a batch: kept from pass 1 (popped, so memory stays per batch), the rest encoded now from the
+    reader, whose next batch must be exactly ``to_encode``."""
+    import torch
+
+    parts = {int(i): keeper.pop(int(i)) for i in indices if keeper.has(int(i))}
+    if len(to_encode):
+        pixels = next(reader)
+        if not np.array_equal(pixels.positions, to_encode):
+            raise RuntimeError("pass 2 read regions out of step with its batches")
+        with ctx.timings.stage("encode"):
+            encoded = encode(ctx.model, pixels, ctx.compute, want_tokens=False, pad_to=ctx.batch_size)
+        for k, i in enumerate(ctx.index_of(to_encode)):
+            parts[int(i)] = [f[k : k + 1] for f in encoded.features]
+    levels = len(parts[int(indices[0])])
+    device = ctx.compute.device
+    return [torch.cat([parts[int(i)][level].to(device) for i in indices]) for level in range(levels)]
+
+
+def _written(ctx, future, batch, results, done: int, total: int, started: float, done_before: int):
+    """Wait for a batch's write (re-raising its error), then report it; returns the new done count."""
+    with ctx.timings.stage("write"):
+        future.result()
+    boxes = np.array([ctx.grid.level0_box(int(r), int(c)) for r, c in batch])
+    yield PartialResult(boxes, DetectionTable.concatenate([r.detections for r in results]))
+    done += len(batch)
+    yield Progress("predict", done, total, time.perf_counter() - started, done_before)
+    return done
+
+
+def _auto_batch_size(ctx: _RunContext) -> int:
+    import psutil
+    import torch
+
+    from napari_xt.engine.stages import PixelBatch
+
+    config = ctx.model.config
+    probe = PixelBatch(
+        np.zeros((1, 2), int), np.zeros((1, config.in_channels, config.region_size, config.region_size), np.float32)
+    )
+    features = encode(ctx.model, probe, ctx.compute, want_tokens=False).features
+    per_region = 8 * sum(f.numel() * 4 for f in features) + probe.pixels.nbytes * 4
+    if ctx.compute.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info()
+        return int(max(1, min(64, free * 0.5 // per_region)))
+    return int(max(1, min(8, psutil.virtual_memory().available * 0.25 // per_region)))
+
+
+def _keeper(ctx: _RunContext) -> FeatureKeeper:
+    if not ctx.uses_context:
+        return FeatureKeeper(0, 0)
+    scratch = ctx.store.path.parent
+    FeatureKeeper.clean_stale(scratch)
+    disk = int(min(ctx.options.feature_disk_budget, shutil.disk_usage(scratch).free * 0.5))
+    return FeatureKeeper(ctx.options.feature_memory_budget, disk, scratch=scratch)
+
+
+def _cache_root(options: RunOptions) -> Path | None:
+    if options.cache_dir == "":
+        return None
+    return Path(options.cache_dir) if options.cache_dir else default_cache_dir() / "tokens"
+
+
+def _token_cache(ctx: _RunContext, n_tokens: int, width: int) -> TokenCache | None:
+    if ctx.cache_root is None:
+        return None
+    grid = ctx.context_grid
+    key = TokenCache.key(ctx.pyramid.signature, grid.level, grid.resample, grid.region_size, ctx.weights_sha)
+    try:
+        return TokenCache(ctx.cache_root, key, grid.shape, n_tokens, width)
+    except OSError as error:  # a cache that cannot be written is no reason to fail the run
+        logger.warning(
+            "napari-xt: the token cache at %s cannot be used (%s); running without it", ctx.cache_root, error
         )
-        try:
-            return TokenCache(root, key, self.grid.shape, n_tokens, width)
-        except OSError:
-            return None  # a cache that cannot be written is no reason to fail the run
-
-
-def _chunks(items: np.ndarray, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+        return None
 
 
 def _os_error_message(error: OSError, path: Path) -> str:
@@ -521,13 +616,3 @@ def _os_error_message(error: OSError, path: Path) -> str:
 def _try_update(store: OutputStore, **values) -> None:
     with contextlib.suppress(OSError):  # a full disk may refuse even this; the event still reports it
         store.update(**values)
-
-
-def run_to_end(image, model_or_checkpoint, out, options: RunOptions | None = None, cancel=None, on_event=None):
-    """Run and return the last event (``Finished``, ``Cancelled`` or ``Failed``), calling ``on_event`` for each."""
-    last = None
-    for event in run(image, model_or_checkpoint, out, options, cancel):
-        if on_event is not None:
-            on_event(event)
-        last = event
-    return last

@@ -18,9 +18,13 @@ Per batch the order is: labels, then detection lines (fsync), then the ``done`` 
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import shutil
+import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,22 +33,22 @@ import zarr
 
 from napari_xt.engine.detections import COLUMNS, DetectionTable
 from napari_xt.engine.exports import hex_to_rgba, write_csv, write_geojson
+from napari_xt.engine.identity import ADOPTED_OUTPUTS, differences, explain
+from napari_xt.engine.stages import label_dtype
 from napari_xt.io.pyramid import ome_unit
 
+logger = logging.getLogger(__name__)
+
 RUN_FORMAT = "napari-xt-run/1"
-IDENTITY_KEYS = (
-    "image_signature",
-    "checkpoint_sha256",
-    "level",
-    "resample",
-    "region_size",
-    "image_shape",
-    "context_from",
-)
+LOCK_FILE = ".napari-xt.lock"
 
 
 class OutputExistsError(FileExistsError):
     """The output path holds something this run must not overwrite."""
+
+
+class RunInUseError(OutputExistsError):
+    """Another process is writing this run directory."""
 
 
 class StoreError(OSError):
@@ -52,70 +56,118 @@ class StoreError(OSError):
 
 
 def is_run_dir(path: str | Path) -> bool:
-    path = Path(path)
-    meta = path / "zarr.json"
-    if not meta.exists():
-        return False
+    return run_attributes(path).get("format") == RUN_FORMAT
+
+
+def run_attributes(path: str | Path) -> dict:
+    """The ``napari_xt`` attributes of a run directory, or ``{}`` when ``path`` holds none."""
+    meta = Path(path) / "zarr.json"
     try:
-        return json.loads(meta.read_text()).get("attributes", {}).get("napari_xt", {}).get("format") == RUN_FORMAT
-    except (OSError, json.JSONDecodeError):
-        return False
+        return json.loads(meta.read_text()).get("attributes", {}).get("napari_xt", {}) or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _half_created(path: Path) -> bool:
+    """A directory an interrupted creation left (our layout without the finished attributes)."""
+    return path.is_dir() and not is_run_dir(path) and (path / "regions").is_dir() and (path / "labels").is_dir()
 
 
 class OutputStore:
-    """Write side of a run directory. Use ``OutputStore.open(path, spec, overwrite)``."""
+    """Write side of a run directory. Use ``OutputStore.open(path, spec, overwrite)``; ``close()`` unlocks it."""
 
-    def __init__(self, path: Path, group: zarr.Group):
+    def __init__(self, path: Path, group: zarr.Group, lock=None):
         self.path = path
         self.group = group
         self.spec = dict(group.attrs["napari_xt"])
         self._parts = path / "detections" / "parts.csv"
+        self._lock = lock
 
     # -- creating and resuming ----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path, spec: dict, overwrite: bool = False) -> OutputStore:
-        """Create the run directory, or resume the same run there.
+    def open(cls, path: str | Path, spec: dict, overwrite: bool = False, replace_stale: bool = False) -> OutputStore:
+        """Create the run directory, or resume the same run there, holding its lock until ``close()``.
 
         Args:
-            spec: identity and settings of the run (image signature, checkpoint sha256, level, resample,
-                region size, image shape, grid shape, classes, colours, geometry, …), JSON-serialisable.
+            spec: identity and settings of the run (``identity.IDENTITY_KEYS`` and the rest), JSON-serialisable.
             overwrite: replace whatever is at ``path``.
+            replace_stale: replace a run directory whose identity differs (a cache the caller owns).
 
         Raises:
             OutputExistsError: ``path`` holds something else (another run, or not a run at all).
+            RunInUseError: another process is writing the run directory.
             StoreError: the directory cannot be written.
         """
         path = Path(path)
-        if path.exists():
-            if overwrite:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            elif not is_run_dir(path):
+        try:
+            if path.exists() and not path.is_dir() and not overwrite:
+                raise OutputExistsError(f"{path}: is a file, not a run directory; choose another output")
+            if path.exists() and not overwrite and not is_run_dir(path) and not _half_created(path):
                 raise OutputExistsError(
                     f"{path}: exists and is not a napari-xt run directory; choose another output or pass --overwrite"
                 )
-            else:
-                group = zarr.open_group(str(path), mode="r+")
-                previous = dict(group.attrs["napari_xt"])
-                different = [k for k in IDENTITY_KEYS if _canonical(previous.get(k)) != _canonical(spec.get(k))]
-                if different:
-                    raise OutputExistsError(
-                        f"{path}: holds a run with other settings ({', '.join(different)} differ); choose another "
-                        "output or pass --overwrite"
-                    )
-                store = cls(path, group)
-                store.update(status="running" if previous.get("status") != "finished" else "finished")
-                store._drop_unfinished_parts()
-                return store
-        try:
-            group = zarr.open_group(str(path), mode="w", zarr_format=3)
-            _create_layout(group, path, spec)
+            if path.is_dir() and (is_run_dir(path) or _half_created(path)):
+                lock = _RunLock.acquire(path)
+                try:
+                    return cls._resume_or_replace(path, spec, overwrite, replace_stale, lock)
+                except BaseException:
+                    lock.release()
+                    raise
+            if path.exists():
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            return cls._create(path, spec)
         except OSError as error:
+            if isinstance(error, OutputExistsError | StoreError):
+                raise
             reason = error.strerror or str(error)
             raise StoreError(
                 f"{path}: cannot write the run directory here ({reason}); choose another output"
             ) from error
-        return cls(path, group)
+
+    @classmethod
+    def _resume_or_replace(cls, path: Path, spec: dict, overwrite: bool, replace_stale: bool, lock) -> OutputStore:
+        previous = run_attributes(path)
+        different = differences(previous, spec) if is_run_dir(path) else ["half-created"]
+        if overwrite or different == ["half-created"] or (different and replace_stale):
+            lock.release()
+            shutil.rmtree(path)
+            return cls._create(path, spec)
+        if different:
+            raise OutputExistsError(
+                f"{path}: holds another run ({explain(different)}); pass --overwrite to replace it, or choose "
+                "another --out"
+            )
+        group = zarr.open_group(str(path), mode="r+")
+        store = cls(path, group, lock)
+        kept = {key: previous[key] for key in ADOPTED_OUTPUTS if key in previous}
+        store.update(status="running" if previous.get("status") != "finished" else "finished", **kept)
+        store._check_done_flags()
+        store._drop_unfinished_parts()
+        return store
+
+    @classmethod
+    def _create(cls, path: Path, spec: dict) -> OutputStore:
+        """Build the layout in a hidden sibling folder and rename it into place, so ``path`` is never half-made."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in path.parent.glob(f".{path.name}.creating-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        building = Path(tempfile.mkdtemp(prefix=f".{path.name}.creating-", dir=path.parent))
+        try:
+            group = zarr.open_group(str(building), mode="w", zarr_format=3)
+            _create_layout(group, building, spec)
+            os.replace(building, path)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        lock = _RunLock.acquire(path)
+        return cls(path, zarr.open_group(str(path), mode="r+"), lock)
+
+    def close(self) -> None:
+        """Release the run directory's lock (the run is over, or was interrupted)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # -- during the run -----------------------------------------------------------------------------------
 
@@ -135,25 +187,25 @@ class OutputStore:
     def probability_levels(self) -> list:
         return _levels(self.group["probabilities"]) if "probabilities" in self.group else []
 
-    def write_batch(self, results: list[dict]) -> None:
-        """Write finished regions: ``{"row", "col", "box": analysis (y0, x0, y1, x1), "labels", "detections"}``
-        (and ``"probabilities"`` ``(K, h, w)`` when the run keeps them).
+    def write_batch(self, results: list) -> None:
+        """Write finished regions (``stages.RegionResult``): labels, probabilities when the run keeps them,
+        detection lines (fsynced), and only then their ``done`` flags.
 
         Every label level is written at once (nearest sampling), so a viewer sees the regions at every zoom
         while the run goes on. Region boxes start at multiples of the region size, so they stay aligned.
         """
         labels, probabilities = self.label_levels(), self.probability_levels()
         for result in results:
-            y0, x0, _, _ = result["box"]
-            write_into_levels(labels, result["labels"], y0, x0)
-            if "probabilities" in result:
-                write_into_levels(probabilities, result["probabilities"], y0, x0)
+            y0, x0, _, _ = result.box
+            write_into_levels(labels, result.labels, y0, x0)
+            if probabilities and result.probabilities is not None:
+                write_into_levels(probabilities, result.probabilities, y0, x0)
         lines = []
         for result in results:
-            table: DetectionTable = result["detections"]
+            table: DetectionTable = result.detections
             for i in range(len(table)):
                 lines.append(
-                    f"{result['row']},{result['col']},{table.y[i]:.3f},{table.x[i]:.3f},{int(table.label[i])},"
+                    f"{result.row},{result.col},{table.y[i]:.3f},{table.x[i]:.3f},{int(table.label[i])},"
                     f"{table.score[i]:.5f},{table.size[i]:.3f}\n"
                 )
         if lines:
@@ -163,7 +215,7 @@ class OutputStore:
                 os.fsync(handle.fileno())
         done = self.group["regions/done"]
         for result in results:
-            done[result["row"], result["col"]] = True
+            done[result.row, result.col] = True
 
     def region_detections(self) -> DetectionTable:
         """All detections written so far (finished regions only), before merging."""
@@ -180,8 +232,9 @@ class OutputStore:
 
     # -- at the end ---------------------------------------------------------------------------------------
 
-    def finish(self, merged: DetectionTable, timings: dict, geotransform=None) -> None:
-        """Write the merged detections and exports, and mark the run finished."""
+    def finish(self, merged: DetectionTable, timings: dict, geotransform=None, no_foreground: bool = False) -> None:
+        """Write the merged detections and exports, and mark the run finished (``no_foreground``: there was
+        nothing to analyse, which the run records)."""
         group = self.group.require_group("detections")
         for column in COLUMNS:
             values = getattr(merged, column)
@@ -195,7 +248,11 @@ class OutputStore:
             if geotransform:
                 write_geojson(merged, self.path / "detections.map.geojson", names, colours, geotransform)
         self.update(
-            status="finished", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), timings=timings, n_detections=len(merged)
+            status="finished",
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            timings=timings,
+            n_detections=len(merged),
+            no_foreground=no_foreground,
         )
 
     # -- internals ----------------------------------------------------------------------------------------
@@ -210,6 +267,20 @@ class OutputStore:
         done = self.done_mask()
         keep = done[rows[:, 0].astype(int), rows[:, 1].astype(int)]
         return rows[keep]
+
+    def _check_done_flags(self) -> None:
+        """A damaged record of finished regions cannot be trusted: start it again (every region is recomputed)."""
+        try:
+            self.done_mask()
+        except Exception as error:  # any zarr or codec failure on the flags
+            logger.warning(
+                "napari-xt: %s: the record of finished regions is damaged (%s); recomputing", self.path, error
+            )
+            grid_shape = tuple(self.spec["grid_shape"])
+            regions = self.group["regions"]
+            del regions["done"]
+            _flags(regions, "done", grid_shape)
+            self._parts.write_text("")
 
     def _drop_unfinished_parts(self) -> None:
         """Rewrite the parts file with only lines of finished regions (a killed batch may have left others)."""
@@ -242,8 +313,44 @@ def label_level_shapes(height: int, width: int) -> list[tuple[int, int]]:
     return levels
 
 
-def _canonical(value):
-    return json.loads(json.dumps(value, default=str)) if value is not None else None
+class _RunLock:
+    """An exclusive ``flock`` on ``<run dir>/.napari-xt.lock``, held by the process writing the run directory.
+
+    The kernel releases it when the process dies, so a killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    @classmethod
+    def acquire(cls, run_dir: Path) -> _RunLock:
+        handle = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115  (held open for the life of the run)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunInUseError(
+                f"{run_dir}: is being written by {holder}; wait for that run to finish (it resumes where it "
+                "is), or choose another --out"
+            ) from error
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"napari-xt process {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        return cls(handle)
+
+    def release(self) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+            self._handle = None
+
+
+def _flags(group: zarr.Group, name: str, grid_shape: tuple[int, int]) -> None:
+    chunks = (min(256, grid_shape[0]), min(256, grid_shape[1]))
+    group.create_array(name, shape=grid_shape, chunks=chunks, dtype="bool", fill_value=False)
 
 
 def _levels(group: zarr.Group) -> list:
@@ -287,7 +394,7 @@ def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
     labels_group = group.require_group("labels")
     labels_group.attrs["ome"] = {"version": "0.5", "labels": ["segmentation"]}
     segmentation = labels_group.require_group("segmentation")
-    dtype = "uint8" if max(1, len(classes)) < 256 else "uint16"
+    dtype = label_dtype(max(1, len(classes)))
     levels = label_level_shapes(height, width)
     side = max(region, 256)
     for k, shape in enumerate(levels):
@@ -320,13 +427,7 @@ def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
     grid_shape = tuple(spec["grid_shape"])
     regions = group.require_group("regions")
     for name in ("done", "active"):
-        regions.create_array(
-            name,
-            shape=grid_shape,
-            chunks=(min(256, grid_shape[0]), min(256, grid_shape[1])),
-            dtype="bool",
-            fill_value=False,
-        )
+        _flags(regions, name, grid_shape)
     detections = path / "detections"
     detections.mkdir(parents=True, exist_ok=True)
     (detections / "parts.csv").touch()

@@ -19,9 +19,9 @@ from napari_xt.io.pyramid import (
     downsample_from_shapes,
     guess_axes,
     lazy_pyramid_downsample,
-    make_signature,
     to_yxc,
 )
+from napari_xt.io.signature import array_signature, digest
 
 
 def is_array_like(source: object) -> bool:
@@ -73,13 +73,12 @@ def open_array(
         built_lazily = len(levels) > 1
     else:
         downsample = downsample_from_shapes(levels)
-    identity = levels[0].name if isinstance(arrays[0], da.Array) else id(arrays[0])
     return Pyramid(
         levels=tuple(levels),
         downsample=downsample,
         pixel_size=pixel_size,
         unit=unit,
-        signature=make_signature("array", identity, [lvl.shape for lvl in levels], str(levels[0].dtype)),
+        signature=digest("array", axes, [array_signature(array) for array in arrays]),
         source=name,
         format="array",
         built_lazily=built_lazily,

@@ -38,10 +38,20 @@ def open_pyramid(source, **array_options) -> Pyramid:
     path = Path(source).expanduser()
     if not path.exists():
         raise ImageReadError(path, "no such file or directory", "check the path")
-    if zarr_reader.matches(path):
-        return zarr_reader.open_zarr(path)
-    if tiff_reader.matches(path):
-        return tiff_reader.open_tiff(path)
+    reader = zarr_reader.open_zarr if zarr_reader.matches(path) else tiff_reader.open_tiff
+    if zarr_reader.matches(path) or tiff_reader.matches(path):
+        try:
+            return reader(path)
+        except ImageReadError:
+            raise
+        except PermissionError as error:
+            raise ImageReadError(path, f"cannot be read ({error.strerror})", "check its permissions") from error
+        except Exception as error:  # a reader or codec failed on malformed content, whatever its kind
+            raise ImageReadError(
+                path,
+                f"cannot be read ({type(error).__name__}: {str(error)[:200]})",
+                "the file may be truncated, corrupt, or written with metadata napari-xt does not understand",
+            ) from error
     if path.is_dir():
         raise UnsupportedFormatError(
             path,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,7 +72,7 @@ class Pyramid:
         pixel_size: ``(y, x)`` size of a level-0 pixel in ``unit``, or None when unknown.
         unit: unit of ``pixel_size`` (``µm`` for slides, ``m`` for SAR), or None.
         channel_names: one name per channel.
-        signature: cheap identity of the source (path, mtime, shapes, dtype); never a hash of pixels.
+        signature: an identity that changes whenever the pixels change (``io.signature``).
         source: the path it was opened from, or a description of the array.
         format: short name of the reader that opened it.
         nodata: value that marks missing pixels (GeoTIFF), or None.
@@ -422,8 +421,3 @@ def check_levels_agree(levels: list[da.Array], source: object) -> None:
                 f"level {i} is downsampled {dy:.3g}× in y but {dx:.3g}× in x",
                 "the levels do not belong to one image",
             )
-
-
-def make_signature(*parts: object) -> str:
-    """A short stable identity from cheap facts (path, mtime, shapes, dtype)."""
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:20]

@@ -24,9 +24,9 @@ from napari_xt.io.pyramid import (
     downsample_from_shapes,
     lazy_pyramid_downsample,
     lazy_yxc,
-    make_signature,
     normalise_unit,
 )
+from napari_xt.io.signature import tiff_signature
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff", ".btf", ".tf8")
 _SVS_MPP = re.compile(r"MPP\s*=\s*([0-9.]+)")
@@ -114,9 +114,8 @@ def open_tiff(path: Path) -> Pyramid:
             built_lazily = len(arrays) > 1
         else:
             downsample = downsample_from_shapes(arrays)
-        signature = make_signature(
-            str(Path(path).resolve()), mtime_ns, os.path.getsize(path), [a.shape for a in arrays], str(series.dtype)
-        )
+        pages = [page for _, level in series_levels for page in level.pages if page is not None]
+        signature = tiff_signature(path, pages)
     return Pyramid(
         levels=tuple(arrays),
         downsample=downsample,
@@ -134,12 +133,20 @@ def open_tiff(path: Path) -> Pyramid:
 
 
 def _map_axes(axes: str) -> str:
-    """tifffile axis letters to ours: S (samples) and C are channels; I, Q and others are extra axes."""
+    """tifffile axis letters to ours: S (samples) and C are channels; Z is z; others are extra axes.
+
+    A planar multi-channel file written without axis metadata has its channels on a generic axis (``Q`` for a
+    shaped series, ``I`` for a stack of pages): without an S or C axis, the first of those is the channel axis.
+    """
+    upper = axes.upper()
+    generic_channel = None
+    if "S" not in upper and "C" not in upper:
+        generic_channel = next((i for i, name in enumerate(upper) if name in "QI"), None)
     mapped = []
-    for name in axes.upper():
+    for i, name in enumerate(upper):
         if name in "YX":
             mapped.append(name.lower())
-        elif name in "SC":
+        elif name in "SC" or i == generic_channel:
             mapped.append("c")
         elif name == "Z":
             mapped.append("z")

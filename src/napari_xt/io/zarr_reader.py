@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,9 @@ from napari_xt.io.pyramid import (
     guess_axes,
     lazy_pyramid_downsample,
     lazy_yxc,
-    make_signature,
     normalise_unit,
 )
+from napari_xt.io.signature import digest, directory_signature
 
 ZARR_METADATA_FILES = ("zarr.json", ".zgroup", ".zarray")
 
@@ -54,12 +53,7 @@ def open_zarr(path: Path) -> Pyramid:
 
 
 def _signature(path: Path, levels: list[da.Array]) -> str:
-    stamps = []
-    for name in ZARR_METADATA_FILES:
-        candidate = path / name
-        if candidate.exists():
-            stamps.append((name, os.stat(candidate).st_mtime_ns))
-    return make_signature(str(path.resolve()), stamps, [lvl.shape for lvl in levels], str(levels[0].dtype))
+    return digest("zarr", directory_signature(path), [lvl.shape for lvl in levels], str(levels[0].dtype))
 
 
 def _lazy(path: Path, array: zarr.Array, axes: str):

@@ -93,31 +93,73 @@ def read_checkpoint_info(path: str | Path, with_hash: bool = True) -> Checkpoint
         )
     try:
         data = json.loads(metadata["config"])
+        if not isinstance(data, dict):
+            raise ValueError("the config is not a JSON object")
         # checkpoints from before the region order was a setting read their regions row by row
-        data.get("context_encoder", {}).setdefault("order", "raster")
+        context = data.get("context_encoder", {})
+        if isinstance(context, dict):
+            context.setdefault("order", "raster")
         config = XTConfig.from_dict(data)
     except (ValueError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{path}: its config cannot be used ({error})") from error
+    try:
+        provenance = json.loads(metadata.get("provenance", "{}"))
+    except ValueError:
+        provenance = {"unreadable": metadata.get("provenance", "")[:200]}
     digest = file_sha256(path) if with_hash else ""
-    return CheckpointInfo(str(path), digest, config, json.loads(metadata.get("provenance", "{}")))
+    return CheckpointInfo(str(path), digest, config, provenance if isinstance(provenance, dict) else {})
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """Build the model a checkpoint describes and load its weights (strictly). Returns ``(model, info)``."""
     from safetensors.torch import load_file
 
-    from napari_xt.model.xt import XTModel
 
     info = read_checkpoint_info(path)
-    model = XTModel(info.config)
-    state = load_file(str(path), device="cpu")
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: weights do not fit its own config ({len(result.missing_keys)} missing, e.g. "
-            f"{result.missing_keys[:3]}; {len(result.unexpected_keys)} unexpected, e.g. {result.unexpected_keys[:3]})"
-        )
+    model = build_checked(info.config, path)
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as error:  # safetensors' own error types for damaged tensor data
+        raise CheckpointError(f"{path}: its tensors cannot be read ({error}); the file may be damaged") from error
+    check_state_fits(model, state, path)
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval(), info
+
+
+def build_checked(config: XTConfig, path: str | Path):
+    """The model ``config`` describes, or ``CheckpointError`` naming what in the config cannot be built."""
+    import timm
+
+    from napari_xt.model.xt import XTModel
+
+    name = config.region_encoder.name
+    if not timm.is_model(name):
+        raise CheckpointError(
+            f"{path}: region_encoder.name {name!r} is not a timm model this timm ({timm.__version__}) knows; "
+            "upgrade timm or use another checkpoint"
+        )
+    try:
+        return XTModel(config)
+    except Exception as error:  # timm or torch refusing a combination of settings
+        raise CheckpointError(f"{path}: its config cannot build a model ({type(error).__name__}: {error})") from error
+
+
+def check_state_fits(model, state: dict, path: str | Path) -> None:
+    """Every tensor of ``state`` must exist in ``model`` with the same shape, and none may be missing."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not fit its own config ({len(missing)} missing, e.g. {missing[:3]}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:3]})"
+        )
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(own[key].shape):
+            raise CheckpointError(
+                f"{path}: tensor {key} has shape {tuple(tensor.shape)} but its config builds "
+                f"{tuple(own[key].shape)}; the file does not belong to its config"
+            )
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

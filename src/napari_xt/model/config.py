@@ -97,6 +97,33 @@ class HeadsConfig:
     detection_stride: int = 4
 
 
+def _ranges(config) -> list[tuple[str, object, float, float]]:
+    """Numeric settings and the ranges a model can be built with (beyond them a crafted file could ask for
+    terabytes, or divide by zero)."""
+    context, encoder = config.context_encoder, config.region_encoder
+    return [
+        ("in_channels", config.in_channels, 1, 64),
+        ("region_size", config.region_size, 16, 8192),
+        ("region_encoder.input_size", encoder.input_size, 16, 8192),
+        ("context_encoder.width", context.width, 1, 8192),
+        ("context_encoder.depth", context.depth, 0, 128),
+        ("context_encoder.heads", context.heads, 1, 256),
+        ("context_encoder.tokens_per_region", context.tokens_per_region, 1, 64),
+        ("context_encoder.window", context.window, 1, 1 << 16),
+        ("context_encoder.memory", context.memory, 0, 1 << 16),
+        ("context_encoder.mlp_ratio", context.mlp_ratio, 0.0625, 16),
+        ("context_encoder.d_state", context.d_state, 1, 1024),
+        ("context_encoder.d_conv", context.d_conv, 1, 64),
+        ("context_encoder.expand", context.expand, 1, 16),
+        ("context_encoder.grad_ratio", context.grad_ratio, 0, 1),
+        ("context_encoder.hyper_block", context.hyper_block, 1, 1 << 16),
+        ("context_encoder.hyper_samples", context.hyper_samples, 0, 1 << 16),
+        ("context_encoder.hyper_hash_bits", context.hyper_hash_bits, 1, 16),
+        ("context_encoder.hyper_exact_below", context.hyper_exact_below, 0, 1 << 30),
+        ("heads.decoder_convs", config.heads.decoder_convs, 1, 8),
+    ]
+
+
 @dataclass
 class XTConfig:
     """A whole xT model.
@@ -125,6 +152,13 @@ class XTConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` with the offending setting when the config cannot build a model."""
         context = self.context_encoder
+        for name, value, low, high in _ranges(self):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (low <= value <= high):
+                raise ValueError(f"{name} must be a number from {low} to {high}, not {value!r}")
+        if not self.region_encoder.name or not isinstance(self.region_encoder.name, str):
+            raise ValueError("region_encoder.name must name a timm model")
+        if any(not isinstance(c, int) or not 1 <= c <= 4096 for c in self.heads.decoder_channels):
+            raise ValueError(f"heads.decoder_channels must be widths from 1 to 4096, not {self.heads.decoder_channels}")
         if context.kind not in CONTEXT_KINDS:
             raise ValueError(f"context_encoder.kind must be one of {CONTEXT_KINDS}, not {context.kind!r}")
         if context.order not in ("hilbert", "raster"):
@@ -138,8 +172,10 @@ class XTConfig:
                 f"region_size ({self.region_size}) must be a multiple of the encoder's input_size "
                 f"({self.region_encoder.input_size})"
             )
-        if self.heads.detection_stride > 4:
-            raise ValueError("heads.detection_stride must be at most 4")
+        if self.heads.detection_stride not in (1, 2, 4):
+            raise ValueError(f"heads.detection_stride must be 1, 2 or 4, not {self.heads.detection_stride!r}")
+        if any(not isinstance(v, int | float) or not v > 0 for v in self.std):
+            raise ValueError(f"std must hold positive numbers, not {self.std}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,230 @@
+"""The runner's stages as small functions over typed records: read → encode → context → decode → results.
+
+Each stage takes and returns plain records (``PixelBatch``, ``Encoded``, ``RegionResult``), so the runner is
+a composition of them and each can be tested alone. Model work runs in ``torch.inference_mode`` inside each
+stage, never across a ``yield``: the consumer of the event stream runs in normal mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from napari_xt.engine.detections import DetectionTable
+from napari_xt.engine.grid import RegionGrid
+from napari_xt.engine.reading import read_batch
+from napari_xt.io import Pyramid
+
+
+def label_dtype(n_classes: int) -> np.dtype:
+    """uint8 labels for up to 255 classes, uint16 beyond."""
+    return np.dtype(np.uint8 if n_classes <= 255 else np.uint16)
+
+
+@dataclass
+class Timings:
+    """Seconds spent in each named stage of a run."""
+
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("read_wait", "encode", "context", "decode", "write"), 0.0)
+    )
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+@dataclass
+class PixelBatch:
+    """Regions at global ``positions`` ``(B, 2)`` and their pixels ``(B, C, R, R)`` float32."""
+
+    positions: np.ndarray
+    pixels: np.ndarray
+
+
+@dataclass
+class Encoded:
+    """Region features (a list of ``(B, C_i, h_i, w_i)`` tensors) and, when asked, their pooled tokens."""
+
+    positions: np.ndarray
+    features: list
+    tokens: object = None
+
+
+@dataclass
+class RegionResult:
+    """What one region produced, in analysis pixels of its ``box`` ``(y0, x0, y1, x1)``."""
+
+    row: int
+    col: int
+    box: tuple[int, int, int, int]
+    labels: np.ndarray
+    detections: DetectionTable
+    probabilities: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Where and how the model runs."""
+
+    device: object
+    precision: str = "auto"
+
+    def autocast(self):
+        import torch
+
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+
+def _inference(function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.inference_mode():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+def chunks(positions: np.ndarray, size: int) -> list[np.ndarray]:
+    """``positions`` ``(N, 2)`` cut into batches of at most ``size``."""
+    return [positions[start : start + size] for start in range(0, len(positions), size)]
+
+
+def read_batches(
+    pyramid: Pyramid, grid: RegionGrid, batches: list[np.ndarray], prefetch: int, timings: Timings
+) -> Iterator[PixelBatch]:
+    """The pixels of ``batches``, in order, read ahead by ``prefetch`` batches in a thread pool."""
+    if not batches:
+        return
+    ahead = max(1, prefetch)
+    with ThreadPoolExecutor(max_workers=ahead) as pool:
+        futures = {i: pool.submit(read_batch, pyramid, grid, batches[i]) for i in range(min(ahead, len(batches)))}
+        for i, positions in enumerate(batches):
+            with timings.stage("read_wait"):
+                pixels = futures.pop(i).result()
+            if i + ahead < len(batches):
+                futures[i + ahead] = pool.submit(read_batch, pyramid, grid, batches[i + ahead])
+            yield PixelBatch(positions, pixels)
+
+
+def _padded(tensor, rows: int):
+    """``tensor`` with its first axis padded to ``rows`` by repeating its last row."""
+    import torch
+
+    missing = rows - tensor.shape[0]
+    return tensor if missing <= 0 else torch.cat([tensor, tensor[-1:].expand(missing, *tensor.shape[1:])])
+
+
+@_inference
+def encode(model, batch: PixelBatch, compute: Compute, want_tokens: bool, pad_to: int = 0) -> Encoded:
+    """Region features of a batch (float32, on the model's device) and optionally its pooled tokens.
+
+    ``pad_to``: run the model on exactly this many regions (the batch padded), so that a region's result does not
+    depend on how many regions shared its batch (matrix kernels round differently for other batch sizes).
+    """
+    import torch
+
+    n = len(batch.pixels)
+    x = _padded(torch.from_numpy(batch.pixels).to(compute.device), pad_to)
+    with compute.autocast():
+        features = model.encode(model.normalise(x))
+        tokens = model.region_tokens(features)[:n] if want_tokens else None
+    return Encoded(batch.positions, [f[:n].float() for f in features], tokens)
+
+
+@_inference
+def contextualise(model, tokens: np.ndarray, positions: np.ndarray, compute: Compute):
+    """Context per region ``(M, ...)`` from the tokens ``(M, T, W)`` of every region giving context."""
+    import torch
+
+    sequence = torch.from_numpy(tokens).float().to(compute.device)[None]
+    where = torch.from_numpy(positions).to(compute.device)[None]
+    with compute.autocast():
+        return model.contextualise(sequence, where)[0]
+
+
+@_inference
+def decode(model, features: list, context, compute: Compute, pad_to: int = 0) -> dict:
+    """The heads' outputs for a batch of regions; without a context encoder, context is the regions' own tokens.
+
+    ``pad_to``: as for ``encode``.
+    """
+    n = features[0].shape[0]
+    features = [_padded(f, pad_to) for f in features]
+    with compute.autocast():
+        context = model.region_tokens(features) if context is None else _padded(context, pad_to)
+        return _first_rows(model.decode(features, context), n)
+
+
+def _first_rows(outputs, n: int):
+    if isinstance(outputs, dict):
+        return {key: _first_rows(value, n) for key, value in outputs.items()}
+    return outputs[:n] if hasattr(outputs, "shape") and outputs.ndim > 0 else outputs
+
+
+@dataclass(frozen=True)
+class ResultSettings:
+    """How raw outputs become region results."""
+
+    detection_stride: int
+    store_threshold: float
+    save_probabilities: bool
+    n_classes: int
+
+
+@_inference
+def region_results(grid: RegionGrid, positions: np.ndarray, outputs: dict, settings: ResultSettings) -> list:
+    """Cut a batch's outputs into ``RegionResult`` s: labels cropped at image edges, detections in level-0 pixels."""
+    from napari_xt.model.heads import decode_detections
+
+    segmentation = outputs.get("segmentation")
+    dtype = label_dtype(settings.n_classes)
+    labels = None
+    if segmentation is not None:
+        labels = segmentation.max(dim=1).indices.cpu().numpy().astype(dtype)  # max() is faster than argmax on CPU
+    probabilities = None
+    if segmentation is not None and settings.save_probabilities:
+        probabilities = segmentation.float().softmax(dim=1).half().cpu().numpy()
+    found = None
+    if "detection" in outputs:
+        found = decode_detections(outputs["detection"], settings.detection_stride, threshold=settings.store_threshold)
+        found = {name: getattr(found, name).cpu().numpy() for name in ("batch", "y", "x", "label", "score", "size")}
+    results = []
+    for k, (row, col) in enumerate(positions):
+        box = grid.analysis_box(int(row), int(col))
+        h, w = box[2] - box[0], box[3] - box[1]
+        table = DetectionTable.empty()
+        if found is not None:
+            mine = found["batch"] == k
+            y, x = found["y"][mine], found["x"][mine]
+            inside = (y < h) & (x < w)  # padding beyond the image edge holds nothing
+            y0, x0 = grid.to_level0(y[inside] + box[0], x[inside] + box[1])
+            table = DetectionTable(
+                y0,
+                x0,
+                found["label"][mine][inside],
+                found["score"][mine][inside],
+                found["size"][mine][inside] * grid.downsample[0],
+            )
+        region_labels = labels[k, :h, :w] if labels is not None else np.zeros((h, w), dtype)
+        region_probabilities = probabilities[k, :, :h, :w] if probabilities is not None else None
+        results.append(RegionResult(int(row), int(col), box, region_labels, table, region_probabilities))
+    return results
