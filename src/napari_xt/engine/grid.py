@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_xt.io import Pyramid
+from napari_xt.io import ImageReadError, Pyramid
 
 
 class GridError(ValueError):
@@ -220,7 +220,16 @@ def active_regions(pyramid: Pyramid, grid: RegionGrid, kind: str = "auto", min_f
     candidates = [i for i, (dy, _) in enumerate(pyramid.downsample) if region_level0 / dy >= 8]
     mask_level = max(candidates) if candidates else 0
     dy, dx = pyramid.downsample[mask_level]
-    low = np.asarray(pyramid.levels[mask_level])
+    try:
+        low = np.asarray(pyramid.levels[mask_level])
+    except ImageReadError:
+        raise
+    except Exception as error:  # a codec, tifffile or zarr failed on the low level
+        raise ImageReadError(
+            pyramid.source,
+            f"level {mask_level} cannot be read for the background mask ({type(error).__name__}: {str(error)[:200]})",
+            "the file may be truncated or corrupt",
+        ) from error
     mask = foreground_mask(low, kind, pyramid.nodata)
     active = np.zeros((len(grid.rows), len(grid.cols)), dtype=bool)
     for i, row in enumerate(grid.rows):

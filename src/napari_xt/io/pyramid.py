@@ -246,7 +246,14 @@ class YXCView:
         return ("napari-xt-yxc", self.token, self.axes)
 
     def __getitem__(self, index):
-        ys, xs, cs = index
+        index = index if isinstance(index, tuple) else (index,)
+        index = (*index, *[slice(None)] * (3 - len(index)))
+        # dask may fuse an integer index into the read: read a one-wide slice and drop that axis at the end
+        dropped = tuple(axis for axis, i in enumerate(index) if isinstance(i, int | np.integer))
+        ys, xs, cs = (
+            slice(int(i), int(i) + 1 if int(i) != -1 else None) if axis in dropped else i
+            for axis, i in enumerate(index)
+        )
         source = [0] * len(self.axes)
         source[self._y], source[self._x] = ys, xs
         if self._c is not None:
@@ -256,7 +263,8 @@ class YXCView:
         if self._c is None:
             block = block[..., None][..., cs]
             kept.append("c")
-        return block.transpose([kept.index("y"), kept.index("x"), kept.index("c")])
+        block = block.transpose([kept.index("y"), kept.index("x"), kept.index("c")])
+        return block[tuple(0 if axis in dropped else slice(None) for axis in range(3))]
 
 
 def lazy_yxc(array, axes: str, native_chunks: tuple[int, ...], token: object, source: object):

@@ -114,7 +114,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """Build the model a checkpoint describes and load its weights (strictly). Returns ``(model, info)``."""
     from safetensors.torch import load_file
 
-
     info = read_checkpoint_info(path)
     model = build_checked(info.config, path)
     try:
