@@ -1,7 +1,6 @@
 """Print the README's table of the shipped demo checkpoints' evaluations (from their .eval.json files)."""
 
 import json
-import struct
 import sys
 from pathlib import Path
 
@@ -9,13 +8,10 @@ FOLDER = Path(__file__).resolve().parents[1] / "src" / "napari_xt" / "checkpoint
 
 
 def train_minutes(checkpoint: Path) -> str:
-    """Training time recorded in the checkpoint's provenance (read from the safetensors header: an 8-byte
-    little-endian length, then JSON whose ``__metadata__`` holds it)."""
-    with checkpoint.open("rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    provenance = json.loads(header.get("__metadata__", {}).get("provenance", "{}"))
-    seconds = provenance.get("train_seconds")
+    """Training time recorded in the checkpoint's provenance."""
+    from napari_xt.model import read_checkpoint_info
+
+    seconds = read_checkpoint_info(checkpoint, with_hash=False).provenance.get("train_seconds")
     return "?" if seconds is None else f"{seconds / 60:.1f} min"
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+
+from napari_xt.engine.detections import DetectionTable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -138,6 +142,22 @@ def sar_zarr(tmp_path_factory, sar_scene):
     data = np.asarray(sar_scene.pyramid().levels[0])[..., 0]
     zarr.create_array(str(path), data=data, chunks=(256, 256))
     return path
+
+
+def read_csv(path: str | Path, class_names: list[str]) -> DetectionTable:
+    """Read a detections CSV written by ``engine.exports.write_csv`` back into a table (a test helper)."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return DetectionTable.empty()
+    index = {name: i for i, name in enumerate(class_names)}
+    return DetectionTable(
+        np.array([float(r["y"]) for r in rows]),
+        np.array([float(r["x"]) for r in rows]),
+        np.array([index[r["class"]] for r in rows], dtype=np.int64),
+        np.array([float(r["score"]) for r in rows]),
+        np.array([float(r["size"]) for r in rows]),
+    )
 
 
 def pytest_collection_modifyitems(config, items):

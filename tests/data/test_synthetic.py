@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_xt.data.synthetic import SarScene, SlideScene
-from napari_xt.train.data import synthetic_scene
+from napari_xt.data.worlds import synthetic_scene
 
 
 @pytest.mark.parametrize("scene", [SarScene(height=6000, width=7000, bands=2), SlideScene(height=6000, width=7000)])

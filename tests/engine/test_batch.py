@@ -9,7 +9,7 @@ import pytest
 import zarr
 
 from napari_xt.engine.batch import analyse_distributed, analyse_image
-from napari_xt.engine.exports import read_csv
+from tests.conftest import read_csv
 
 pytest.importorskip("distributed")
 

@@ -7,9 +7,8 @@ import torch.nn.functional as F
 
 from napari_xt.engine.detections import DetectionTable, merge_duplicates
 from napari_xt.engine.events import Finished
-from napari_xt.engine.exports import read_csv
 from napari_xt.engine.runner import RunOptions, run_to_end
-from tests.conftest import tiny_sar_model
+from tests.conftest import read_csv, tiny_sar_model
 
 
 def _oracle(model):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from napari_xt.engine.detections import DetectionTable
-from napari_xt.engine.exports import geojson, map_coordinates, read_csv, write_csv, write_geojson
+from napari_xt.engine.exports import geojson, map_coordinates, write_csv, write_geojson
+from tests.conftest import read_csv
 
 TABLE = DetectionTable(
     np.array([10.5, 200.0]), np.array([20.25, 5.0]), np.array([1, 0]), np.array([0.9, 0.4]), np.array([12.0, 30.0])

@@ -67,8 +67,16 @@ def test_progress_rate_counts_only_this_runs_work(tmp_path, sar_scene):
     model = tiny_sar_model()
     out = tmp_path / "r.xt.zarr"
     run_to_end(sar_scene.pyramid(), model, out, RunOptions(**FAST, roi=(0, 0, 640, 1152)))
+    finished_first = int(zarr.open_group(str(out), mode="r")["regions/done"][:].sum())
     events = list(run(sar_scene.pyramid(), model, out, RunOptions(**FAST)))
     predict = [e for e in events if isinstance(e, Progress) and e.phase == "predict"]
-    assert predict[0].done_before > 0
-    assert predict[-1].done == predict[-1].total
-    assert predict[-1].rate == pytest.approx((predict[-1].total - predict[-1].done_before) / predict[-1].seconds)
+    active = int(zarr.open_group(str(out), mode="r")["regions/active"][:].sum())
+    assert 0 < finished_first < active
+    assert [e.done_before for e in predict] == [finished_first] * len(predict)
+    assert predict[-1].done == predict[-1].total == active
+
+
+def test_progress_rate_and_eta_exclude_earlier_work():
+    progress = Progress("predict", done=30, total=40, seconds=2.0, done_before=10)
+    assert progress.rate == 10.0 and progress.eta == 1.0
+    assert Progress("predict", done=10, total=40, seconds=0.0, done_before=10).eta is None

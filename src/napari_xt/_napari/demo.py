@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_xt.train.data import synthetic_scene
+from napari_xt.data.worlds import synthetic_scene
 
 VIEW_WIDTH = {"sar": 4096.0, "slide": 3072.0}  # level-0 pixels across the canvas
 
@@ -32,12 +32,11 @@ def show_demo_world(scene: str = "sar"):
     from qtpy.QtWidgets import QApplication
 
     from napari_xt._napari._napari_compat import main_window
-    from napari_xt._napari.layers import image_layer_data
-    from napari_xt._napari.sample_data import SAMPLE_SEED
+    from napari_xt._napari.sample_data import SAMPLE_SEED, world_layer_data
     from napari_xt._napari.widget import XTWidget, camera
 
     world = synthetic_scene(scene, 50_000 if scene == "sar" else 65_536, SAMPLE_SEED)
-    data, kwargs, _ = image_layer_data(world.pyramid(), name=f"xT synthetic {scene}")
+    data, kwargs, _ = world_layer_data(scene, world.height, SAMPLE_SEED, f"xT synthetic {scene}")
     viewer = napari.Viewer(show=True, title="napari-xt demo")
     window = main_window(viewer)
     if window is not None:

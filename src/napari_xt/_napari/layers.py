@@ -20,8 +20,12 @@ def layer_name(pyramid: Pyramid) -> str:
     return name
 
 
-def image_layer_data(pyramid: Pyramid, name: str | None = None) -> tuple:
+def image_layer_data(pyramid: Pyramid, name: str | None = None, reopen: dict | None = None) -> tuple:
     """``(data, kwargs, "image")`` for one multiscale Image layer showing ``pyramid``.
+
+    ``reopen`` is a plain, JSON-serialisable recipe the widget opens the image again with (``{"path": …}`` for a
+    file, the default when the pyramid came from one; ``{"world": kind, "size": n, "seed": s}`` for a demo
+    world); layer metadata never holds the Pyramid object itself.
 
     RGB images are shown as colour; one-channel images as grey; other channel counts get a channel slider
     (axes ``c, y, x``). Scale and units follow the pyramid's pixel size, contrast limits its smallest level
@@ -31,7 +35,13 @@ def image_layer_data(pyramid: Pyramid, name: str | None = None) -> tuple:
     kwargs: dict = {
         "name": name or layer_name(pyramid),
         "multiscale": True,
-        "metadata": {"napari_xt": {"pyramid": pyramid, "signature": pyramid.signature, "source": pyramid.source}},
+        "metadata": {
+            "napari_xt": {
+                "signature": pyramid.signature,
+                "source": pyramid.source,
+                "reopen": reopen if reopen is not None else _reopen_recipe(pyramid),
+            }
+        },
     }
     if pyramid.is_rgb:
         data = [level if pyramid.n_channels == 3 else level[..., :3] for level in pyramid.levels]
@@ -50,3 +60,7 @@ def image_layer_data(pyramid: Pyramid, name: str | None = None) -> tuple:
         unit = ome_unit(pyramid.unit)
         kwargs["units"] = ("pixel", unit, unit) if spatial_axes == 3 else (unit, unit)
     return (data, kwargs, "image")
+
+
+def _reopen_recipe(pyramid: Pyramid) -> dict:
+    return {"path": pyramid.source} if pyramid.source and Path(pyramid.source).exists() else {}

@@ -9,9 +9,8 @@ included, however many detections accumulate.
 A refresh is cut into steps, one per turn of the event loop (detections, labels, probabilities, then the
 repaint, then a last step that times it), and the canvas does not repaint until the last data step is done.
 Qt delivers a repaint that a step asks for before any timer or input that is already late, so a refresh run in
-one piece and the repaint behind it block the interface for their sum (90-110 ms with 7,000 detections under
-software OpenGL); cut this way, the interface gets a turn between the steps and the longest block is the
-longest single step or the repaint.
+one piece and the repaint behind it would block the interface for their sum; cut this way, the interface gets a
+turn between the steps and the longest block is the longest single step or the repaint.
 """
 
 from __future__ import annotations

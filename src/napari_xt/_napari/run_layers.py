@@ -15,6 +15,8 @@ import zarr
 
 from napari_xt.engine.detections import DetectionTable
 from napari_xt.engine.exports import hex_to_rgba
+from napari_xt.engine.run_reader import RunReader
+from napari_xt.engine.stages import label_dtype
 from napari_xt.engine.store import label_level_shapes
 from napari_xt.io.pyramid import ome_unit
 
@@ -68,7 +70,7 @@ def _levels_data(levels: list[RunArray]) -> tuple:
 
 
 def run_spec(run_dir: str | Path) -> dict:
-    return dict(zarr.open_group(str(run_dir), mode="r").attrs["napari_xt"])
+    return RunReader(run_dir).spec
 
 
 def level0_scale(spec: dict) -> tuple[float, float]:
@@ -90,7 +92,11 @@ def _units(spec: dict, kwargs: dict, leading: int = 0) -> dict:
 def labels_layer_data(run_dir: str | Path, spec: dict, name: str) -> tuple:
     """A multiscale Labels layer reading the run's label levels from disk (never a full-size array)."""
     levels = [
-        RunArray(Path(run_dir) / "labels" / "segmentation" / str(k), shape, np.uint8)
+        RunArray(
+            Path(run_dir) / "labels" / "segmentation" / str(k),
+            shape,
+            label_dtype(max(1, len(spec["segmentation_classes"]))),
+        )
         for k, shape in enumerate(label_level_shapes(*spec["image_shape"]))
     ]
     classes = spec.get("segmentation_classes", [])
@@ -137,13 +143,7 @@ def probability_layer_data(run_dir: str | Path, spec: dict, name: str) -> tuple:
 
 def detections_table(run_dir: str | Path) -> DetectionTable:
     """The merged table of a finished run, or what finished regions have produced so far."""
-    from napari_xt.engine.store import OutputStore
-
-    group = zarr.open_group(str(run_dir), mode="r")
-    if "detections/y" in group:
-        d = group["detections"]
-        return DetectionTable(*(np.asarray(d[c][:]) for c in ("y", "x", "label", "score", "size")))
-    return OutputStore(Path(run_dir), group).region_detections()
+    return RunReader(run_dir).detections()
 
 
 def points_properties(table: DetectionTable, spec: dict, threshold: float) -> dict:
@@ -250,7 +250,7 @@ def run_layers(run_dir: str | Path, threshold: float = 0.5) -> list[tuple]:
     """All layers of a run directory, for opening it again."""
     spec = run_spec(run_dir)
     table = detections_table(run_dir) if spec.get("detection_classes") else DetectionTable.empty()
-    saved = "probabilities" in zarr.open_group(str(run_dir), mode="r")
+    saved = RunReader(run_dir).has_probabilities
     return list(layer_data(run_dir, spec, table, threshold, saved).values())
 
 

@@ -43,8 +43,13 @@ STATUS_INTERVAL_S = 0.25  # progress bar and status text: at most this often (ea
 def pyramid_of_layer(layer) -> Pyramid:
     """The Pyramid behind an Image layer: the one napari-xt opened, or one wrapped around the layer's data."""
     meta = layer.metadata.get("napari_xt", {}) if isinstance(layer.metadata, dict) else {}
-    if isinstance(meta.get("pyramid"), Pyramid):
-        return meta["pyramid"]
+    recipe = meta.get("reopen") or {}
+    if recipe.get("path"):
+        return open_pyramid(recipe["path"])
+    if recipe.get("world"):
+        from napari_xt.data.worlds import synthetic_scene
+
+        return synthetic_scene(recipe["world"], int(recipe["size"]), int(recipe["seed"])).pyramid()
     data = list(layer.data) if layer.multiscale else [layer.data]
     axes = "yxc" if layer.rgb else ("yx" if data[0].ndim == 2 else "cyx")
     if data[0].ndim > 3 or (data[0].ndim == 3 and not layer.rgb and data[0].shape[0] > 4):

@@ -5,12 +5,14 @@ No Qt and no napari here; importing ``napari_xt.engine`` does not import torch u
 
 from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
 from napari_xt.engine.grid import GridError, RegionGrid, make_grid
-from napari_xt.engine.runner import CancelToken, RunOptions, run, run_to_end
-from napari_xt.engine.store import OutputExistsError, OutputStore, StoreError
+from napari_xt.engine.run_reader import RunReader
+from napari_xt.engine.runner import CancelToken, DeviceError, RunOptions, prepare, run, run_to_end, start
+from napari_xt.engine.store import OutputExistsError, OutputStore, RunInUseError, StoreError
 
 __all__ = [
     "CancelToken",
     "Cancelled",
+    "DeviceError",
     "Failed",
     "Finished",
     "GridError",
@@ -19,10 +21,14 @@ __all__ = [
     "PartialResult",
     "Progress",
     "RegionGrid",
+    "RunInUseError",
     "RunOptions",
+    "RunReader",
     "Started",
     "StoreError",
     "make_grid",
+    "prepare",
     "run",
     "run_to_end",
+    "start",
 ]

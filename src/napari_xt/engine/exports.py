@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from napari_xt._atomic import atomic_path, write_text_atomic
 from napari_xt.engine.detections import DetectionTable
 
 
@@ -33,22 +33,12 @@ def map_coordinates(table: DetectionTable, geotransform) -> tuple[np.ndarray, np
     return x0 + px * dx + py * rx, y0 + px * ry + py * dy
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-
-
 def write_csv(table: DetectionTable, path: str | Path, class_names: list[str], geotransform=None) -> None:
     """One row per detection: y, x (level-0 px), class, score, size (level-0 px)[, map_x, map_y]."""
     path = Path(path)
     header = ["y", "x", "class", "score", "size"] + (["map_x", "map_y"] if geotransform else [])
     map_x, map_y = map_coordinates(table, geotransform) if geotransform else (None, None)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for i in range(len(table)):
@@ -62,7 +52,6 @@ def write_csv(table: DetectionTable, path: str | Path, class_names: list[str], g
             if geotransform:
                 row += [f"{map_x[i]:.3f}", f"{map_y[i]:.3f}"]
             writer.writerow(row)
-    tmp.replace(path)
 
 
 def geojson(table: DetectionTable, class_names: list[str], colours: dict[str, str], geotransform=None) -> dict:
@@ -86,20 +75,4 @@ def geojson(table: DetectionTable, class_names: list[str], colours: dict[str, st
 
 
 def write_geojson(table: DetectionTable, path: str | Path, class_names, colours, geotransform=None) -> None:
-    _atomic_write(Path(path), json.dumps(geojson(table, class_names, colours, geotransform)))
-
-
-def read_csv(path: str | Path, class_names: list[str]) -> DetectionTable:
-    """Read a CSV written by ``write_csv`` back into a table."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return DetectionTable.empty()
-    index = {name: i for i, name in enumerate(class_names)}
-    return DetectionTable(
-        np.array([float(r["y"]) for r in rows]),
-        np.array([float(r["x"]) for r in rows]),
-        np.array([index[r["class"]] for r in rows], dtype=np.int64),
-        np.array([float(r["score"]) for r in rows]),
-        np.array([float(r["size"]) for r in rows]),
-    )
+    write_text_atomic(Path(path), json.dumps(geojson(table, class_names, colours, geotransform)))

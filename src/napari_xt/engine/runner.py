@@ -211,7 +211,7 @@ def context_from(config, options: RunOptions) -> str:
 
 def display_spec(pyramid: Pyramid, config, grid: RegionGrid) -> dict:
     """How a run's outputs sit on the image: analysis shape, classes, colours, and the layer transform that
-    puts analysis pixel centres on level-0 pixel centres (DESIGN.md, Coordinates) in physical units."""
+    puts analysis pixel centres on level-0 pixel centres (docs/ARCHITECTURE.md, Coordinates) in physical units."""
     heads = config.heads
     s0 = pyramid.pixel_size or (1.0, 1.0)
     scale = (s0[0] * grid.downsample[0], s0[1] * grid.downsample[1])

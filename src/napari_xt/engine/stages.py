@@ -199,7 +199,9 @@ def region_results(grid: RegionGrid, positions: np.ndarray, outputs: dict, setti
     dtype = label_dtype(settings.n_classes)
     labels = None
     if segmentation is not None:
-        labels = segmentation.max(dim=1).indices.cpu().numpy().astype(dtype)  # max() is faster than argmax on CPU
+        labels = (
+            segmentation.max(dim=1).indices.cpu().numpy().astype(dtype)
+        )  # max() rather than argmax: faster on CPU, same result
     probabilities = None
     if segmentation is not None and settings.save_probabilities:
         probabilities = segmentation.float().softmax(dim=1).half().cpu().numpy()

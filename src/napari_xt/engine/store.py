@@ -31,9 +31,11 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from napari_xt._atomic import write_text_atomic
 from napari_xt.engine.detections import COLUMNS, DetectionTable
 from napari_xt.engine.exports import hex_to_rgba, write_csv, write_geojson
 from napari_xt.engine.identity import ADOPTED_OUTPUTS, differences, explain
+from napari_xt.engine.run_reader import parse_parts, table_of_parts
 from napari_xt.engine.stages import label_dtype
 from napari_xt.io.pyramid import ome_unit
 
@@ -219,10 +221,7 @@ class OutputStore:
 
     def region_detections(self) -> DetectionTable:
         """All detections written so far (finished regions only), before merging."""
-        rows = self._read_parts()
-        if rows.size == 0:
-            return DetectionTable.empty()
-        return DetectionTable(rows[:, 2], rows[:, 3], rows[:, 4].astype(np.int64), rows[:, 5], rows[:, 6])
+        return table_of_parts(self._read_parts())
 
     def update(self, **values) -> None:
         attrs = dict(self.group.attrs["napari_xt"])
@@ -258,15 +257,8 @@ class OutputStore:
     # -- internals ----------------------------------------------------------------------------------------
 
     def _read_parts(self) -> np.ndarray:
-        if not self._parts.exists() or self._parts.stat().st_size == 0:
-            return np.zeros((0, 7))
-        lines = [line for line in self._parts.read_text().splitlines() if line.count(",") == 6]
-        if not lines:
-            return np.zeros((0, 7))
-        rows = np.array([[float(v) for v in line.split(",")] for line in lines])
-        done = self.done_mask()
-        keep = done[rows[:, 0].astype(int), rows[:, 1].astype(int)]
-        return rows[keep]
+        text = self._parts.read_text() if self._parts.exists() else ""
+        return parse_parts(text, self.done_mask())
 
     def _check_done_flags(self) -> None:
         """A damaged record of finished regions cannot be trusted: start it again (every region is recomputed)."""
@@ -285,13 +277,8 @@ class OutputStore:
     def _drop_unfinished_parts(self) -> None:
         """Rewrite the parts file with only lines of finished regions (a killed batch may have left others)."""
         rows = self._read_parts()
-        tmp = self._parts.with_name("parts.csv.tmp")
-        with open(tmp, "w") as handle:
-            for r in rows:
-                handle.write(f"{int(r[0])},{int(r[1])},{r[2]:.3f},{r[3]:.3f},{int(r[4])},{r[5]:.5f},{r[6]:.3f}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(self._parts)
+        lines = (f"{int(r[0])},{int(r[1])},{r[2]:.3f},{r[3]:.3f},{int(r[4])},{r[5]:.5f},{r[6]:.3f}\n" for r in rows)
+        write_text_atomic(self._parts, "".join(lines))
 
 
 def write_into_levels(levels: list, block: np.ndarray, y0: int, x0: int) -> None:

@@ -129,17 +129,6 @@ class Pyramid:
         dy, dx = self.downsample[level]
         return (s0[0] * dy, s0[1] * dx)
 
-    def level_translate(self, level: int) -> tuple[float, float]:
-        """Layer ``translate`` for ``level``, so that pixel centres coincide with level 0's."""
-        s0 = self.pixel_size or (1.0, 1.0)
-        dy, dx = self.downsample[level]
-        return (s0[0] * (dy - 1) / 2, s0[1] * (dx - 1) / 2)
-
-    def nearest_level(self, downsample: float) -> int:
-        """Index of the level whose downsample is closest (in log scale) to ``downsample``."""
-        factors = [math.sqrt(dy * dx) for dy, dx in self.downsample]
-        return int(np.argmin([abs(math.log(f / downsample)) for f in factors]))
-
     def describe(self) -> str:
         """A few human-readable lines: levels, shapes, chunks, dtype, pixel size."""
         size = "unknown" if self.pixel_size is None else f"{self.pixel_size[0]:g} × {self.pixel_size[1]:g} {self.unit}"
@@ -371,8 +360,8 @@ class DaskSource:
         return self.array[index].compute(scheduler="synchronous")
 
 
-def halve_view(parent, nodata: float | None, token: object) -> da.Array:
-    """The next level below ``parent`` as a lazy dask array over a ``HalvedView``."""
+def halve_view(parent, nodata: float | None, token: object) -> tuple[da.Array, HalvedView]:
+    """The next level below ``parent``: a lazy dask array over a ``HalvedView``, and the view itself."""
     view = HalvedView(parent, nodata, token)
     chunks = (min(TARGET_CHUNK, view.shape[0]), min(TARGET_CHUNK, view.shape[1]), view.shape[2])
     return da.from_array(view, chunks=chunks, asarray=False, lock=False, inline_array=True), view

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from napari_xt._atomic import atomic_path
 from napari_xt.model.config import XTConfig
 
 FORMAT = "napari-xt/1"
@@ -67,9 +68,8 @@ def save_checkpoint(model, path: str | Path, provenance: dict | None = None) -> 
         "config": model.config.to_json(),
         "provenance": json.dumps(provenance or {}, sort_keys=True, default=str),
     }
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    tmp.replace(path)  # never leave a half-written checkpoint under the real name
+    with atomic_path(path) as tmp:  # never a half-written checkpoint under the real name
+        save_file(state, str(tmp), metadata=metadata)
     return file_sha256(path)
 
 

@@ -204,7 +204,3 @@ class XTConfig:
                 value = parts[key](**value)
             kwargs[key] = value
         return cls(**kwargs)
-
-    @classmethod
-    def from_json(cls, text: str) -> XTConfig:
-        return cls.from_dict(json.loads(text))

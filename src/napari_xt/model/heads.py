@@ -3,11 +3,9 @@ detection (xView3-style centre heatmap, class and size maps) and classification 
 
 The decoder follows the xView3 solutions xT builds on: channels 48/96/176/256 from stride 4 to 32, nearest
 upsampling, SiLU. Context enters at every scale: the region's context tokens, laid out on their ``t × t``
-grid, are projected and upsampled onto the feature map after each decoder stage and added to it. (Entering
-only at the deepest level, the context reached the classifiers through three stages of local features, and
-trained decoders learned to ignore it: in an early slide model the outputs moved by 0.1% when every other
-region changed, while a linear head on the same context tokens read the region's class right in 85% of the
-regions.)
+grid, are projected and upsampled onto the feature map after each decoder stage and added to it, so the
+context reaches the classifiers directly instead of through three stages of local features (where trained
+decoders learn to ignore it).
 
 Normalisation is per region (GroupNorm), not BatchNorm: a training batch is the regions of one crop, and
 BatchNorm's batch statistics would pass crop-wide information between regions in training that is gone at
@@ -143,24 +141,13 @@ class DetectionHead(nn.Module):
         }
 
 
-class RegionClassHead(nn.Module):
-    """Each region's class distribution from its own context tokens ``(N, T, W)`` → logits ``(N, K)``.
-
-    Used in training only, as deep supervision of the context: the loss (``train.losses.region_class_loss``)
-    compares it with the histogram of the region's labels, a short path from the labels to the context encoder
-    that does not pass through the decoder, where the context is a small bias beside the region's own features.
-    """
-
-    def __init__(self, width: int, n_classes: int):
-        super().__init__()
-        self.layers = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_classes))
-
-    def forward(self, context_tokens: torch.Tensor) -> torch.Tensor:
-        return self.layers(context_tokens.mean(dim=1))
-
-
 class ClassificationHead(nn.Module):
-    """Image-level logits from the mean of all context tokens of the image."""
+    """Logits ``(N, K)`` from the mean of context tokens ``(N, T, W)``.
+
+    Two uses: image-level classes from all context tokens of an image, and, in training only, each region's
+    class distribution from its own context tokens (deep supervision of the context encoder: a short path from
+    the labels to the context that does not pass through the decoder).
+    """
 
     def __init__(self, width: int, n_classes: int):
         super().__init__()

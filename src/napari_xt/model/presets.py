@@ -9,14 +9,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
-from napari_xt.data.synthetic import SarScene, SlideScene
 from napari_xt.model.config import ContextEncoderConfig, HeadsConfig, RegionEncoderConfig, XTConfig
 
 _PRESETS: dict[str, Callable[[], XTConfig]] = {}
 
-SLIDE_HEADS = HeadsConfig(
-    segmentation_classes=list(SlideScene.label_classes),
-    detection_classes=list(SlideScene.object_classes),
+SLIDE_HEADS = HeadsConfig(  # the classes of the slide demo world (napari_xt.data.worlds)
+    segmentation_classes=["background", "stroma", "invasive_margin", "tumour", "margin_cluster", "stroma_cluster"],
+    detection_classes=["margin_cluster", "stroma_cluster"],
     colours={
         "background": "#00000000",
         "stroma": "#f2c4d6",
@@ -26,9 +25,9 @@ SLIDE_HEADS = HeadsConfig(
         "stroma_cluster": "#2e8b3c",
     },
 )
-SAR_HEADS = HeadsConfig(
-    segmentation_classes=list(SarScene.label_classes),
-    detection_classes=list(SarScene.object_classes),
+SAR_HEADS = HeadsConfig(  # the classes of the SAR demo world (napari_xt.data.worlds)
+    segmentation_classes=["background", "land", "open_sea", "near_shore"],
+    detection_classes=["open_sea", "near_shore"],
     colours={"background": "#00000000", "land": "#a0a0a0", "open_sea": "#4363d8", "near_shore": "#f58231"},
 )
 

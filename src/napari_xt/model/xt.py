@@ -19,7 +19,6 @@ from napari_xt.model.heads import (
     ClassificationHead,
     ContextUNetDecoder,
     DetectionHead,
-    RegionClassHead,
     SegmentationHead,
 )
 from napari_xt.model.region_encoder import RegionEncoder
@@ -65,7 +64,7 @@ class XTModel(nn.Module):
             else None
         )
         self.region_classes = (
-            RegionClassHead(context.width, len(heads.segmentation_classes)) if heads.segmentation_classes else None
+            ClassificationHead(context.width, len(heads.segmentation_classes)) if heads.segmentation_classes else None
         )
         self._initialise_decoder()
         self.register_buffer("mean", torch.tensor(config.mean).view(1, -1, 1, 1), persistent=False)
@@ -74,7 +73,7 @@ class XTModel(nn.Module):
     def _initialise_decoder(self) -> None:
         """Kaiming-normal convolutions in the decoder and heads (as the xView3 decoders xT builds on).
 
-        PyTorch's default conv init shrinks the signal about 15× per decoder stage, which drowns the context
+        PyTorch's default conv init shrinks the signal at every decoder stage, which drowns the context
         added at the deepest level; timm's encoder keeps its own init.
         """
         for part in (self.decoder, self.segmentation, self.detection):

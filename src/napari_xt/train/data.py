@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_xt.data.synthetic import ObjectTable, SarScene, SlideScene
+from napari_xt.data.worlds import synthetic_scene
 from napari_xt.io import ImageReadError, Pyramid, open_pyramid
 from napari_xt.train.targets import IGNORE, detection_targets
 
@@ -82,37 +83,6 @@ class Source:
         y0, x0, y1, x1 = box
         keep = (points.y >= y0) & (points.y < y1) & (points.x >= x0) & (points.x < x1)
         return ObjectTable(points.y[keep], points.x[keep], points.label[keep], points.size[keep])
-
-
-SYNTHETIC = {
-    # the demo worlds: scales chosen so that the context-dependent label needs several 128² regions at level 1
-    "sar": dict(
-        land_scale=6000.0,
-        land_level=0.56,
-        vessel_spacing=256,
-        vessel_probability=0.45,
-        near_shore_distance=768.0,
-        clutter_probability=0.25,
-    ),
-    "slide": dict(
-        tissue_scale=12000.0,
-        tissue_level=0.40,
-        nest_scale=3000.0,
-        nest_level=0.60,
-        margin_distance=768.0,
-        cluster_spacing=256,
-        cluster_probability=0.45,
-    ),
-}
-
-
-def synthetic_scene(kind: str, size: int, seed: int):
-    """The demo world's scene of ``kind`` (``sar`` or ``slide``), ``size`` pixels square."""
-    if kind == "sar":
-        return SarScene(height=size, width=size, seed=seed, **SYNTHETIC["sar"])
-    if kind == "slide":
-        return SlideScene(height=size, width=size, seed=seed, **SYNTHETIC["slide"])
-    raise ValueError(f"unknown synthetic scene {kind!r} (sar or slide)")
 
 
 def synthetic_source(kind: str, size: int, seed: int, level: int) -> Source:

@@ -34,7 +34,23 @@ def evaluate(
     from napari_xt.model import load_checkpoint
 
     model, info = load_checkpoint(checkpoint) if isinstance(checkpoint, str | Path) else (checkpoint, None)
-    folder = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="napari-xt-eval-")) / "eval.xt.zarr"
+    scratch = None if run_dir else tempfile.TemporaryDirectory(prefix="napari-xt-eval-")
+    try:
+        return _evaluate(
+            model,
+            info,
+            checkpoint,
+            source,
+            Path(run_dir) if run_dir else Path(scratch.name) / "eval.xt.zarr",
+            tolerance,
+            threshold,
+        )
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
+
+
+def _evaluate(model, info, checkpoint, source, folder: Path, tolerance, threshold) -> dict:
     last = run_to_end(source.pyramid, model, folder, RunOptions(level=source.level, cache_dir="", overwrite=True))
     if not isinstance(last, Finished):
         raise RuntimeError(f"evaluation run did not finish: {last}")

@@ -7,6 +7,7 @@ memory. A state file beside the output (``<out>.state.pt``, tensors and plain va
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_xt._atomic import atomic_path
+from napari_xt.engine.runner import pick_device
 from napari_xt.model import XTModel, save_checkpoint
 from napari_xt.train.data import Source, sample_crop
 from napari_xt.train.losses import detection_loss, region_class_loss, segmentation_loss
@@ -71,11 +74,7 @@ def train(
 ) -> dict:
     """Train ``model`` on crops from ``sources``, write the checkpoint ``out``; return the provenance written."""
     out = Path(out)
-    device = torch.device(
-        "cuda"
-        if settings.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if settings.device == "auto" else settings.device)
-    )
+    device = pick_device(settings.device)
     train_mode(model.to(device))
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -151,17 +150,14 @@ def _save_state(path: Path, model, optimizer, step: int, settings: TrainSettings
         "torch_rng": torch.get_rng_state(),
         "numpy_rng": json.dumps(rng.bit_generator.state),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def finish_checkpoint(model: XTModel, out: str | Path, provenance: dict, half: bool = True) -> str:
-    """Write the checkpoint (float16 weights by default: half the size) and remove the training state."""
-    if half:
-        model = model.half()
-    digest = save_checkpoint(model, out, provenance)
-    model.float()
+    """Write the checkpoint (float16 weights by default: half the size; ``model`` itself is left as it is) and
+    remove the training state."""
+    digest = save_checkpoint(copy.deepcopy(model).half() if half else model, out, provenance)
     state_path = Path(out).with_name(Path(out).name + ".state.pt")
     state_path.unlink(missing_ok=True)
     return digest
