@@ -174,3 +174,29 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def assert_valid_ngff(run_dir) -> None:
+    """The run directory's multiscale groups validate with ome-zarr-models (labels as ImageLabel, probabilities
+    as Image): the library that defines OME-Zarr, not our own reader."""
+    from ome_zarr_models.v05.image import Image
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    group = zarr.open_group(str(run_dir), mode="r")
+    ImageLabel.from_zarr(group["labels/segmentation"])
+    if "probabilities" in group:
+        Image.from_zarr(group["probabilities"])
+
+
+@pytest.fixture(autouse=True)
+def _every_run_directory_is_valid_ngff(request):
+    """After each test that used ``tmp_path``, every run directory it left there validates as OME-Zarr."""
+    yield
+    if "tmp_path" not in request.fixturenames:
+        return
+    from napari_xt.engine.store import is_run_dir
+
+    root = request.getfixturevalue("tmp_path")
+    for candidate in sorted(root.rglob("*.xt.zarr")):
+        if is_run_dir(candidate) and (candidate / "labels" / "segmentation" / "zarr.json").exists():
+            assert_valid_ngff(candidate)

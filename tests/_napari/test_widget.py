@@ -10,7 +10,7 @@ import zarr
 
 from napari_xt._napari.layers import image_layer_data
 from napari_xt._napari.sample_data import world_layer_data
-from napari_xt._napari.widget import XTWidget
+from napari_xt._napari.widget import XTWidget, pyramid_of_layer
 from napari_xt.io import open_pyramid
 
 pytestmark = pytest.mark.gui
@@ -322,7 +322,7 @@ def test_only_the_users_rectangles_count(make_napari_viewer, qtbot, sar_checkpoi
     assert any("no rectangle" in e for e in errors) and widget.done
     scale = np.asarray(viewer.layers["scene"].scale)
     viewer.add_shapes([np.array([[100, 200], [100, 700], [600, 700], [600, 200]]) * scale], shape_type="rectangle")
-    pyramid = widget.image_combo.currentData().metadata["napari_xt"]["pyramid"]
+    pyramid = pyramid_of_layer(widget.image_combo.currentData())
     np.testing.assert_allclose(widget.roi(pyramid, viewer.layers["scene"]), (100, 200, 600, 700))
 
 

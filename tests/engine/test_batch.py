@@ -72,3 +72,14 @@ def test_a_killed_worker_loses_no_finished_image(tmp_path, three_images, sar_che
     assert sorted(r.status for r in results) == ["finished"] * 3
     for result in results:
         assert zarr.open_group(result.run_dir).attrs["napari_xt"]["status"] == "finished"
+
+
+def test_bad_input_is_a_result_never_retried_on_another_worker(tmp_path, three_images, sar_checkpoint):
+    bad = tmp_path / "truncated.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 20)
+    images = [str(bad), three_images[0]]
+    results = {
+        r.image: r for r in analyse_distributed(images, str(sar_checkpoint), str(tmp_path / "o"), OPTIONS, workers=1)
+    }
+    assert results[str(bad)].status == "bad input" and "truncated.tif" in results[str(bad)].message
+    assert results[three_images[0]].status == "finished"

@@ -40,8 +40,9 @@ ROI_CHOICES = ("visible region", "whole image", "selected rectangle")
 STATUS_INTERVAL_S = 0.25  # progress bar and status text: at most this often (each repaint may redraw the canvas)
 
 
-def pyramid_of_layer(layer) -> Pyramid:
-    """The Pyramid behind an Image layer: the one napari-xt opened, or one wrapped around the layer's data."""
+def pyramid_of_layer(layer, sign: bool = True) -> Pyramid:
+    """The Pyramid behind an Image layer: the one napari-xt opened, or one wrapped around the layer's data
+    (``sign=False``: without hashing the pixels of in-memory data, for looking at its levels only)."""
     meta = layer.metadata.get("napari_xt", {}) if isinstance(layer.metadata, dict) else {}
     recipe = meta.get("reopen") or {}
     if recipe.get("path"):
@@ -62,7 +63,7 @@ def pyramid_of_layer(layer) -> Pyramid:
     units = [str(u) for u in getattr(layer, "units", ())][-2:]
     unit = normalise_unit(units[0]) if units and units[0] != "pixel" else None
     known = unit is not None or scale != (1.0, 1.0)
-    return open_pyramid(data, axes=axes, pixel_size=scale if known else None, unit=unit)
+    return open_pyramid(data, axes=axes, pixel_size=scale if known else None, unit=unit, sign=sign)
 
 
 def camera(viewer):
@@ -270,7 +271,7 @@ class XTWidget(QWidget):
         if layer is None:
             return
         try:
-            pyramid = pyramid_of_layer(layer)
+            pyramid = pyramid_of_layer(layer, sign=False)
         except ImageReadError as error:
             self.status.setText(str(error))
             return

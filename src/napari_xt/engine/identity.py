@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from napari_xt.io.signature import digest
+from napari_xt.io.tiff_reader import TIFF_SUFFIXES
 
 IDENTITY_KEYS = (
     "image_signature",
@@ -30,7 +31,7 @@ IDENTITY_KEYS = (
 ADOPTED_OUTPUTS = ("save_probabilities",)
 """Outputs a resumed run keeps as they were started (asking for fewer does not drop them)."""
 
-_IMAGE_SUFFIXES = (".ome.zarr", ".xt.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".svs", ".ndpi")
+_IMAGE_SUFFIXES = (".ome.zarr", ".xt.zarr", ".zarr", *TIFF_SUFFIXES)
 
 IDENTITY_HINTS = {
     "image_signature": "the image's pixels changed since that run",

@@ -386,7 +386,9 @@ def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
     side = max(region, 256)
     for k, shape in enumerate(levels):
         chunk = (min(side, shape[0]), min(side, shape[1]))
-        segmentation.create_array(str(k), shape=shape, chunks=chunk, dtype=dtype, fill_value=0)
+        segmentation.create_array(
+            str(k), shape=shape, chunks=chunk, dtype=dtype, fill_value=0, dimension_names=("y", "x")
+        )
     colours = spec.get("colours", {})
     segmentation.attrs["ome"] = {
         "version": "0.5",
@@ -404,7 +406,12 @@ def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
         for k, shape in enumerate(levels):
             chunk = (1, min(side, shape[0]), min(side, shape[1]))
             probabilities.create_array(
-                str(k), shape=(len(classes), *shape), chunks=chunk, dtype="float16", fill_value=0
+                str(k),
+                shape=(len(classes), *shape),
+                chunks=chunk,
+                dtype="float16",
+                fill_value=0,
+                dimension_names=("c", "y", "x"),
             )
         probabilities.attrs["ome"] = {
             "version": "0.5",

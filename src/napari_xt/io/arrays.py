@@ -45,7 +45,11 @@ def _as_dask(array, axes: str) -> da.Array:
 
 
 def open_array(
-    source, axes: str | None = None, pixel_size: tuple[float, float] | None = None, unit: str | None = None
+    source,
+    axes: str | None = None,
+    pixel_size: tuple[float, float] | None = None,
+    unit: str | None = None,
+    sign: bool = True,
 ) -> Pyramid:
     """Wrap ``source`` (an array, or a list of levels from full resolution down) as a Pyramid.
 
@@ -54,6 +58,8 @@ def open_array(
         axes: axis names such as ``"yx"``, ``"yxc"`` or ``"cyx"``; guessed when omitted.
         pixel_size: ``(y, x)`` size of a level-0 pixel, if known.
         unit: unit of ``pixel_size``.
+        sign: compute the content signature (a hash of the bytes); without it the signature is empty, for
+            callers that only look at the levels' shapes and must not read every pixel.
     """
     arrays = list(source) if isinstance(source, Sequence) else [source]
     name = _describe(arrays[0])
@@ -78,7 +84,7 @@ def open_array(
         downsample=downsample,
         pixel_size=pixel_size,
         unit=unit,
-        signature=digest("array", axes, [array_signature(array) for array in arrays]),
+        signature=digest("array", axes, [array_signature(array) for array in arrays]) if sign else "",
         source=name,
         format="array",
         built_lazily=built_lazily,

@@ -61,5 +61,5 @@ def open_pyramid(source, **array_options) -> Pyramid:
     raise UnsupportedFormatError(
         path,
         f"has a suffix napari-xt does not read ({path.suffix or 'none'})",
-        "supported: OME-Zarr/zarr directories, .tif/.tiff/.ome.tif/.svs files",
+        "supported: OME-Zarr/zarr directories, .tif/.tiff/.ome.tif/.svs/.ndpi files",
     )

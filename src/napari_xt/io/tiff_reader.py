@@ -28,7 +28,8 @@ from napari_xt.io.pyramid import (
 )
 from napari_xt.io.signature import tiff_signature
 
-TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff", ".btf", ".tf8")
+TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".svs", ".ndpi", ".btf", ".tf8")
+"""Names the TIFF reader claims, longest first (so ``.ome.tif`` is cut whole from a name)."""
 _SVS_MPP = re.compile(r"MPP\s*=\s*([0-9.]+)")
 _EPSG_LINEAR_UNITS = {9001: "m", 9002: "ft", 9003: "ft"}
 
