@@ -191,12 +191,12 @@ def assert_valid_ngff(run_dir) -> None:
 @pytest.fixture(autouse=True)
 def _every_run_directory_is_valid_ngff(request):
     """After each test that used ``tmp_path``, every run directory it left there validates as OME-Zarr."""
+    root = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
     yield
-    if "tmp_path" not in request.fixturenames:
+    if root is None:
         return
     from napari_xt.engine.store import is_run_dir
 
-    root = request.getfixturevalue("tmp_path")
     for candidate in sorted(root.rglob("*.xt.zarr")):
         if is_run_dir(candidate) and (candidate / "labels" / "segmentation" / "zarr.json").exists():
             assert_valid_ngff(candidate)
