@@ -72,6 +72,8 @@ def _predict_options(args: argparse.Namespace) -> dict:
         raise ValueError(f"--level must be 0 or more, not {args.level}")
     if args.pixel_size is not None and not (math.isfinite(args.pixel_size) and args.pixel_size > 0):
         raise ValueError(f"--pixel-size must be a positive number, not {args.pixel_size}")
+    if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
+        raise ValueError(f"--threshold must be a score from 0 to 1, not {args.threshold}")
     options = {
         "level": args.level,
         "pixel_size": args.pixel_size,
@@ -80,6 +82,8 @@ def _predict_options(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "overwrite": args.overwrite,
         "save_probabilities": args.probabilities,
+        "export_threshold": args.threshold,
+        "store_threshold": min(0.1, args.threshold),
     }
     RunOptions(**options).validate()
     pick_device(args.device)
@@ -112,6 +116,27 @@ class ProgressLine:
             print("\r" + line, end="\n" if event.done >= event.total else "", file=sys.stderr, flush=True)
 
 
+def _batch_row(result) -> dict:
+    """One row of the batch summary: the image's status, and its run's summary when it has one."""
+    import json
+
+    from napari_xt.engine.summary import summary_row
+
+    row = {"image": result.image, "status": result.status, "message": result.message, "run_dir": result.run_dir}
+    summary = Path(result.run_dir) / "summary.json" if result.run_dir else None
+    if summary is not None and summary.is_file():
+        row.update(summary_row(json.loads(summary.read_text())))
+        row["image"] = result.image
+    return row
+
+
+def _write_batch_summary(out: Path, rows: list[dict]) -> None:
+    from napari_xt._atomic import write_text_atomic
+    from napari_xt.engine.summary import csv_text
+
+    write_text_atomic(out / "summary.csv", csv_text(rows), newline="")
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled as Ctrl-C: the run stops after unwinding, keeping what finished."""
 
@@ -141,10 +166,13 @@ def _predict(args: argparse.Namespace) -> int:
             for image in args.images
         )
     statuses = set()
+    rows: list[dict] = []
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         for result in results:
             statuses.add(result.status)
+            rows.append(_batch_row(result))
+            _write_batch_summary(Path(args.out), rows)
             where = f" -> {result.run_dir}" if result.run_dir and result.status != BAD_INPUT else ""
             print(f"{result.image}: {result.status} {result.message}".rstrip() + where, file=sys.stderr)
             if result.status == CANCELLED:
@@ -322,6 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--scheduler", help="address of a dask.distributed scheduler: one task per image")
     predict.add_argument("--workers", type=int, help="start a local dask.distributed cluster of N processes")
     predict.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    predict.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="detection score threshold of the exports and summaries (default 0.5, as in the widget)",
+    )
     predict.set_defaults(run=_predict)
 
     train = commands.add_parser("train", help="train an xT model on crops of N × N regions")

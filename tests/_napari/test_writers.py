@@ -15,7 +15,7 @@ def test_points_to_geojson_and_csv(tmp_path):
     data = np.array([[10.0, 20.0], [30.0, 40.0]])
     write_points_geojson(str(tmp_path / "p.geojson"), data, META)
     features = json.loads((tmp_path / "p.geojson").read_text())["features"]
-    assert features[0]["geometry"]["coordinates"] == [20.0, 10.0]
+    assert features[0]["geometry"]["coordinates"] == [20.5, 10.5]  # QuPath's corner-origin pixel convention
     assert features[0]["properties"]["classification"] == {"name": "near_shore", "color": [244, 130, 48]}
     write_points_csv(str(tmp_path / "p.csv"), data, META)
     lines = (tmp_path / "p.csv").read_text().splitlines()

@@ -17,10 +17,12 @@ def test_geojson_is_what_qupath_reads(tmp_path):
     data = json.loads((tmp_path / "d.geojson").read_text())
     assert data["type"] == "FeatureCollection" and len(data["features"]) == 2
     first = data["features"][0]
-    assert first["geometry"] == {"type": "Point", "coordinates": [20.25, 10.5]}  # x, y in level-0 pixels
+    # x, y in QuPath's level-0 pixel convention: the centre of pixel (10.5, 20.25) is at (20.75, 11.0)
+    assert first["geometry"] == {"type": "Point", "coordinates": [20.75, 11.0]}
     assert first["properties"]["objectType"] == "detection"
     assert first["properties"]["classification"] == {"name": "near_shore", "color": [245, 130, 49]}
-    assert first["properties"]["measurements"]["score"] == pytest.approx(0.9)
+    assert first["properties"]["measurements"]["Detection probability"] == pytest.approx(0.9)
+    assert "Size px" in first["properties"]["measurements"]  # no pixel size given: sizes stay in pixels
 
 
 def test_csv_round_trip_with_map_coordinates(tmp_path):

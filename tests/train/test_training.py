@@ -99,7 +99,9 @@ def test_points_from_csv_and_qupath_geojson(tmp_path):
         {},
     )
     back = read_points(str(tmp_path / "p.geojson"), ["open_sea", "near_shore"])
-    np.testing.assert_allclose(back.x, table.x)
+    np.testing.assert_allclose(back.x, table.x)  # QuPath's half-pixel convention, both ways
+    np.testing.assert_allclose(back.y, table.y)
+    np.testing.assert_allclose(back.size, table.size)
     assert back.label.tolist() == [1, 0]
 
 

@@ -348,6 +348,7 @@ class XTWidget(QWidget):
             context_scope="image" if self.whole_context.isChecked() else "roi",
             save_probabilities=self.probabilities.isChecked(),
             store_threshold=min(0.1, self.threshold.value()),
+            export_threshold=self.threshold.value(),
             replace_stale=True,  # the widget's run directories are its own cache: recompute, never reuse
         )
 

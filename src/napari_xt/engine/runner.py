@@ -87,6 +87,8 @@ class RunOptions:
         precision: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16``.
         background: ``auto``, ``tissue``, ``nodata`` or ``none``; regions under ``min_foreground`` are skipped.
         store_threshold: detections down to this score are stored (display thresholds filter them later).
+        export_threshold: detections at or above this score go into the exports (CSV, GeoJSON) and the summary;
+            it is recorded with them (the widget's default threshold).
         feature_memory_budget, feature_disk_budget: bytes for keeping pass-1 features for pass 2: in memory
             first, then as files (the same dtype) in a scratch folder beside the output; past both, a region is
             encoded again in pass 2. Results do not depend on these budgets.
@@ -108,6 +110,7 @@ class RunOptions:
     background: str = "auto"
     min_foreground: float = 0.02
     store_threshold: float = 0.1
+    export_threshold: float = 0.5
     feature_memory_budget: int = 64 * 2**20
     feature_disk_budget: int = 16 * 2**30
     prefetch: int = 2
@@ -137,7 +140,7 @@ class RunOptions:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
         if self.background not in BACKGROUND_KINDS:
             raise ValueError(f"background must be one of {BACKGROUND_KINDS}, not {self.background!r}")
-        for name in ("min_foreground", "store_threshold"):
+        for name in ("min_foreground", "store_threshold", "export_threshold"):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 <= value <= 1):
                 raise ValueError(f"{name} must be between 0 and 1, not {value!r}")
@@ -399,7 +402,13 @@ def _events(ctx: _RunContext) -> Iterator:
         n_done_before = grid.n_active - len(todo)
         yield Started(str(store.path), grid.n_regions, grid.n_active, n_done_before, grid.describe())
         if grid.n_active == 0:
-            store.finish(DetectionTable.empty(), ctx.timings_dict(start), ctx.pyramid.geotransform, no_foreground=True)
+            store.finish(
+                DetectionTable.empty(),
+                ctx.timings_dict(start),
+                ctx.pyramid.geotransform,
+                no_foreground=True,
+                export_threshold=ctx.options.export_threshold,
+            )
             yield Finished(str(store.path), 0, time.perf_counter() - start, ctx.timings_dict(start), _NO_FOREGROUND)
             return
         finished = True
@@ -418,7 +427,9 @@ def _events(ctx: _RunContext) -> Iterator:
             yield Cancelled(str(store.path), int(store.done_mask().sum()))
             return
         merged = merge_duplicates(store.region_detections()).sorted()
-        store.finish(merged, ctx.timings_dict(start), ctx.pyramid.geotransform)
+        store.finish(
+            merged, ctx.timings_dict(start), ctx.pyramid.geotransform, export_threshold=ctx.options.export_threshold
+        )
         yield Finished(str(store.path), len(merged), time.perf_counter() - start, ctx.timings_dict(start))
     except OSError as error:
         message = _os_error_message(error, store.path)

@@ -33,10 +33,11 @@ import zarr
 
 from napari_xt._atomic import write_text_atomic
 from napari_xt.engine.detections import COLUMNS, DetectionTable
-from napari_xt.engine.exports import hex_to_rgba, write_csv, write_geojson
+from napari_xt.engine.exports import ExportUnits, hex_to_rgba, write_csv, write_geojson
 from napari_xt.engine.identity import ADOPTED_OUTPUTS, differences, explain
 from napari_xt.engine.run_reader import parse_parts, table_of_parts
 from napari_xt.engine.stages import label_dtype
+from napari_xt.engine.summary import write_summary
 from napari_xt.io.pyramid import ome_unit
 
 logger = logging.getLogger(__name__)
@@ -215,6 +216,10 @@ class OutputStore:
                 handle.writelines(lines)
                 handle.flush()
                 os.fsync(handle.fileno())
+        counts = self.group["regions/class_pixels"]
+        n_classes = counts.shape[2]
+        for result in results:
+            counts[result.row, result.col] = np.bincount(result.labels.ravel(), minlength=n_classes)[:n_classes]
         done = self.group["regions/done"]
         for result in results:
             done[result.row, result.col] = True
@@ -231,27 +236,44 @@ class OutputStore:
 
     # -- at the end ---------------------------------------------------------------------------------------
 
-    def finish(self, merged: DetectionTable, timings: dict, geotransform=None, no_foreground: bool = False) -> None:
-        """Write the merged detections and exports, and mark the run finished (``no_foreground``: there was
-        nothing to analyse, which the run records)."""
+    def finish(
+        self,
+        merged: DetectionTable,
+        timings: dict,
+        geotransform=None,
+        no_foreground: bool = False,
+        export_threshold: float | None = None,
+    ) -> None:
+        """Write the merged detections, the exports (detections scoring at least ``export_threshold``) and the
+        summary, and mark the run finished (``no_foreground``: there was nothing to analyse)."""
         group = self.group.require_group("detections")
         for column in COLUMNS:
             values = getattr(merged, column)
             if column in group:
                 del group[column]
             group.create_array(column, data=np.asarray(values), chunks=(max(1, min(len(values), 1 << 16)),))
+        threshold = self.spec.get("store_threshold", 0.0) if export_threshold is None else export_threshold
+        exported = merged.above(threshold)
         names, colours = self.spec["detection_classes"], self.spec.get("colours", {})
+        size = ExportUnits.of(self.spec)
         if names:
-            write_csv(merged, self.path / "detections.csv", names, geotransform)
-            write_geojson(merged, self.path / "detections.geojson", names, colours)
+            write_csv(exported, self.path / "detections.csv", names, geotransform, size)
+            write_geojson(exported, self.path / "detections.geojson", names, colours, units=size, threshold=threshold)
             if geotransform:
-                write_geojson(merged, self.path / "detections.map.geojson", names, colours, geotransform)
+                write_geojson(
+                    exported, self.path / "detections.map.geojson", names, colours, geotransform, size, threshold
+                )
         self.update(
             status="finished",
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
             timings=timings,
             n_detections=len(merged),
+            export_threshold=threshold,
+            n_exported=len(exported),
             no_foreground=no_foreground,
+        )
+        write_summary(
+            self.path, self.spec, np.asarray(self.group["regions/class_pixels"][:]), self.done_mask(), exported
         )
 
     # -- internals ----------------------------------------------------------------------------------------
@@ -422,6 +444,14 @@ def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
     regions = group.require_group("regions")
     for name in ("done", "active"):
         _flags(regions, name, grid_shape)
+    n_classes = max(1, len(classes))
+    regions.create_array(
+        "class_pixels",
+        shape=(*grid_shape, n_classes),
+        chunks=(min(256, grid_shape[0]), min(256, grid_shape[1]), n_classes),
+        dtype="uint32",
+        fill_value=0,
+    )
     detections = path / "detections"
     detections.mkdir(parents=True, exist_ok=True)
     (detections / "parts.csv").touch()

@@ -131,7 +131,9 @@ def _nearest_level(labels: Pyramid, image: Pyramid, level: int):
 
 
 def read_points(path: str, classes: list[str]) -> ObjectTable:
-    """Points from CSV (``y, x, class[, size]``) or GeoJSON Points (QuPath: ``classification.name``)."""
+    """Points from CSV (``y, x, class[, size]``: level-0 pixel centres) or GeoJSON Points (QuPath:
+    ``classification.name``; QuPath's pixel convention puts (0, 0) at the top-left pixel's corner, so half a
+    pixel is taken off to get pixel centres)."""
     index = {name: i for i, name in enumerate(classes)}
     ys, xs, labels, sizes = [], [], [], []
     if str(path).lower().endswith((".geojson", ".json")):
@@ -141,9 +143,10 @@ def read_points(path: str, classes: list[str]) -> ObjectTable:
             if geometry.get("type") != "Point":
                 continue
             name = (properties.get("classification") or {}).get("name", classes[0])
-            x, y = geometry["coordinates"][:2]
-            size = (properties.get("measurements") or {}).get("size", DEFAULT_OBJECT_SIZE)
-            ys.append(float(y)), xs.append(float(x)), labels.append(_class_index(index, name, path)), sizes.append(size)
+            x, y = (float(v) - 0.5 for v in geometry["coordinates"][:2])
+            measurements = properties.get("measurements") or {}
+            size = measurements.get("Size px", measurements.get("size", DEFAULT_OBJECT_SIZE))
+            ys.append(y), xs.append(x), labels.append(_class_index(index, name, path)), sizes.append(float(size))
     else:
         with open(path, newline="") as handle:
             for row in csv.DictReader(handle):
