@@ -201,7 +201,7 @@ def test_live_refreshes_keep_within_their_share_of_the_main_thread(make_napari_v
     import napari_xt._napari.live as live
 
     _viewer, widget = _viewer_with_scene(make_napari_viewer, size=2048, show=True)
-    _choose(widget, sar_checkpoint, level=0)
+    _choose(widget, sar_checkpoint, level=1)
     qtbot.wait(300)  # the scene is drawn
     started = time.perf_counter()
     widget.start()

@@ -80,3 +80,18 @@ def test_progress_rate_and_eta_exclude_earlier_work():
     progress = Progress("predict", done=30, total=40, seconds=2.0, done_before=10)
     assert progress.rate == 10.0 and progress.eta == 1.0
     assert Progress("predict", done=10, total=40, seconds=0.0, done_before=10).eta is None
+
+
+def test_ome_zarr_py_reads_the_segmentation_with_its_colours_and_scale(tmp_path, sar_scene):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    out = tmp_path / "r.xt.zarr"
+    run_to_end(sar_scene.pyramid(), tiny_sar_model(), out, RunOptions(**FAST))
+    (node,) = list(Reader(parse_url(str(out / "labels" / "segmentation")))())
+    assert type(node.specs[0]).__name__ == "Label"
+    spec = zarr.open_group(str(out), mode="r").attrs["napari_xt"]
+    assert node.data[0].shape == tuple(spec["image_shape"])
+    assert sorted(node.metadata["color"]) == list(range(len(spec["segmentation_classes"])))
+    scale = node.metadata["coordinateTransformations"][0][0]["scale"]
+    assert scale == spec["layer_scale"]
