@@ -48,7 +48,7 @@ def run_dir_of(prepared, out_dir: str | Path, image_name: str) -> Path:
 def already_finished(run_dir: Path, prepared) -> bool:
     """True when ``run_dir`` holds this very run (same identity) with every region of its grid done."""
     from napari_xt.engine.identity import differences
-    from napari_xt.engine.store import run_attributes
+    from napari_xt.engine.run_reader import run_attributes
 
     previous = run_attributes(run_dir)
     if previous.get("status") != "finished" or differences(previous, prepared.spec):

@@ -109,14 +109,9 @@ def image_key_of(source: str, signature: str) -> str:
 
 def recorded_image_key(run_dir: Path) -> str | None:
     """The image key a run directory records, or None when there is no run there."""
-    meta = run_dir / "zarr.json"
-    if not meta.is_file():
-        return None
-    try:
-        spec = json.loads(meta.read_text()).get("attributes", {}).get("napari_xt", {})
-    except (OSError, ValueError):
-        return None
-    return spec.get("image_key")
+    from napari_xt.engine.run_reader import run_attributes
+
+    return run_attributes(run_dir).get("image_key")
 
 
 def differences(previous: dict, requested: dict) -> list[str]:

@@ -6,6 +6,7 @@ lines count only once its ``done`` flag is set, which the writer sets last.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,16 @@ import zarr
 from napari_xt.engine.detections import DetectionTable
 
 PARTS_COLUMNS = 7  # row, col, y, x, label, score, size
+
+
+def run_attributes(path: str | Path) -> dict:
+    """The ``napari_xt`` attributes of a run directory, or ``{}`` when ``path`` holds none (read without zarr,
+    so that a damaged directory never raises here)."""
+    meta = Path(path) / "zarr.json"
+    try:
+        return json.loads(meta.read_text()).get("attributes", {}).get("napari_xt", {}) or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def parse_parts(text: str, done: np.ndarray) -> np.ndarray:

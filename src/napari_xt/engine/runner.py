@@ -402,14 +402,15 @@ def _events(ctx: _RunContext) -> Iterator:
         n_done_before = grid.n_active - len(todo)
         yield Started(str(store.path), grid.n_regions, grid.n_active, n_done_before, grid.describe())
         if grid.n_active == 0:
+            timings = ctx.timings_dict(start)
             store.finish(
                 DetectionTable.empty(),
-                ctx.timings_dict(start),
+                timings,
                 ctx.pyramid.geotransform,
                 no_foreground=True,
                 export_threshold=ctx.options.export_threshold,
             )
-            yield Finished(str(store.path), 0, time.perf_counter() - start, ctx.timings_dict(start), _NO_FOREGROUND)
+            yield Finished(str(store.path), 0, timings["total"], timings, _NO_FOREGROUND)
             return
         finished = True
         if len(todo):
@@ -427,10 +428,9 @@ def _events(ctx: _RunContext) -> Iterator:
             yield Cancelled(str(store.path), int(store.done_mask().sum()))
             return
         merged = merge_duplicates(store.region_detections()).sorted()
-        store.finish(
-            merged, ctx.timings_dict(start), ctx.pyramid.geotransform, export_threshold=ctx.options.export_threshold
-        )
-        yield Finished(str(store.path), len(merged), time.perf_counter() - start, ctx.timings_dict(start))
+        timings = ctx.timings_dict(start)
+        store.finish(merged, timings, ctx.pyramid.geotransform, export_threshold=ctx.options.export_threshold)
+        yield Finished(str(store.path), len(merged), timings["total"], timings)
     except OSError as error:
         message = _os_error_message(error, store.path)
         _try_update(store, status="failed", error=message)
@@ -446,7 +446,9 @@ def _events(ctx: _RunContext) -> Iterator:
         store.close()
 
 
-_NO_FOREGROUND = "no foreground: every region is background (blank glass, nodata or zeros); nothing to analyse"
+_NO_FOREGROUND = (
+    "no foreground: every region asked for is background (blank glass, nodata or zeros); nothing to analyse"
+)
 
 
 def _todo(grid: RegionGrid, done_all: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ from napari_xt._atomic import write_text_atomic
 from napari_xt.engine.detections import COLUMNS, DetectionTable
 from napari_xt.engine.exports import ExportUnits, hex_to_rgba, write_csv, write_geojson
 from napari_xt.engine.identity import ADOPTED_OUTPUTS, differences, explain
-from napari_xt.engine.run_reader import parse_parts, table_of_parts
+from napari_xt.engine.run_reader import parse_parts, run_attributes, table_of_parts
 from napari_xt.engine.stages import label_dtype
 from napari_xt.engine.summary import write_summary
 from napari_xt.io.pyramid import ome_unit
@@ -60,15 +60,6 @@ class StoreError(OSError):
 
 def is_run_dir(path: str | Path) -> bool:
     return run_attributes(path).get("format") == RUN_FORMAT
-
-
-def run_attributes(path: str | Path) -> dict:
-    """The ``napari_xt`` attributes of a run directory, or ``{}`` when ``path`` holds none."""
-    meta = Path(path) / "zarr.json"
-    try:
-        return json.loads(meta.read_text()).get("attributes", {}).get("napari_xt", {}) or {}
-    except (OSError, ValueError, AttributeError):
-        return {}
 
 
 def _half_created(path: Path) -> bool:

@@ -3,7 +3,9 @@
 A run directory and the token cache are keyed by it, so a result is never reused for other pixels:
 
 - in-memory arrays: a hash of their bytes (dask's ``tokenize``, which hashes numpy buffers with the fastest
-  hash installed); dask arrays: their graph name, which dask derives from what they compute;
+  hash installed); dask arrays: their graph name, which dask derives from their sources and operations (hashing
+  their pixels would read the whole image; a store rewritten in place under the same graph is not noticed, so
+  files are best opened by path, which signs what is on disk);
 - zarr stores: every file's relative path, size and mtime, plus the bytes of a sample of chunk files;
 - TIFF files: size and mtime, every level's tile offsets and byte counts, plus a sample of tile bytes, so a
   file replaced by another of the same size and mtime (``cp -p``, ``rsync -a``, tar) still gets a new identity.
