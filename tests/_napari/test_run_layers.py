@@ -55,3 +55,14 @@ def test_points_take_class_names_and_colours_from_the_checkpoint_and_numbers_for
     np.testing.assert_allclose(props["size"], [1.0, 4.0, 6.0, 8.0])  # at least one pixel
     empty = points_properties(DetectionTable.empty(), spec, 0.5)
     assert empty["data"].shape == (0, 2) and empty["face_color"].shape == (0, 4)
+
+
+def test_layers_are_named_for_people_not_by_run_directory():
+    from napari_xt._napari.run_layers import run_names
+
+    run_dir = "/runs/slide_07__slide_xl__L1.xt.zarr"
+    spec = {"image_source": "/data/slide_07.ome.tif", "checkpoint": "/models/slide_xl.safetensors"}
+    assert run_names(run_dir, spec) == ("slide_07", "slide_xl")
+    assert run_names(run_dir, {**spec, "image_name": "xT synthetic slide"})[0] == "xT synthetic slide"
+    in_memory = {"image_source": "<numpy array (700, 600) float32>", "config": {"name": "demo"}}
+    assert run_names("/r/blob__demo__L0.xt.zarr", in_memory) == ("blob", "demo")

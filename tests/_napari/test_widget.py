@@ -71,6 +71,8 @@ def test_full_run_gives_lazy_aligned_layers(make_napari_viewer, qtbot, sar_check
     assert roi.shape_type.count("rectangle") == 1
     # regions of 64 analysis px = 128 level-0 px: borders at 0, 128, …, 2048 along each axis
     assert roi.shape_type.count("line") == 2 * 17
+    assert labels.name == "scene · segmentation (tiny_sar_xl)" and points.name == "scene · detections (tiny_sar_xl)"
+    assert labels.metadata["napari_xt"]["run_dir"] == str(widget.run_dir)  # the identity stays in metadata
 
 
 def _oracle_model():

@@ -235,15 +235,29 @@ def layer_data(
     probabilities: bool,
     region_grid: bool = False,
 ) -> dict[str, tuple]:
-    """The layers of a run by role (``labels``, ``probabilities``, ``points``, ``shapes``), bottom to top."""
-    name = Path(run_dir).name.removesuffix(".xt.zarr")
-    layers = {"labels": labels_layer_data(run_dir, spec, f"{name} segmentation")}
+    """The layers of a run by role (``labels``, ``probabilities``, ``points``, ``shapes``), bottom to top, named
+    for people (``scene · segmentation (sar_xl)``); the run directory stays in each layer's metadata."""
+    image, model = run_names(run_dir, spec)
+    layers = {"labels": labels_layer_data(run_dir, spec, f"{image} · segmentation ({model})")}
     if probabilities and spec.get("segmentation_classes"):
-        layers["probabilities"] = probability_layer_data(run_dir, spec, f"{name} probabilities")
+        layers["probabilities"] = probability_layer_data(run_dir, spec, f"{image} · probabilities ({model})")
     if spec.get("detection_classes"):
-        layers["points"] = points_layer_data(run_dir, table, spec, threshold, f"{name} detections")
-    layers["shapes"] = roi_layer_data(run_dir, spec, f"{name} ROI", region_grid=region_grid)
+        layers["points"] = points_layer_data(run_dir, table, spec, threshold, f"{image} · detections ({model})")
+    layers["shapes"] = roi_layer_data(run_dir, spec, f"{image} · ROI ({model})", region_grid=region_grid)
     return layers
+
+
+def run_names(run_dir: str | Path, spec: dict) -> tuple[str, str]:
+    """The image's and the model's names as a person knows them: the image layer's (or file's) name and the
+    checkpoint's file name, falling back to the run directory's name."""
+    from napari_xt.engine.identity import image_stem
+
+    source = str(spec.get("image_source") or "")
+    image = spec.get("image_name") or ("" if source.startswith("<") else image_stem(source))  # <numpy array …>
+    image = image or Path(run_dir).name.split("__")[0]
+    checkpoint = spec.get("checkpoint")
+    model = image_stem(checkpoint) if checkpoint else (spec.get("config") or {}).get("name") or "xT"
+    return image, model.removesuffix(".safetensors")
 
 
 def run_layers(run_dir: str | Path, threshold: float = 0.5) -> list[tuple]:

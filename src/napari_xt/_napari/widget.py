@@ -392,7 +392,12 @@ class XTWidget(QWidget):
         self.live = LiveRun(
             self.viewer,
             self.run_dir,
-            {**display_spec(pyramid, self.config, grid), "rois": rois},
+            {
+                **display_spec(pyramid, self.config, grid),
+                "rois": rois,
+                "image_name": layer.name,
+                "checkpoint": str(checkpoint),
+            },
             self.threshold.value(),
             probabilities=options.save_probabilities,
             region_grid=self.region_grid.isChecked(),
@@ -409,6 +414,7 @@ class XTWidget(QWidget):
             self.run_dir,
             options,
             self.cancel_token,
+            layer.name,
             _start_thread=False,
             _connect={"yielded": self.on_event, "errored": self._on_error, "finished": self._on_worker_done},
         )
@@ -524,8 +530,10 @@ class XTWidget(QWidget):
             self.live.set_threshold(self.threshold.value())
 
 
-def _events(pyramid, checkpoint, run_dir, options, cancel):
+def _events(pyramid, checkpoint, run_dir, options, cancel, image_name):
     """The worker's generator: the engine's events (bad input raises here, reaching ``errored``)."""
-    from napari_xt.engine.runner import run
+    from napari_xt.engine.runner import prepare, start
 
-    yield from run(pyramid, checkpoint, run_dir, options, cancel)
+    prepared = prepare(pyramid, checkpoint, options)
+    prepared.spec["image_name"] = image_name  # how the person calls the image, for the layers of a reopened run
+    yield from start(prepared, run_dir, cancel)

@@ -207,13 +207,12 @@ class OutputStore:
                 handle.writelines(lines)
                 handle.flush()
                 os.fsync(handle.fileno())
+        positions = np.array([(result.row, result.col) for result in results])
         counts = self.group["regions/class_pixels"]
         n_classes = counts.shape[2]
-        for result in results:
-            counts[result.row, result.col] = np.bincount(result.labels.ravel(), minlength=n_classes)[:n_classes]
-        done = self.group["regions/done"]
-        for result in results:
-            done[result.row, result.col] = True
+        histograms = [np.bincount(result.labels.ravel(), minlength=n_classes)[:n_classes] for result in results]
+        set_cells(counts, positions, np.array(histograms, dtype=np.uint32))
+        set_cells(self.group["regions/done"], positions, True)  # last: the batch's regions are done together
 
     def region_detections(self) -> DetectionTable:
         """All detections written so far (finished regions only), before merging."""
@@ -292,6 +291,17 @@ class OutputStore:
         rows = self._read_parts()
         lines = (f"{int(r[0])},{int(r[1])},{r[2]:.3f},{r[3]:.3f},{int(r[4])},{r[5]:.5f},{r[6]:.3f}\n" for r in rows)
         write_text_atomic(self._parts, "".join(lines))
+
+
+def set_cells(array, positions: np.ndarray, values) -> None:
+    """Set grid cells ``positions`` ``(N, 2)`` of a zarr array in one write of their bounding window (the run's
+    writer is the only one, so the other cells of the window are written back as they were)."""
+    low, high = positions.min(axis=0), positions.max(axis=0) + 1
+    window = (slice(int(low[0]), int(high[0])), slice(int(low[1]), int(high[1])))
+    block = np.asarray(array[window])
+    local = positions - low
+    block[local[:, 0], local[:, 1]] = values
+    array[window] = block
 
 
 def write_into_levels(levels: list, block: np.ndarray, y0: int, x0: int) -> None:
