@@ -47,6 +47,7 @@ def run_dir_of(prepared, out_dir: str | Path, image_name: str) -> Path:
 
 def already_finished(run_dir: Path, prepared) -> bool:
     """True when ``run_dir`` holds this very run (same identity) with every region of its grid done."""
+    from napari_xt.engine.grid import undone_positions
     from napari_xt.engine.identity import differences
     from napari_xt.engine.run_reader import run_attributes
 
@@ -61,8 +62,7 @@ def already_finished(run_dir: Path, prepared) -> bool:
         done = np.asarray(zarr.open_group(str(run_dir), mode="r")["regions/done"][:])
     except Exception:  # unreadable flags: not finished, the run will look again
         return False
-    positions = prepared.grid.positions()
-    return bool(done[positions[:, 0], positions[:, 1]].all()) if len(positions) else True
+    return len(undone_positions(prepared.grid, done)) == 0
 
 
 @functools.lru_cache(maxsize=2)

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from napari_xt.engine.grid import bounding_window, set_cells
+
 logger = logging.getLogger(__name__)
 
 
@@ -149,7 +151,7 @@ class TokenCache:
         entry turns out to be corrupt (it is then dropped, with a warning, and the tokens are recomputed)."""
         if not len(positions):
             return np.zeros(0, bool), np.zeros((0, *self.group["tokens"].shape[2:]), np.float16)
-        window = _window(positions)
+        window = bounding_window(positions)
         try:
             present = np.asarray(self.group["present"][window])
             tokens = np.asarray(self.group["tokens"][window])
@@ -162,14 +164,8 @@ class TokenCache:
 
     def store(self, positions: np.ndarray, tokens: np.ndarray) -> None:
         """Store the tokens of regions at ``positions`` in one dense write of their bounding window."""
-        window = _window(positions)
-        local = positions - [window[0].start, window[1].start]
-        block = np.asarray(self.group["tokens"][window])
-        present = np.asarray(self.group["present"][window])
-        block[local[:, 0], local[:, 1]] = tokens
-        present[local[:, 0], local[:, 1]] = True
-        self.group["tokens"][window] = block
-        self.group["present"][window] = present  # after the tokens: a region is present only once stored
+        set_cells(self.group["tokens"], positions, tokens)
+        set_cells(self.group["present"], positions, True)  # after the tokens: present only once stored
 
     @staticmethod
     def enforce_cap(root: Path, max_bytes: int) -> None:
@@ -190,11 +186,6 @@ class TokenCache:
 
 def _entry_prefix(image_signature: str) -> str:
     return hashlib.sha256(image_signature.encode()).hexdigest()[:16]
-
-
-def _window(positions: np.ndarray) -> tuple[slice, slice]:
-    low, high = positions.min(axis=0), positions.max(axis=0) + 1
-    return (slice(int(low[0]), int(high[0])), slice(int(low[1]), int(high[1])))
 
 
 def weights_hash(model) -> str:

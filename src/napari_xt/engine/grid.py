@@ -241,3 +241,27 @@ def active_regions(pyramid: Pyramid, grid: RegionGrid, kind: str = "auto", min_f
             ]
             active[i, j] = cell.size > 0 and cell.mean() >= min_foreground
     return active
+
+
+def undone_positions(grid: RegionGrid, done_all: np.ndarray) -> np.ndarray:
+    """Active regions of ``grid`` whose flag in the global ``done_all`` is not set, ``(N, 2)`` global positions."""
+    positions = grid.positions()
+    if not len(positions):
+        return positions.reshape(0, 2)
+    return positions[~done_all[positions[:, 0], positions[:, 1]]].reshape(-1, 2)
+
+
+def bounding_window(positions: np.ndarray) -> tuple[slice, slice]:
+    """The smallest window of grid cells holding every position of ``positions`` ``(N, 2)``."""
+    low, high = positions.min(axis=0), positions.max(axis=0) + 1
+    return (slice(int(low[0]), int(high[0])), slice(int(low[1]), int(high[1])))
+
+
+def set_cells(array, positions: np.ndarray, values) -> None:
+    """Set grid cells ``positions`` of an array indexed by grid row and column (zarr or numpy) in one write of
+    their bounding window (for a single writer: the window's other cells are written back as they were)."""
+    window = bounding_window(positions)
+    block = np.asarray(array[window])
+    local = positions - [window[0].start, window[1].start]
+    block[local[:, 0], local[:, 1]] = values
+    array[window] = block

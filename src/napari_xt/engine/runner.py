@@ -31,7 +31,7 @@ import numpy as np
 from napari_xt.engine.cache import FeatureKeeper, TokenCache, default_cache_dir, weights_hash
 from napari_xt.engine.detections import DetectionTable, merge_duplicates
 from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
-from napari_xt.engine.grid import RegionGrid, active_regions, choose_level, make_grid
+from napari_xt.engine.grid import RegionGrid, active_regions, choose_level, make_grid, undone_positions
 from napari_xt.engine.identity import image_key_of, roi_scope
 from napari_xt.engine.stages import (
     Compute,
@@ -398,7 +398,7 @@ def _events(ctx: _RunContext) -> Iterator:
     try:
         store.mark_active(grid.rows, grid.cols, grid.active)
         store.update(rois=[*store.spec.get("rois", []), list(grid.roi)], status="running")
-        todo = _todo(grid, store.done_mask())
+        todo = undone_positions(grid, store.done_mask())
         n_done_before = grid.n_active - len(todo)
         yield Started(str(store.path), grid.n_regions, grid.n_active, n_done_before, grid.describe())
         if grid.n_active == 0:
@@ -449,14 +449,6 @@ def _events(ctx: _RunContext) -> Iterator:
 _NO_FOREGROUND = (
     "no foreground: every region asked for is background (blank glass, nodata or zeros); nothing to analyse"
 )
-
-
-def _todo(grid: RegionGrid, done_all: np.ndarray) -> np.ndarray:
-    """Active regions of ``grid`` not yet marked done, ``(N, 2)`` global positions."""
-    positions = grid.positions()
-    if not len(positions):
-        return positions.reshape(0, 2)
-    return positions[~done_all[positions[:, 0], positions[:, 1]]].reshape(-1, 2)
 
 
 def _pass1(ctx: _RunContext, todo: np.ndarray, keeper: FeatureKeeper):

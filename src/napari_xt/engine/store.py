@@ -34,6 +34,7 @@ import zarr
 from napari_xt._atomic import write_text_atomic
 from napari_xt.engine.detections import COLUMNS, DetectionTable
 from napari_xt.engine.exports import ExportUnits, hex_to_rgba, write_csv, write_geojson
+from napari_xt.engine.grid import set_cells
 from napari_xt.engine.identity import ADOPTED_OUTPUTS, differences, explain
 from napari_xt.engine.run_reader import parse_parts, run_attributes, table_of_parts
 from napari_xt.engine.stages import label_dtype
@@ -291,17 +292,6 @@ class OutputStore:
         rows = self._read_parts()
         lines = (f"{int(r[0])},{int(r[1])},{r[2]:.3f},{r[3]:.3f},{int(r[4])},{r[5]:.5f},{r[6]:.3f}\n" for r in rows)
         write_text_atomic(self._parts, "".join(lines))
-
-
-def set_cells(array, positions: np.ndarray, values) -> None:
-    """Set grid cells ``positions`` ``(N, 2)`` of a zarr array in one write of their bounding window (the run's
-    writer is the only one, so the other cells of the window are written back as they were)."""
-    low, high = positions.min(axis=0), positions.max(axis=0) + 1
-    window = (slice(int(low[0]), int(high[0])), slice(int(low[1]), int(high[1])))
-    block = np.asarray(array[window])
-    local = positions - low
-    block[local[:, 0], local[:, 1]] = values
-    array[window] = block
 
 
 def write_into_levels(levels: list, block: np.ndarray, y0: int, x0: int) -> None:
