@@ -534,6 +534,4 @@ def _events(pyramid, checkpoint, run_dir, options, cancel, image_name):
     """The worker's generator: the engine's events (bad input raises here, reaching ``errored``)."""
     from napari_xt.engine.runner import prepare, start
 
-    prepared = prepare(pyramid, checkpoint, options)
-    prepared.spec["image_name"] = image_name  # how the person calls the image, for the layers of a reopened run
-    yield from start(prepared, run_dir, cancel)
+    yield from start(prepare(pyramid, checkpoint, options, image_name=image_name), run_dir, cancel)

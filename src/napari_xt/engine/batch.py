@@ -87,8 +87,7 @@ def analyse_image(image: str, checkpoint: str, out_dir: str, options_dict: dict,
         options.validate()
         stat = os.stat(checkpoint)
         model, sha = _prepared_model(str(Path(checkpoint).resolve()), stat.st_mtime_ns, stat.st_size, options.device)
-        prepared = prepare(image, model, options, weights_sha=sha)
-        prepared.spec["checkpoint"] = str(checkpoint)
+        prepared = prepare(image, model, options, weights_sha=sha, checkpoint_path=str(checkpoint))
         run_dir = run_dir_of(prepared, out_dir, str(image))
         if not options.overwrite and already_finished(run_dir, prepared):
             return ImageResult(str(image), str(run_dir), SKIPPED, "already finished")

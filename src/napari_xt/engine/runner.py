@@ -277,12 +277,19 @@ class PreparedRun:
 
 
 def prepare(
-    image, model_or_checkpoint, options: RunOptions | None = None, weights_sha: str | None = None
+    image,
+    model_or_checkpoint,
+    options: RunOptions | None = None,
+    weights_sha: str | None = None,
+    checkpoint_path: str | None = None,
+    image_name: str | None = None,
 ) -> PreparedRun:
     """Check and open everything a run needs, writing nothing.
 
     Args:
-        weights_sha: the sha256 of a model passed in that came from a checkpoint file (saves hashing it again).
+        weights_sha, checkpoint_path: the sha256 and file of a model passed in that came from a checkpoint file
+            (saves loading and hashing it again).
+        image_name: how the person calls the image (a layer's name), recorded for the layers of the run.
 
     Raises:
         ValueError (``ImageReadError``, ``CheckpointError``, ``GridError``, ``DeviceError``): bad input, with a
@@ -295,7 +302,7 @@ def prepare(
     pyramid = open_pyramid(image)
     device = pick_device(options.device)
     if weights_sha is not None and not isinstance(model_or_checkpoint, str | Path):
-        model, checkpoint_path = model_or_checkpoint.to(device).eval(), None
+        model = model_or_checkpoint.to(device).eval()
     else:
         model, weights_sha, checkpoint_path = load_model(model_or_checkpoint, device)
     check_fits_image(model.config, pyramid.n_channels, pyramid.source)
@@ -304,6 +311,8 @@ def prepare(
     whole_image = uses_context and options.context_scope == "image" and options.roi is not None
     context_grid = plan(pyramid, model.config, options, roi=(0, 0, *pyramid.shape[:2])) if whole_image else grid
     spec = run_spec(pyramid, model, grid, weights_sha, checkpoint_path, options)
+    if image_name:
+        spec["image_name"] = image_name
     return PreparedRun(pyramid, model, weights_sha, grid, context_grid, spec, options, device)
 
 
