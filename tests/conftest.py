@@ -177,12 +177,15 @@ def pytest_collection_modifyitems(config, items):
 
 
 def assert_valid_ngff(run_dir) -> None:
-    """The run directory's multiscale groups validate with ome-zarr-models (labels as ImageLabel, probabilities
-    as Image): the library that defines OME-Zarr, not our own reader."""
+    """The run directory's multiscale groups validate with ome-zarr-models (the root preview as an Image with
+    its labels, the labels as ImageLabel, probabilities as Image): the library that defines OME-Zarr, not our own
+    reader."""
     from ome_zarr_models.v05.image import Image
     from ome_zarr_models.v05.image_label import ImageLabel
 
     group = zarr.open_group(str(run_dir), mode="r")
+    root = Image.from_zarr(group)
+    assert root.labels is not None and "segmentation" in root.labels.members
     ImageLabel.from_zarr(group["labels/segmentation"])
     if "probabilities" in group:
         Image.from_zarr(group["probabilities"])

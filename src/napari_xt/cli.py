@@ -83,6 +83,8 @@ def _predict_options(args: argparse.Namespace) -> dict:
         "overwrite": args.overwrite,
         "save_probabilities": args.probabilities,
         "export_threshold": args.threshold,
+        "export_circles": args.circles,
+        "export_polygons": args.polygons,
         "store_threshold": min(0.1, args.threshold),
     }
     RunOptions(**options).validate()
@@ -355,6 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.5,
         help="detection score threshold of the exports and summaries (default 0.5, as in the widget)",
+    )
+    predict.add_argument(
+        "--circles", action="store_true", help="detections in detections.geojson as circles of their size"
+    )
+    predict.add_argument(
+        "--no-polygons",
+        dest="polygons",
+        action="store_false",
+        help="do not write the segmentation as polygons (segmentation.geojson, map layers)",
     )
     predict.set_defaults(run=_predict)
 

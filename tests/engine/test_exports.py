@@ -36,6 +36,12 @@ def test_csv_round_trip_with_map_coordinates(tmp_path):
     map_x, map_y = map_coordinates(TABLE, geotransform)
     assert map_x[0] == pytest.approx(500000 + (20.25 + 0.5) * 10)  # pixel centre, not corner
     assert map_y[0] == pytest.approx(4000000 - (10.5 + 0.5) * 10)
-    assert geojson(TABLE, ["a", "b"], {}, geotransform)["features"][1]["geometry"]["coordinates"][0] == pytest.approx(
-        500055.0
-    )
+
+
+def test_circles_are_closed_polygons_of_the_detected_diameter():
+    feature = geojson(TABLE, ["a", "b"], {}, circles=True)["features"][0]
+    ring = np.array(feature["geometry"]["coordinates"][0])
+    assert feature["geometry"]["type"] == "Polygon" and (ring[0] == ring[-1]).all()
+    radii = np.hypot(ring[:, 0] - 20.75, ring[:, 1] - 11.0)
+    np.testing.assert_allclose(radii, 6.0)  # size 12 px, centred on the QuPath pixel centre
+    assert feature["properties"]["measurements"]["Detection probability"] == pytest.approx(0.9)

@@ -54,8 +54,8 @@ def already_finished(run_dir: Path, prepared) -> bool:
     previous = run_attributes(run_dir)
     if previous.get("status") != "finished" or differences(previous, prepared.spec):
         return False
-    if previous.get("export_threshold") != prepared.options.export_threshold:
-        return False  # the same results, exported at another threshold: the resumed run only exports again
+    if previous.get("exports") != prepared.options.exports.to_dict():
+        return False  # the same results, exported otherwise (threshold, circles): the resumed run only exports
     import zarr
 
     try:

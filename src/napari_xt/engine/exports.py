@@ -1,10 +1,23 @@
-"""Exports of detections: GeoJSON that QuPath opens (QuPath's level-0 pixel convention, measurements with
-units) and CSV; map coordinates when the image carries a GeoTIFF geotransform."""
+"""Exports of a finished run, for the tools users already have.
+
+In the run directory:
+
+- ``detections.csv``; ``detections.geojson`` (QuPath detections, points or circles of the detected size);
+- ``segmentation.geojson``: QuPath annotations, one polygon per class and connected component, holes kept;
+- for georeferenced images (a GeoTIFF with a CRS): ``detections.wgs84.geojson`` and
+  ``segmentation.wgs84.geojson`` (RFC 7946, longitude/latitude), ``results.gpkg`` (layers ``detections`` and
+  ``segmentation`` in the image's CRS, flat typed attributes) and ``segmentation.tif`` (a Cloud-Optimised
+  GeoTIFF of the labels in the image's CRS).
+
+Pixel exports use QuPath's convention: (0, 0) is the top-left corner of the top-left level-0 pixel, so the
+centre of level-0 pixel ``(y, x)`` (napari-xt's integer centres) is ``(x + 0.5, y + 0.5)``.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +42,9 @@ def hex_to_rgb(colour: str) -> list[int]:
 
 def map_coordinates(table: DetectionTable, geotransform) -> tuple[np.ndarray, np.ndarray]:
     """Level-0 pixel centres → map coordinates with a GDAL geotransform (pixel corners at integers)."""
-    x0, dx, rx, y0, ry, dy = geotransform
-    px, py = table.x + 0.5, table.y + 0.5
-    return x0 + px * dx + py * rx, y0 + px * ry + py * dy
+    from napari_xt.engine.georef import MapFrame
+
+    return MapFrame(tuple(geotransform), None).xy(table.x + 0.5, table.y + 0.5)
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,21 @@ class ExportUnits:
         if self.pixel_size is None:
             return "Size px"
         return f"Length {self.unit}" if self.unit in ("m", "km") else f"Diameter {self.unit}"
+
+    @property
+    def area_name(self) -> str:
+        """The QuPath measurement name of an area (QuPath writes ``Area µm^2``)."""
+        return "Area px^2" if self.pixel_size is None else f"Area {self.unit}^2"
+
+    @property
+    def perimeter_name(self) -> str:
+        return "Perimeter px" if self.pixel_size is None else f"Perimeter {self.unit}"
+
+    def length(self, level0_px: float) -> float:
+        return level0_px * self.pixel_size if self.pixel_size is not None else level0_px
+
+    def area(self, level0_px2: float) -> float:
+        return level0_px2 * self.pixel_size**2 if self.pixel_size is not None else level0_px2
 
     @property
     def csv_column(self) -> str | None:
@@ -90,30 +118,37 @@ def write_csv(
             writer.writerow(row)
 
 
+def circle(x: float, y: float, diameter: float, sides: int = 32) -> dict:
+    """A GeoJSON Polygon approximating a circle (``sides`` vertices, closed) of ``diameter`` around ``(x, y)``."""
+    angles = np.linspace(0.0, 2 * np.pi, sides, endpoint=False)
+    radius = max(float(diameter), 1.0) / 2
+    ring = [[float(x + radius * np.cos(a)), float(y - radius * np.sin(a))] for a in angles]
+    return {"type": "Polygon", "coordinates": [[*ring, ring[0]]]}
+
+
 def geojson(
     table: DetectionTable,
     class_names: list[str],
     colours: dict[str, str],
-    geotransform=None,
     units: ExportUnits | None = None,
     threshold: float | None = None,
+    circles: bool = False,
 ) -> dict:
-    """A FeatureCollection of Point detections as QuPath reads them (``objectType``, ``classification``,
-    ``measurements``).
-
-    Without a geotransform, coordinates follow QuPath's pixel convention: (0, 0) is the top-left corner of the
-    top-left level-0 pixel, so a pixel centre at integer ``(y, x)`` is written as ``(x + 0.5, y + 0.5)``.
-    """
+    """A FeatureCollection of detections as QuPath reads them (``objectType``, ``classification``,
+    ``measurements``), in QuPath's level-0 pixel convention: points, or with ``circles`` polygons of the
+    detected size."""
     units = units or ExportUnits()
-    xs, ys = map_coordinates(table, geotransform) if geotransform else (table.x + 0.5, table.y + 0.5)
+    xs, ys = table.x + 0.5, table.y + 0.5
     sizes = units.size(table.size)
     features = []
     for i in range(len(table)):
         name = class_names[int(table.label[i])]
+        x, y = float(xs[i]), float(ys[i])
+        geometry = circle(x, y, float(table.size[i])) if circles else {"type": "Point", "coordinates": [x, y]}
         features.append(
             {
                 "type": "Feature",
-                "geometry": {"type": "Point", "coordinates": [float(xs[i]), float(ys[i])]},
+                "geometry": geometry,
                 "properties": {
                     "objectType": "detection",
                     "classification": {"name": name, "color": hex_to_rgb(colours.get(name, "#ffff00"))},
@@ -132,8 +167,185 @@ def write_geojson(
     path: str | Path,
     class_names,
     colours,
-    geotransform=None,
     units: ExportUnits | None = None,
     threshold: float | None = None,
+    circles: bool = False,
 ) -> None:
-    write_text_atomic(Path(path), json.dumps(geojson(table, class_names, colours, geotransform, units, threshold)))
+    write_text_atomic(Path(path), json.dumps(geojson(table, class_names, colours, units, threshold, circles)))
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What a run's exports hold: detections scoring at least ``threshold``, detections as ``circles`` of their
+    size (else points), and the segmentation as ``polygons``. Recorded in the run directory."""
+
+    threshold: float = 0.5
+    circles: bool = False
+    polygons: bool = True
+
+    def to_dict(self) -> dict:
+        return {"threshold": float(self.threshold), "circles": bool(self.circles), "polygons": bool(self.polygons)}
+
+
+def export_run(run_dir: Path, spec: dict, labels, detections: DetectionTable, settings: ExportSettings) -> dict:
+    """Write every export of a finished run (module docstring) and return what was written and what was left
+    out, and why: ``{"files": [...], "skipped": {name: reason}}``.
+
+    ``labels`` is the analysis-level label array (read tile by tile); ``detections`` are already filtered at
+    ``settings.threshold``.
+    """
+    from napari_xt.engine.georef import MapFrame
+    from napari_xt.engine.polygons import MissingGeoExtra
+
+    run_dir = Path(run_dir)
+    written: list[str] = []
+    skipped: dict[str, str] = {}
+    det_names, colours = spec["detection_classes"], spec.get("colours", {})
+    seg_names = list(spec.get("segmentation_classes") or [])
+    units = ExportUnits.of(spec)
+    frame = MapFrame.of(spec)
+    if det_names:
+        write_csv(detections, run_dir / "detections.csv", det_names, frame.geotransform if frame else None, units)
+        write_geojson(
+            detections, run_dir / "detections.geojson", det_names, colours, units, settings.threshold, settings.circles
+        )
+        written += ["detections.csv", "detections.geojson"]
+    if frame is not None and not frame.crs:
+        skipped["map exports"] = "the GeoTIFF names no CRS that napari-xt could read"
+        frame = None
+    try:
+        if frame is not None:
+            from napari_xt.engine.georef import require_map_exports
+
+            require_map_exports()
+        if settings.polygons and len(seg_names) > 1:
+            written += _export_polygons(run_dir, spec, labels, units, frame)
+        if frame is not None:
+            written += _export_map(run_dir, spec, labels, detections, units, frame)
+    except MissingGeoExtra as error:
+        skipped["polygons and map exports"] = str(error)
+    return {"files": written, "skipped": skipped}
+
+
+def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, frame) -> list[str]:
+    """``segmentation.geojson`` (QuPath annotations) and, on a map, the same polygons in the GeoPackage and in
+    WGS84 GeoJSON."""
+    import shapely
+
+    from napari_xt.engine.georef import GeoJSONWriter, GeoPackageLayer
+    from napari_xt.engine.polygons import polygons, to_level0
+
+    names = list(spec["segmentation_classes"])
+    colours = spec.get("colours", {})
+    downsample = tuple(spec.get("downsample") or (1.0, 1.0))
+    qupath = GeoJSONWriter(run_dir / "segmentation.geojson")
+    wgs84 = gpkg = None
+    if frame is not None:
+        wgs84 = GeoJSONWriter(run_dir / "segmentation.wgs84.geojson")
+        gpkg_path = run_dir / ".results.building.gpkg"
+        gpkg_path.unlink(missing_ok=True)
+        gpkg = GeoPackageLayer(
+            gpkg_path,
+            "segmentation",
+            "Polygon",
+            {"class": "U", "class_index": "int32", frame.area_field: "float64",
+             frame.perimeter_field: "float64"},
+            frame.crs,
+        )
+        move = frame.to_wgs84()
+    try:
+        for item in polygons(labels, len(names)):
+            name = names[item.label]
+            level0 = to_level0(item.geometry, downsample)
+            qupath.add(
+                level0,
+                {
+                    "objectType": "annotation",
+                    "classification": {"name": name, "color": hex_to_rgb(colours.get(name, "#808080"))},
+                    "isLocked": False,
+                    "measurements": {
+                        units.area_name: units.area(float(level0.area)),
+                        units.perimeter_name: units.length(float(level0.length)),
+                    },
+                },
+            )
+            if frame is not None:
+                on_map = frame.geometry(level0)
+                gpkg.add(
+                    on_map,
+                    **{
+                        "class": name,
+                        "class_index": item.label,
+                        frame.area_field: float(on_map.area),
+                        frame.perimeter_field: float(on_map.length),
+                    },
+                )
+                lonlat = shapely.orient_polygons(move(on_map))  # RFC 7946: exterior rings counter-clockwise
+                wgs84.add(lonlat, {"class": name, frame.area_field: float(on_map.area)})
+    except BaseException:
+        qupath.abort()
+        if wgs84 is not None:
+            wgs84.abort()
+        raise
+    qupath.close()
+    files = ["segmentation.geojson"]
+    if frame is not None:
+        gpkg.flush()
+        wgs84.close()
+        files.append("segmentation.wgs84.geojson")
+    return files
+
+
+def _export_map(run_dir: Path, spec: dict, labels, detections: DetectionTable, units: ExportUnits, frame) -> list:
+    """Detections in the GeoPackage and in WGS84 GeoJSON, and the segmentation as a COG, then the GeoPackage
+    moved into place."""
+    import os
+
+    import shapely
+
+    from napari_xt.engine.georef import GeoJSONWriter, GeoPackageLayer, write_cog
+
+    files = []
+    gpkg_path = run_dir / ".results.building.gpkg"
+    names = spec["detection_classes"]
+    if names:
+        size_field = "size_" + frame.linear_unit
+        layer = GeoPackageLayer(
+            gpkg_path,
+            "detections",
+            "Point",
+            {"class": "U", "class_index": "int32", "score": "float64", size_field: "float64", "size_px": "float64"},
+            frame.crs,
+        )
+        xs, ys = frame.xy(detections.x + 0.5, detections.y + 0.5)
+        scale = math.sqrt(frame.pixel_area)
+        wgs84 = GeoJSONWriter(run_dir / "detections.wgs84.geojson")
+        move = frame.to_wgs84()
+        try:
+            for i in range(len(detections)):
+                point = shapely.Point(float(xs[i]), float(ys[i]))
+                values = {
+                    "class": names[int(detections.label[i])],
+                    "class_index": int(detections.label[i]),
+                    "score": float(detections.score[i]),
+                    size_field: float(detections.size[i]) * scale,
+                    "size_px": float(detections.size[i]),
+                }
+                layer.add(point, **values)
+                wgs84.add(move(point), values)
+        except BaseException:
+            wgs84.abort()
+            raise
+        layer.flush()
+        wgs84.close()
+        files.append("detections.wgs84.geojson")
+    if spec.get("segmentation_classes"):
+        classes = spec["segmentation_classes"]
+        colours = spec.get("colours", {})
+        write_cog(labels, run_dir / "segmentation.tif", frame, tuple(spec["downsample"]),
+                  [hex_to_rgba(colours.get(name, "#808080")) for name in classes])
+        files.append("segmentation.tif")
+    if gpkg_path.exists():
+        os.replace(gpkg_path, run_dir / "results.gpkg")
+        files.append("results.gpkg")
+    return files

@@ -31,6 +31,7 @@ import numpy as np
 from napari_xt.engine.cache import FeatureKeeper, TokenCache, default_cache_dir, weights_hash
 from napari_xt.engine.detections import DetectionTable, merge_duplicates
 from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
+from napari_xt.engine.exports import ExportSettings
 from napari_xt.engine.grid import RegionGrid, active_regions, choose_level, make_grid, undone_positions
 from napari_xt.engine.identity import image_key_of, roi_scope
 from napari_xt.engine.stages import (
@@ -89,6 +90,8 @@ class RunOptions:
         store_threshold: detections down to this score are stored (display thresholds filter them later).
         export_threshold: detections at or above this score go into the exports (CSV, GeoJSON) and the summary;
             it is recorded with them (the widget's default threshold).
+        export_circles: detections in ``detections.geojson`` as circles of their size instead of points.
+        export_polygons: write the segmentation as polygons (QuPath annotations; map layers for GeoTIFFs).
         feature_memory_budget, feature_disk_budget: bytes for keeping pass-1 features for pass 2: in memory
             first, then as files (the same dtype) in a scratch folder beside the output; past both, a region is
             encoded again in pass 2. Results do not depend on these budgets.
@@ -111,6 +114,8 @@ class RunOptions:
     min_foreground: float = 0.02
     store_threshold: float = 0.1
     export_threshold: float = 0.5
+    export_circles: bool = False
+    export_polygons: bool = True
     feature_memory_budget: int = 64 * 2**20
     feature_disk_budget: int = 16 * 2**30
     prefetch: int = 2
@@ -119,6 +124,10 @@ class RunOptions:
     save_probabilities: bool = False
     overwrite: bool = False
     replace_stale: bool = False
+
+    @property
+    def exports(self) -> ExportSettings:
+        return ExportSettings(self.export_threshold, self.export_circles, self.export_polygons)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first setting out of range."""
@@ -220,6 +229,8 @@ def display_spec(pyramid: Pyramid, config, grid: RegionGrid) -> dict:
     scale = (s0[0] * grid.downsample[0], s0[1] * grid.downsample[1])
     return {
         "image_shape": list(grid.image_shape),
+        "image_dtype": str(pyramid.dtype),
+        "channel_names": list(pyramid.channel_names),
         "pixel_size": list(pyramid.pixel_size) if pyramid.pixel_size else None,
         "unit": pyramid.unit,
         "layer_scale": list(scale),
@@ -252,6 +263,7 @@ def run_spec(pyramid: Pyramid, model, grid: RegionGrid, weights_sha: str, checkp
         "grid_shape": list(grid.shape),
         "downsample": list(grid.downsample),
         "geotransform": list(pyramid.geotransform) if pyramid.geotransform else None,
+        "crs": pyramid.crs,
         **display_spec(pyramid, model.config, grid),
         "context_from": scope,
         "roi_scope": roi_scope(scope, grid.roi),
@@ -401,24 +413,27 @@ class _RunContext:
 _CANCELLED = object()
 
 
+def _write_preview(store: OutputStore, pyramid: Pyramid) -> None:
+    """The run directory's image preview; a failure costs the preview only, never the run."""
+    try:
+        store.write_preview(pyramid)
+    except Exception as error:  # any reader or codec failure on the low level
+        logger.warning("napari-xt: %s: no image preview (%s: %s)", store.path, type(error).__name__, error)
+
+
 def _events(ctx: _RunContext) -> Iterator:
     start = time.perf_counter()
     grid, store = ctx.grid, ctx.store
     try:
         store.mark_active(grid.rows, grid.cols, grid.active)
         store.update(rois=[*store.spec.get("rois", []), list(grid.roi)], status="running")
+        _write_preview(store, ctx.pyramid)
         todo = undone_positions(grid, store.done_mask())
         n_done_before = grid.n_active - len(todo)
         yield Started(str(store.path), grid.n_regions, grid.n_active, n_done_before, grid.describe())
         if grid.n_active == 0:
-            timings = ctx.timings_dict(start)
-            store.finish(
-                DetectionTable.empty(),
-                timings,
-                ctx.pyramid.geotransform,
-                no_foreground=True,
-                export_threshold=ctx.options.export_threshold,
-            )
+            store.finish(DetectionTable.empty(), ctx.timings_dict(start), no_foreground=True, exports=ctx.options.exports)
+            timings = store.spec["timings"]
             yield Finished(str(store.path), 0, timings["total"], timings, _NO_FOREGROUND)
             return
         finished = True
@@ -437,8 +452,8 @@ def _events(ctx: _RunContext) -> Iterator:
             yield Cancelled(str(store.path), int(store.done_mask().sum()))
             return
         merged = merge_duplicates(store.region_detections()).sorted()
-        timings = ctx.timings_dict(start)
-        store.finish(merged, timings, ctx.pyramid.geotransform, export_threshold=ctx.options.export_threshold)
+        store.finish(merged, ctx.timings_dict(start), exports=ctx.options.exports)
+        timings = store.spec["timings"]
         yield Finished(str(store.path), len(merged), timings["total"], timings)
     except OSError as error:
         message = _os_error_message(error, store.path)

@@ -33,13 +33,13 @@ import zarr
 
 from napari_xt._atomic import write_text_atomic
 from napari_xt.engine.detections import COLUMNS, DetectionTable
-from napari_xt.engine.exports import ExportUnits, hex_to_rgba, write_csv, write_geojson
+from napari_xt.engine import ngff
+from napari_xt.engine.exports import ExportSettings, export_run, hex_to_rgba
 from napari_xt.engine.grid import set_cells
 from napari_xt.engine.identity import ADOPTED_OUTPUTS, differences, explain
 from napari_xt.engine.run_reader import parse_parts, run_attributes, table_of_parts
 from napari_xt.engine.stages import label_dtype
 from napari_xt.engine.summary import write_summary
-from napari_xt.io.pyramid import ome_unit
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +215,37 @@ class OutputStore:
         set_cells(counts, positions, np.array(histograms, dtype=np.uint32))
         set_cells(self.group["regions/done"], positions, True)  # last: the batch's regions are done together
 
+    def write_preview(self, pyramid) -> None:
+        """Fill the root preview (nearest samples of the coarsest pyramid level that is fine enough) and its
+        display window, once per run directory."""
+        if self.spec.get("preview_written"):
+            return
+        first, shapes = preview_levels(*self.spec["image_shape"])
+        height, width = shapes[0]
+        level0_height, level0_width = self.spec["image_shape_level0"]
+        want_y, want_x = level0_height / height, level0_width / width  # level-0 pixels per preview pixel
+        fine_enough = [i for i, (dy, dx) in enumerate(pyramid.downsample) if dy <= want_y and dx <= want_x]
+        index = max(fine_enough) if fine_enough else 0
+        level = pyramid.levels[index]
+        dy, dx = pyramid.downsample[index]
+        rows = np.minimum(((np.arange(height) + 0.5) * want_y / dy).astype(int), level.shape[0] - 1)
+        cols = np.minimum(((np.arange(width) + 0.5) * want_x / dx).astype(int), level.shape[1] - 1)
+        pixels = np.asarray(level.compute(scheduler="synchronous") if hasattr(level, "compute") else level)
+        preview = np.moveaxis(pixels[rows][:, cols], 2, 0)
+        arrays = _levels(self.group)
+        for k, array in enumerate(arrays):
+            array[:] = preview[:, :: 2**k, :: 2**k][:, : array.shape[1], : array.shape[2]]
+        attrs = dict(self.group.attrs["ome"])
+        if preview.dtype.kind == "f" or preview.dtype.itemsize > 1:
+            finite = preview[np.isfinite(preview)] if preview.dtype.kind == "f" else preview.ravel()
+            low, high = (np.percentile(finite, [0.5, 99.5]).tolist() if finite.size else [0.0, 1.0])
+        else:
+            low, high = 0.0, 255.0
+        for channel in attrs.get("omero", {}).get("channels", []):
+            channel["window"] = {"start": low, "end": high, "min": low, "max": high}
+        self.group.attrs["ome"] = attrs
+        self.update(preview_written=True)
+
     def region_detections(self) -> DetectionTable:
         """All detections written so far (finished regions only), before merging."""
         return table_of_parts(self._read_parts())
@@ -231,35 +262,35 @@ class OutputStore:
         self,
         merged: DetectionTable,
         timings: dict,
-        geotransform=None,
         no_foreground: bool = False,
-        export_threshold: float | None = None,
+        exports: ExportSettings | None = None,
     ) -> None:
-        """Write the merged detections, the exports (detections scoring at least ``export_threshold``) and the
-        summary, and mark the run finished (``no_foreground``: there was nothing to analyse)."""
+        """Write the merged detections, the exports (``engine.exports``: detections scoring at least the
+        threshold, the segmentation polygons, map exports) and the summary, and mark the run finished
+        (``no_foreground``: there was nothing to analyse). The export time joins the timings."""
+        started = time.perf_counter()
+        exports = exports or ExportSettings(threshold=self.spec.get("store_threshold", 0.0))
         group = self.group.require_group("detections")
         for column in COLUMNS:
             values = getattr(merged, column)
             if column in group:
                 del group[column]
             group.create_array(column, data=np.asarray(values), chunks=(max(1, min(len(values), 1 << 16)),))
-        threshold = self.spec.get("store_threshold", 0.0) if export_threshold is None else export_threshold
-        exported = merged.above(threshold)
-        names, colours = self.spec["detection_classes"], self.spec.get("colours", {})
-        size = ExportUnits.of(self.spec)
-        if names:
-            write_csv(exported, self.path / "detections.csv", names, geotransform, size)
-            write_geojson(exported, self.path / "detections.geojson", names, colours, units=size, threshold=threshold)
-            if geotransform:
-                write_geojson(
-                    exported, self.path / "detections.map.geojson", names, colours, geotransform, size, threshold
-                )
+        exported = merged.above(exports.threshold)
+        manifest = export_run(self.path, self.spec, self.label_levels()[0], exported, exports)
+        for name, reason in manifest["skipped"].items():
+            logger.warning("napari-xt: %s: no %s: %s", self.path, name, reason)
+        seconds = time.perf_counter() - started
+        timings = {**timings, "export": seconds, "total": timings.get("total", 0.0) + seconds}
         self.update(
             status="finished",
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
             timings=timings,
             n_detections=len(merged),
-            export_threshold=threshold,
+            export_threshold=exports.threshold,
+            exports=exports.to_dict(),
+            export_files=manifest["files"],
+            exports_skipped=manifest["skipped"],
             n_exported=len(exported),
             no_foreground=no_foreground,
         )
@@ -357,33 +388,15 @@ def _levels(group: zarr.Group) -> list:
     return [group[d["path"]] for d in group.attrs["ome"]["multiscales"][0]["datasets"]]
 
 
-def _multiscales(name: str, spec: dict, n_levels: int, channel_axis: bool = False) -> dict:
-    """NGFF 0.5 ``multiscales`` of levels that halve the analysis level, placed on level-0 physical coordinates
-    (level k's pixel centres are the centres of 2**k × 2**k blocks of analysis pixels)."""
-    scale, translate, unit = spec["layer_scale"], spec["layer_translate"], spec.get("unit")
-    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    if unit:
-        for axis in axes:
-            axis["unit"] = ome_unit(unit)
-    lead_axes, lead_scale, lead_translate = (
-        ([{"name": "c", "type": "channel"}], [1.0], [0.0]) if channel_axis else ([], [], [])
-    )
-    datasets = []
-    for k in range(n_levels):
-        factor = 2**k
-        transforms = [
-            {"type": "scale", "scale": [*lead_scale, scale[0] * factor, scale[1] * factor]},
-            {
-                "type": "translation",
-                "translation": [
-                    *lead_translate,
-                    translate[0] + (factor - 1) * scale[0] / 2,
-                    translate[1] + (factor - 1) * scale[1] / 2,
-                ],
-            },
-        ]
-        datasets.append({"path": str(k), "coordinateTransformations": transforms})
-    return {"name": name, "axes": [*lead_axes, *axes], "datasets": datasets}
+PREVIEW_SIDE = 2048
+
+
+def preview_levels(height: int, width: int) -> tuple[int, list[tuple[int, int]]]:
+    """The root preview's levels: the label levels from the first that fits in ``PREVIEW_SIDE`` on. Returns the
+    index of that label level and the shapes."""
+    shapes = label_level_shapes(height, width)
+    first = next((k for k, shape in enumerate(shapes) if max(shape) <= PREVIEW_SIDE), len(shapes) - 1)
+    return first, shapes[first:]
 
 
 def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
@@ -391,29 +404,39 @@ def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
     height, width = spec["image_shape"]
     region = spec["region_size"]
     classes = spec.get("segmentation_classes", [])
+    side = max(region, 256)
+    levels = label_level_shapes(height, width)
+    # the root: a preview of the analysed image, so that OME-Zarr readers find an image with its labels
+    first, shapes = preview_levels(height, width)
+    n_channels = len(spec.get("channel_names") or []) or 1
+    for k, shape in enumerate(shapes):
+        group.create_array(
+            str(k),
+            shape=(n_channels, *shape),
+            chunks=(1, min(1024, shape[0]), min(1024, shape[1])),
+            dtype=spec.get("image_dtype") or "float32",
+            fill_value=0,
+            dimension_names=("c", "y", "x"),
+        )
+    group.attrs["ome"] = ngff.image_attrs(
+        "image preview",
+        spec,
+        [2 ** (first + k) for k in range(len(shapes))],
+        spec.get("channel_names") or ["channel 0"],
+        window=spec.get("display_window"),
+    )
     labels_group = group.require_group("labels")
-    labels_group.attrs["ome"] = {"version": "0.5", "labels": ["segmentation"]}
+    labels_group.attrs["ome"] = ngff.labels_group_attrs()
     segmentation = labels_group.require_group("segmentation")
     dtype = label_dtype(max(1, len(classes)))
-    levels = label_level_shapes(height, width)
-    side = max(region, 256)
     for k, shape in enumerate(levels):
         chunk = (min(side, shape[0]), min(side, shape[1]))
         segmentation.create_array(
             str(k), shape=shape, chunks=chunk, dtype=dtype, fill_value=0, dimension_names=("y", "x")
         )
     colours = spec.get("colours", {})
-    segmentation.attrs["ome"] = {
-        "version": "0.5",
-        "multiscales": [_multiscales("segmentation", spec, len(levels))],
-        "image-label": {
-            "version": "0.5",
-            "colors": [
-                {"label-value": i, "rgba": hex_to_rgba(colours.get(name, "#808080"))} for i, name in enumerate(classes)
-            ],
-            "properties": [{"label-value": i, "class": name} for i, name in enumerate(classes)],
-        },
-    }
+    rgba = [hex_to_rgba(colours.get(name, "#808080")) for name in classes]
+    segmentation.attrs["ome"] = ngff.label_attrs(spec, len(levels), rgba)
     if spec.get("save_probabilities") and classes:
         probabilities = group.require_group("probabilities")
         for k, shape in enumerate(levels):
@@ -426,11 +449,9 @@ def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
                 fill_value=0,
                 dimension_names=("c", "y", "x"),
             )
-        probabilities.attrs["ome"] = {
-            "version": "0.5",
-            "multiscales": [_multiscales("probabilities", spec, len(levels), channel_axis=True)],
-            "omero": {"channels": [{"label": name} for name in classes]},
-        }
+        probabilities.attrs["ome"] = ngff.image_attrs(
+            "probabilities", spec, [2**k for k in range(len(levels))], classes, window=(0.0, 1.0)
+        )
     grid_shape = tuple(spec["grid_shape"])
     regions = group.require_group("regions")
     for name in ("done", "active"):

@@ -106,6 +106,11 @@ class Pyramid:
             object.__setattr__(self, "channel_names", default_channel_names(self.levels[0].shape[2]))
 
     @property
+    def crs(self) -> str | None:
+        """The coordinate reference system of ``geotransform`` (``EPSG:<code>`` or WKT), or None."""
+        return self.metadata.get("crs")
+
+    @property
     def shape(self) -> tuple[int, int, int]:
         """Level-0 shape ``(Y, X, C)``."""
         return tuple(int(n) for n in self.levels[0].shape)
@@ -140,6 +145,12 @@ class Pyramid:
         ]
         if self.nodata is not None:
             lines.append(f"nodata: {self.nodata:g}")
+        if self.geotransform is not None:
+            x0, dx, _, y0, _, dy = self.geotransform
+            crs = self.crs or "unknown (the GeoKeys name no CRS; install napari-xt[geo] to read a custom one)"
+            crs_line = crs if len(crs) < 80 else crs[:77] + "..."
+            lines.append(f"CRS: {crs_line}")
+            lines.append(f"geotransform: origin ({x0:.10g}, {y0:.10g}), pixel {dx:.10g} × {dy:.10g}")
         for i, (level, ds) in enumerate(zip(self.levels, self.downsample)):
             chunks = (level.chunksize[0], level.chunksize[1])
             lazy = " (computed on demand)" if self.built_lazily and i > 0 else ""

@@ -241,7 +241,9 @@ def _ome_physical(xml: str):
 
 
 def _geotiff_metadata(tif: tifffile.TiffFile):
-    """nodata, GDAL geotransform and a few GeoKeys of a GeoTIFF (all None/empty for other TIFFs)."""
+    """nodata, GDAL geotransform (level-0 pixel corners) and the georeferencing keys of a GeoTIFF (None/empty for
+    other TIFFs): ``unit``, ``crs`` (``EPSG:<code>``, or the WKT GDAL reads when the GeoKeys define their own CRS),
+    ``raster_type`` (``area`` or ``point``)."""
     page = tif.pages.first
     nodata = None
     nodata_tag = page.tags.get("GDAL_NODATA")
@@ -262,15 +264,44 @@ def _geotiff_metadata(tif: tifffile.TiffFile):
     else:
         units_key = geo.get("ProjLinearUnitsGeoKey")
         meta["unit"] = _EPSG_LINEAR_UNITS.get(int(units_key), "m") if units_key is not None else "m"
-    for key in ("ProjectedCSTypeGeoKey", "GeographicTypeGeoKey"):
-        if key in geo:
-            meta[key] = int(geo[key])
+    crs = _crs_of(geo, tif.filehandle.path)
+    if crs:
+        meta["crs"] = crs
+    # PixelIsPoint: the tiepoint is the centre of its pixel, not its top-left corner (GeoTIFF 1.1, 2.5.2.2)
+    point = int(geo.get("GTRasterTypeGeoKey", 1) or 1) == 2
+    meta["raster_type"] = "point" if point else "area"
     geotransform = None
     if scale is not None and tiepoint is not None and len(tiepoint) >= 6:
         i, j, x, y = tiepoint[0], tiepoint[1], tiepoint[3], tiepoint[4]
         sx, sy = float(scale[0]), float(scale[1])
+        if point:
+            i, j = i + 0.5, j + 0.5
         geotransform = (x - i * sx, sx, 0.0, y + j * sy, 0.0, -sy)
     elif "ModelTransformation" in geo:
         m = np.asarray(geo["ModelTransformation"], dtype=float).reshape(4, 4)
-        geotransform = (m[0, 3], m[0, 0], m[0, 1], m[1, 3], m[1, 0], m[1, 1])
+        x0, y0 = m[0, 3], m[1, 3]
+        if point:
+            x0, y0 = x0 - (m[0, 0] + m[0, 1]) / 2, y0 - (m[1, 0] + m[1, 1]) / 2
+        geotransform = (x0, m[0, 0], m[0, 1], y0, m[1, 0], m[1, 1])
     return nodata, geotransform, meta
+
+
+_USER_DEFINED = 32767
+
+
+def _crs_of(geo: dict, path: str) -> str | None:
+    """The CRS of a GeoTIFF as pyproj/GDAL read it: ``EPSG:<code>`` from the GeoKeys when they name one, else
+    the WKT that GDAL builds from the keys (needs the ``geo`` extra), else None."""
+    for key in ("ProjectedCSTypeGeoKey", "GeographicTypeGeoKey"):
+        code = geo.get(key)
+        if code is not None and 1024 <= int(code) < _USER_DEFINED:
+            return f"EPSG:{int(code)}"
+    try:
+        import rasterio
+    except ImportError:
+        return None
+    try:
+        with rasterio.open(path) as dataset:
+            return dataset.crs.to_wkt() if dataset.crs else None
+    except Exception:  # GDAL cannot read what tifffile did: keep the image, without a CRS
+        return None

@@ -1,0 +1,69 @@
+"""Segmentation polygons built tile by tile: the same components, holes and areas as the raster, whatever the
+tiling; checked with shapely (validity, area) and scipy (connected components)."""
+
+import sys
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import shapely
+
+from napari_xt.engine.polygons import MissingGeoExtra, polygons, to_level0
+
+
+def blobs(height=300, width=410, seed=0) -> np.ndarray:
+    """Classes 0..3 as smooth blobs: large components that cross every tile border, holes, small islands."""
+    noise = ndi.gaussian_filter(np.random.default_rng(seed).normal(size=(height, width)), 6)
+    return np.digitize(noise, np.quantile(noise, [0.3, 0.6, 0.85])).astype(np.uint8)
+
+
+@pytest.mark.parametrize("tile", [37, 64, 1000])
+def test_components_holes_and_areas_match_the_raster_for_any_tiling(tile):
+    labels = blobs()
+    found = list(polygons(labels, 4, tile=tile, simplify=0))
+    for label in (1, 2, 3):
+        mine = [p.geometry for p in found if p.label == label]
+        assert len(mine) == ndi.label(labels == label)[1]  # one polygon per 4-connected component
+        assert all(p.is_valid and p.geom_type == "Polygon" for p in mine)
+        assert sum(p.area for p in mine) == (labels == label).sum()  # pixel edges: exact
+    assert sum(len(p.geometry.interiors) for p in found) > 0  # holes are kept
+    # every polygon covers exactly its own class: rasterised back, it gives the label image
+    union = shapely.union_all([p.geometry for p in found if p.label == 3])
+    centres = shapely.points(*np.meshgrid(np.arange(410) + 0.5, np.arange(300) + 0.5))
+    np.testing.assert_array_equal(shapely.contains(union, centres), labels == 3)
+
+
+def test_a_ring_across_four_tiles_is_one_polygon_with_its_hole():
+    labels = np.zeros((100, 100), np.uint8)
+    labels[20:80, 20:80] = 2
+    labels[40:60, 40:60] = 0  # the hole sits on the corner where four tiles meet
+    labels[45:55, 45:55] = 1  # an island of another class inside the hole
+    found = list(polygons(labels, 3, tile=50, simplify=0))
+    ring = [p.geometry for p in found if p.label == 2]
+    island = [p.geometry for p in found if p.label == 1]
+    assert len(ring) == 1 and len(ring[0].interiors) == 1
+    assert ring[0].area == 60 * 60 - 20 * 20 and island[0].area == 100
+
+
+def test_simplified_polygons_stay_valid_and_within_one_percent_of_the_raster_area():
+    labels = blobs(seed=3)
+    found = list(polygons(labels, 4, tile=64, simplify=0.75))
+    for label in (1, 2, 3):
+        area = sum(p.geometry.area for p in found if p.label == label)
+        assert area == pytest.approx((labels == label).sum(), rel=0.01)
+    assert all(p.geometry.is_valid for p in found)
+    exact = sum(len(p.geometry.exterior.coords) for p in polygons(labels, 4, tile=64, simplify=0))
+    assert sum(len(p.geometry.exterior.coords) for p in found) < exact / 2  # the staircases are gone
+
+
+def test_polygons_reach_level0_pixel_corners():
+    labels = np.zeros((8, 8), np.uint8)
+    labels[2:4, 1:3] = 1
+    (item,) = polygons(labels, 2, simplify=0)
+    assert to_level0(item.geometry, (4.0, 2.0)).bounds == (2.0, 8.0, 6.0, 16.0)  # x by 2, y by 4
+
+
+def test_without_the_geo_extra_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "rasterio.features", None)
+    with pytest.raises(MissingGeoExtra, match=r"napari-xt\[geo\]"):
+        list(polygons(np.ones((4, 4), np.uint8), 2))
