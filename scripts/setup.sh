@@ -36,7 +36,7 @@ fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-"$VENV/bin/python" -m pip install -q -e ".[pyqt6,distributed,testing,demo]"
+"$VENV/bin/python" -m pip install -q -e ".[pyqt6,distributed,geo,testing,demo]"
 
 # The registry's torchvision is a CUDA build; next to the CPU torch its compiled ops do not load and its import
 # fails. Only then, install the set-up shim (scripts/torchvision_cpu_shim.py) into this venv: a lazy import hook

@@ -49,18 +49,53 @@ def test_geotiff_sar_two_bands_one_layer_nan_safe(make_napari_viewer, geotiff_sa
     assert _screenshot_is_not_blank(viewer)
 
 
-def test_svs_and_plain_tiff_and_single_zarr(make_napari_viewer, tmp_path):
+def test_a_drop_never_asks_which_reader(make_napari_viewer, tmp_path, geotiff_sar):
+    """With napari-ome-zarr and napari's builtins installed too, opening a file without naming a plugin picks one
+    reader: napari-xt for slides, GeoTIFFs and run directories, napari's own for a small plain TIFF."""
+    from napari.settings import get_settings
+
+    from napari_xt._napari.preferences import claim_readers
+    from napari_xt.engine.runner import RunOptions, run_to_end
+    from tests.conftest import tiny_sar_model
     from tests.io.test_tiff_reader import _write_svs
 
+    assert "*.svs" in claim_readers()
+    assert claim_readers() == []  # set once; a user's own choice is never replaced
+    get_settings().plugins.extension2reader = {**get_settings().plugins.extension2reader, "*.ndpi": "napari"}
+    assert "*.ndpi" not in claim_readers()
     _write_svs(tmp_path / "slide.svs", smooth_image(2048, 2048, 3))
-    tifffile.imwrite(tmp_path / "grey.tif", smooth_image(3000, 2000, 1, np.uint16)[..., 0], tile=(256, 256))
-    zarr.create_array(str(tmp_path / "one.zarr"), data=smooth_image(2500, 1800, 1, np.float32)[..., 0])
+    tifffile.imwrite(tmp_path / "grey.tif", smooth_image(600, 400, 1, np.uint16)[..., 0])
+    with tifffile.TiffWriter(tmp_path / "pyramid.ome.tif") as tw:
+        image = smooth_image(1024, 1024, 1, np.uint8)[..., 0]
+        tw.write(image, subifds=1, tile=(256, 256), metadata={"axes": "YX"})
+        tw.write(image[::2, ::2], subfiletype=1, tile=(256, 256))
+    geotiff, _ = geotiff_sar
+    run_dir = tmp_path / "scene.xt.zarr"
+    run_to_end(np.asarray(geotiff_sar[1][..., 0]), tiny_sar_model(), run_dir, RunOptions(cache_dir="", level=1))
     viewer = make_napari_viewer(show=True)
-    for name, levels in (("slide.svs", 2), ("grey.tif", 3), ("one.zarr", 3)):
+    for path, levels in ((tmp_path / "slide.svs", 2), (tmp_path / "pyramid.ome.tif", 2), (geotiff, 2)):
         viewer.layers.clear()
-        layer = _open_one(viewer, tmp_path / name)
-        assert len(layer.data) == levels, name
-        assert _screenshot_is_not_blank(viewer), name
+        (layer,) = viewer.open(str(path), plugin=None)  # as a drop: no plugin named, no MultipleReaderError
+        assert layer.multiscale and len(layer.data) == levels, path.name
+        assert "napari_xt" in layer.metadata, path.name
+        assert _screenshot_is_not_blank(viewer), path.name
+    viewer.layers.clear()
+    (plain,) = viewer.open(str(tmp_path / "grey.tif"), plugin=None)  # napari's builtin reader, as without napari-xt
+    assert not plain.multiscale and "napari_xt" not in plain.metadata and plain.data.shape == (600, 400)
+    viewer.layers.clear()
+    layers = viewer.open(str(run_dir), plugin=None)
+    roles = {layer.metadata["napari_xt"]["role"] for layer in layers}
+    assert "segmentation" in roles and all(layer.metadata["napari_xt"]["run_dir"] == str(run_dir) for layer in layers)
+
+
+def test_ndpi_and_slides_are_claimed_plain_zarr_is_left_to_others():
+    from npe2 import PluginManager
+
+    manager = PluginManager.instance()
+    manager.discover()
+    for name in ("scan.ndpi", "slide.svs", "scene.tif", "run.xt.zarr"):
+        assert "napari-xt" in [r.plugin_name for r in manager.iter_compatible_readers([name])], name
+    assert "napari-xt" not in [r.plugin_name for r in manager.iter_compatible_readers(["image.ome.zarr"])]
 
 
 def test_bad_file_gives_a_notification_not_a_crash(make_napari_viewer, tmp_path, monkeypatch):

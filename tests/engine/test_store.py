@@ -88,8 +88,12 @@ def test_ome_zarr_py_reads_the_segmentation_with_its_colours_and_scale(tmp_path,
 
     out = tmp_path / "r.xt.zarr"
     run_to_end(sar_scene.pyramid(), tiny_sar_model(), out, RunOptions(**FAST))
-    (node,) = list(Reader(parse_url(str(out / "labels" / "segmentation")))())
-    assert type(node.specs[0]).__name__ == "Label"
+    nodes = list(Reader(parse_url(str(out / "labels" / "segmentation")))())
+    (node,) = [n for n in nodes if type(n.specs[0]).__name__ == "Label"]
+    # from the root: the image preview, then its labels (what napari-ome-zarr shows)
+    image, *labels = list(Reader(parse_url(str(out)))())
+    assert [type(s).__name__ for s in image.specs][:1] == ["Multiscales"] and image.data[0].shape[0] == 1
+    assert any("Label" in [type(s).__name__ for s in n.specs] for n in labels)
     spec = zarr.open_group(str(out), mode="r").attrs["napari_xt"]
     assert node.data[0].shape == tuple(spec["image_shape"])
     assert sorted(node.metadata["color"]) == list(range(len(spec["segmentation_classes"])))

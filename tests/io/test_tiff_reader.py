@@ -69,7 +69,7 @@ def test_geotiff_float32_two_bands_with_nodata(geotiff_sar):
     assert pyramid.pixel_size == (10.0, 10.0) and pyramid.unit == "m"
     assert pyramid.nodata == -9999.0
     assert pyramid.geotransform == (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
-    assert pyramid.metadata.get("ProjectedCSTypeGeoKey") == 32633
+    assert pyramid.crs == "EPSG:32633" and pyramid.metadata["raster_type"] == "area"
     np.testing.assert_array_equal(np.asarray(pyramid.levels[0]), image)
     # computed level: nodata rows become NaN, valid rows are area means
     level1 = np.asarray(pyramid.levels[1])

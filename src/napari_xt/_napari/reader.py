@@ -1,8 +1,19 @@
-"""npe2 reader: open any pyramid napari-xt reads as one multiscale Image layer."""
+"""npe2 reader: run directories, and the slides and scenes napari-xt serves better than napari's own reader
+(SVS, NDPI, pyramidal OME-TIFF, GeoTIFF, and TIFFs too large to load whole) as one lazy multiscale Image layer.
+
+The manifest claims ``*.tif``/``*.tiff`` so that GeoTIFFs and pyramids open lazily; any other TIFF (small,
+stacks, …) goes to napari's builtin reader, as if napari-xt were not installed. OME-Zarr other than run
+directories is left to napari-ome-zarr and napari.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from napari_xt.io import ImageReadError, can_open, open_pyramid
+
+LARGE_TIFF_PIXELS = 8192 * 8192
+"""A TIFF page with more pixels than this is read lazily by napari-xt, whatever its metadata."""
 
 
 def get_reader(path):
@@ -11,15 +22,48 @@ def get_reader(path):
         if len(path) != 1:
             return None
         path = path[0]
-    if not isinstance(path, str):
+    if not isinstance(path, str | Path):
         return None
+    path = str(path)
     from napari_xt.engine.store import is_run_dir
 
     if is_run_dir(path):
         return read_run
     if not can_open(path):
         return None
+    if Path(path).is_file() and not serves_better(path):
+        return _builtin_reader(path)
     return read_image
+
+
+def serves_better(path: str) -> bool:
+    """True for a TIFF napari-xt opens better than napari's builtin reader: a pyramid (several levels, SVS,
+    NDPI), a GeoTIFF (map coordinates, nodata), or a page too large to load whole. Unreadable files are ours
+    too, so that the user gets napari-xt's explanation."""
+    import tifffile
+
+    if path.lower().endswith((".svs", ".ndpi")):
+        return True
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if tif.is_svs or tif.is_ndpi or tif.is_geotiff:
+                return True
+            series = tif.series[0]
+            if len(series.levels) > 1:
+                return True
+            page = tif.pages.first
+            return page.shape[0] * page.shape[1] > LARGE_TIFF_PIXELS if len(page.shape) >= 2 else False
+    except Exception:  # not a TIFF tifffile reads: napari-xt's reader says what is wrong
+        return True
+
+
+def _builtin_reader(path: str):
+    """napari's own reader for what napari-xt does not serve better (None when napari_builtins is missing)."""
+    try:
+        from napari_builtins.io import napari_get_reader
+    except ImportError:
+        return read_image
+    return napari_get_reader(path)
 
 
 def read_run(path):

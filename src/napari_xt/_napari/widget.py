@@ -75,6 +75,9 @@ def camera(viewer):
 class XTWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
+        from napari_xt._napari.preferences import claim_readers
+
+        claim_readers()  # slides, scenes and run directories open with napari-xt without asking (preferences.py)
         self.viewer = napari_viewer
         self.worker = None
         self.cancel_token = None

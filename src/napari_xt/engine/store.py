@@ -392,11 +392,13 @@ PREVIEW_SIDE = 2048
 
 
 def preview_levels(height: int, width: int) -> tuple[int, list[tuple[int, int]]]:
-    """The root preview's levels: the label levels from the first that fits in ``PREVIEW_SIDE`` on. Returns the
-    index of that label level and the shapes."""
+    """The root preview's levels: from the first label level that fits in ``PREVIEW_SIDE`` on, halving, as many
+    as the label levels (OME-Zarr wants a label image to have its image's number of levels). Returns the index
+    of that first label level and the shapes."""
     shapes = label_level_shapes(height, width)
     first = next((k for k, shape in enumerate(shapes) if max(shape) <= PREVIEW_SIDE), len(shapes) - 1)
-    return first, shapes[first:]
+    factors = [2 ** (first + k) for k in range(len(shapes))]
+    return first, [(-(-height // f), -(-width // f)) for f in factors]
 
 
 def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
