@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import tifffile
-import zarr
 
 from napari_xt._napari.reader import get_reader
 from tests.conftest import smooth_image

@@ -4,7 +4,6 @@ import numpy as np
 import zarr
 
 from napari_xt._napari.writers import write_labels_ome_zarr, write_points_csv, write_points_geojson
-from napari_xt.io import open_pyramid
 
 META = {
     "features": {"class": np.array(["near_shore", "open_sea"]), "score": np.array([0.9, 0.6]), "size": [12.0, 20.0]},
@@ -37,7 +36,9 @@ def test_labels_to_ome_zarr_keep_units_translation_classes_and_colours(tmp_path)
         "scale": (0.5, 0.5),
         "translate": (0.25, 0.25),
         "units": ("micrometer", "micrometer"),
-        "colormap": DirectLabelColormap(color_dict={0: np.zeros(4), 2: np.array([0.0, 0.0, 1.0, 1.0]), None: np.zeros(4)}),
+        "colormap": DirectLabelColormap(
+            color_dict={0: np.zeros(4), 2: np.array([0.0, 0.0, 1.0, 1.0]), None: np.zeros(4)}
+        ),
         "metadata": {"napari_xt": {"classes": ["background", "stroma", "tumour"]}},
     }
     path = tmp_path / "seg.ome.zarr"
@@ -57,7 +58,7 @@ def test_labels_to_ome_zarr_keep_units_translation_classes_and_colours(tmp_path)
     assert node.metadata["coordinateTransformations"][0][1] == {"type": "translation", "translation": [0.25, 0.25]}
     from napari_ome_zarr import napari_get_reader
 
-    ((data, kwargs, kind),) = napari_get_reader(str(path))(str(path))
+    ((_data, kwargs, kind),) = napari_get_reader(str(path))(str(path))
     assert kind == "labels"
     np.testing.assert_allclose(kwargs["scale"], (0.5, 0.5))
     # (napari-ome-zarr 0.10 does not apply translations; ome-zarr-py's Reader above reads ours)

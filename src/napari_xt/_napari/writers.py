@@ -78,7 +78,10 @@ def write_labels_ome_zarr(path: str, data, meta: dict) -> list[str]:
                 {"type": "scale", "scale": [scale[0] * factor, scale[1] * factor]},
                 {
                     "type": "translation",
-                    "translation": [translate[0] + (factor - 1) * scale[0] / 2, translate[1] + (factor - 1) * scale[1] / 2],
+                    "translation": [
+                        translate[0] + (factor - 1) * scale[0] / 2,
+                        translate[1] + (factor - 1) * scale[1] / 2,
+                    ],
                 },
             ]
         )

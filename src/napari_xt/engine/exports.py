@@ -248,8 +248,7 @@ def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, fram
             gpkg_path,
             "segmentation",
             "Polygon",
-            {"class": "U", "class_index": "int32", frame.area_field: "float64",
-             frame.perimeter_field: "float64"},
+            {"class": "U", "class_index": "int32", frame.area_field: "float64", frame.perimeter_field: "float64"},
             frame.crs,
         )
         move = frame.to_wgs84()
@@ -342,8 +341,13 @@ def _export_map(run_dir: Path, spec: dict, labels, detections: DetectionTable, u
     if spec.get("segmentation_classes"):
         classes = spec["segmentation_classes"]
         colours = spec.get("colours", {})
-        write_cog(labels, run_dir / "segmentation.tif", frame, tuple(spec["downsample"]),
-                  [hex_to_rgba(colours.get(name, "#808080")) for name in classes])
+        write_cog(
+            labels,
+            run_dir / "segmentation.tif",
+            frame,
+            tuple(spec["downsample"]),
+            [hex_to_rgba(colours.get(name, "#808080")) for name in classes],
+        )
         files.append("segmentation.tif")
     if gpkg_path.exists():
         os.replace(gpkg_path, run_dir / "results.gpkg")

@@ -62,9 +62,7 @@ def label_attrs(spec: dict, n_levels: int, rgba: list[list[int]]) -> dict:
         source={"image": "../../"},
     )
     factors = [2**k for k in range(n_levels)]
-    attrs = ImageLabelAttrs(
-        version="0.5", multiscales=[multiscale("segmentation", spec, factors)], image_label=label
-    )
+    attrs = ImageLabelAttrs(version="0.5", multiscales=[multiscale("segmentation", spec, factors)], image_label=label)
     return _dump(attrs)
 
 

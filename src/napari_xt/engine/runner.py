@@ -432,7 +432,9 @@ def _events(ctx: _RunContext) -> Iterator:
         n_done_before = grid.n_active - len(todo)
         yield Started(str(store.path), grid.n_regions, grid.n_active, n_done_before, grid.describe())
         if grid.n_active == 0:
-            store.finish(DetectionTable.empty(), ctx.timings_dict(start), no_foreground=True, exports=ctx.options.exports)
+            store.finish(
+                DetectionTable.empty(), ctx.timings_dict(start), no_foreground=True, exports=ctx.options.exports
+            )
             timings = store.spec["timings"]
             yield Finished(str(store.path), 0, timings["total"], timings, _NO_FOREGROUND)
             return

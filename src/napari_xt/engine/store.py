@@ -32,8 +32,8 @@ import numpy as np
 import zarr
 
 from napari_xt._atomic import write_text_atomic
-from napari_xt.engine.detections import COLUMNS, DetectionTable
 from napari_xt.engine import ngff
+from napari_xt.engine.detections import COLUMNS, DetectionTable
 from napari_xt.engine.exports import ExportSettings, export_run, hex_to_rgba
 from napari_xt.engine.grid import set_cells
 from napari_xt.engine.identity import ADOPTED_OUTPUTS, differences, explain
@@ -220,7 +220,7 @@ class OutputStore:
         display window, once per run directory."""
         if self.spec.get("preview_written"):
             return
-        first, shapes = preview_levels(*self.spec["image_shape"])
+        _first, shapes = preview_levels(*self.spec["image_shape"])
         height, width = shapes[0]
         level0_height, level0_width = self.spec["image_shape_level0"]
         want_y, want_x = level0_height / height, level0_width / width  # level-0 pixels per preview pixel
@@ -238,7 +238,7 @@ class OutputStore:
         attrs = dict(self.group.attrs["ome"])
         if preview.dtype.kind == "f" or preview.dtype.itemsize > 1:
             finite = preview[np.isfinite(preview)] if preview.dtype.kind == "f" else preview.ravel()
-            low, high = (np.percentile(finite, [0.5, 99.5]).tolist() if finite.size else [0.0, 1.0])
+            low, high = np.percentile(finite, [0.5, 99.5]).tolist() if finite.size else [0.0, 1.0]
         else:
             low, high = 0.0, 255.0
         for channel in attrs.get("omero", {}).get("channels", []):
