@@ -72,3 +72,25 @@ def test_predict_can_keep_class_probabilities(tmp_path, sar_zarr, sar_checkpoint
     assert main([*args, "--probabilities"]) == 0
     group = zarr.open_group(str(out / "scene__tiny_sar_xl__L1.xt.zarr"), mode="r")
     assert group["probabilities/0"].shape == (3, *group["labels/segmentation/0"].shape)
+
+
+def test_train_from_backbone_weights_reports_what_landed_or_refuses_the_file(tmp_path, capsys):
+    import timm
+    from safetensors.torch import save_file
+
+    from napari_xt.model import load_checkpoint
+
+    source = timm.create_model("test_vit", pretrained=False, img_size=64)  # an RGB classifier, as timm saves it
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "vit.safetensors"))
+    common = ["train", "--data", "synthetic:sar", "--preset", "demo_sar_xl", "--backbone", "test_vit"]
+    common += ["--region-size", "64", "--steps", "1", "--crop-regions", "2", "--batch", "1"]
+    out = tmp_path / "m.safetensors"
+    assert main([*common, "--backbone-weights", str(tmp_path / "vit.safetensors"), "--out", str(out)]) == 0
+    assert "region encoder initialised with" in capsys.readouterr().err
+    (tmp_path / "vit.safetensors").rename(tmp_path / "gone.safetensors")
+    model, _ = load_checkpoint(out)  # the checkpoint stands alone: the weight file is not read again
+    assert model.region_encoder.reductions == [4, 8, 16, 32]
+    other = timm.create_model("test_convnext", pretrained=False)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "convnext.safetensors"))
+    code = main([*common, "--backbone-weights", str(tmp_path / "convnext.safetensors"), "--out", str(out)])
+    assert code == EXIT_BAD_INPUT and "does not fit test_vit" in capsys.readouterr().err

@@ -227,6 +227,11 @@ def _train(args: argparse.Namespace) -> int:
     if args.region_size:
         overrides["region_size"] = args.region_size
         overrides["region_encoder"] = {"input_size": args.region_size}
+    if args.backbone:
+        overrides.setdefault("region_encoder", {})["name"] = args.backbone
+        overrides["region_encoder"]["kwargs"] = {}
+    if args.backbone_weights:
+        overrides.setdefault("region_encoder", {})["weights"] = args.backbone_weights
     config = preset_config(args.preset, **overrides)
     config.heads.segmentation_classes = first.segmentation_classes or config.heads.segmentation_classes
     config.heads.detection_classes = first.detection_classes or config.heads.detection_classes
@@ -244,7 +249,16 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     torch.manual_seed(args.seed)
-    model = XTModel(config)
+    from napari_xt.model.region_encoder import WeightsError
+
+    try:
+        model = XTModel(config)
+    except WeightsError as error:
+        print(f"napari-xt: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    report = model.region_encoder.weights_report
+    if report is not None:
+        print(f"napari-xt: region encoder initialised with {report.describe()}", file=sys.stderr)
     settings = TrainSettings(
         steps=args.steps,
         crop_regions=args.crop_regions,
@@ -374,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default="demo_sar_xl", help="model preset to start from")
     train.add_argument("--context", default="xl", choices=("none", "xl", "hyper", "mamba"))
     train.add_argument("--region-size", type=int, help="region side (default: the preset's)")
+    train.add_argument("--backbone", help="timm model name of the region encoder (default: the preset's)")
+    train.add_argument(
+        "--backbone-weights",
+        help="local timm weight file or Hugging Face hub folder to initialise the region encoder from",
+    )
     train.add_argument("--steps", type=int, default=600)
     train.add_argument("--crop-regions", type=int, default=6, help="crops of N × N regions")
     train.add_argument("--batch", type=int, default=2, help="crops per step")

@@ -8,6 +8,7 @@ to unsafe unpickling.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import pickle
@@ -132,6 +133,9 @@ def build_checked(config: XTConfig, path: str | Path):
     from napari_xt.model.xt import XTModel
 
     name = config.region_encoder.name
+    if config.region_encoder.weights:  # the checkpoint's own tensors replace them: never read that file again
+        config = copy.deepcopy(config)
+        config.region_encoder.weights = None
     if not timm.is_model(name):
         raise CheckpointError(
             f"{path}: region_encoder.name {name!r} is not a timm model this timm ({timm.__version__}) knows; "
