@@ -94,6 +94,15 @@ def test_ome_zarr_py_reads_the_segmentation_with_its_colours_and_scale(tmp_path,
     image, *labels = list(Reader(parse_url(str(out)))())
     assert [type(s).__name__ for s in image.specs][:1] == ["Multiscales"] and image.data[0].shape[0] == 1
     assert any("Label" in [type(s).__name__ for s in n.specs] for n in labels)
+    from napari_ome_zarr import napari_get_reader  # what napari users open OME-Zarr with
+
+    layers = napari_get_reader(str(out))(str(out))
+    kinds = [kind for _, _, kind in layers]
+    assert kinds == ["image", "labels"]
+    _, kwargs, _ = layers[1]
+    run_spec = zarr.open_group(str(out), mode="r").attrs["napari_xt"]
+    assert list(kwargs["scale"]) == run_spec["layer_scale"]
+    assert kwargs["properties"]["class"] == run_spec["segmentation_classes"]
     spec = zarr.open_group(str(out), mode="r").attrs["napari_xt"]
     assert node.data[0].shape == tuple(spec["image_shape"])
     assert sorted(node.metadata["color"]) == list(range(len(spec["segmentation_classes"])))
