@@ -1,3 +1,4 @@
+import pytest
 import zarr
 
 from napari_xt.cli import EXIT_BAD_INPUT, main
@@ -94,3 +95,55 @@ def test_train_from_backbone_weights_reports_what_landed_or_refuses_the_file(tmp
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "convnext.safetensors"))
     code = main([*common, "--backbone-weights", str(tmp_path / "convnext.safetensors"), "--out", str(out)])
     assert code == EXIT_BAD_INPUT and "does not fit test_vit" in capsys.readouterr().err
+
+
+def test_folders_globs_config_json_and_quiet(tmp_path, sar_zarr, sar_checkpoint, capsys):
+    """A folder of images, a glob, options from --config (the command line wins), one JSON line per image on
+    stdout, plain progress lines in a redirected log, and nothing but failures with --quiet."""
+    import json
+    import shutil
+
+    from napari_xt.cli import EXIT_OK, expand_inputs
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copytree(sar_zarr, images / "a.zarr")
+    shutil.copytree(sar_zarr, images / "b.zarr")
+    (images / "notes.txt").write_text("not an image")
+    shutil.copytree(sar_zarr, images / "old.xt.zarr")  # a run directory is never an input
+    assert expand_inputs([str(images)]) == [str(images / "a.zarr"), str(images / "b.zarr")]
+    assert expand_inputs([str(images / "*.zarr")]) == [str(images / "a.zarr"), str(images / "b.zarr")]
+    assert expand_inputs([str(images / "a.zarr")]) == [str(images / "a.zarr")]  # a zarr store stays one image
+    with pytest.raises(ValueError, match="matches no file"):
+        expand_inputs([str(images / "*.svs")])
+    with pytest.raises(ValueError, match=r"no image of the types \.svs"):
+        expand_inputs([str(images)], "svs")
+
+    config = tmp_path / "run.yaml"
+    out = tmp_path / "runs"
+    config.write_text(
+        f"images: [{images / 'a.zarr'}]\ncheckpoint: {sar_checkpoint}\nout: {out}\nlevel: 1\nthreshold: 0.9\n"
+    )
+    assert main(["predict", "--config", str(config), "--threshold", "0.3", "--json"]) == EXIT_OK
+    captured = capsys.readouterr()
+    (line,) = captured.out.splitlines()
+    record = json.loads(line)
+    assert record["status"] == "finished" and record["run_dir"].endswith("a__tiny_sar_xl__L1.xt.zarr")
+    assert set(record["detections"]) == {"a", "b"} and "encode" in record["timings"]
+    spec = zarr.open_group(record["run_dir"], mode="r").attrs["napari_xt"]
+    assert spec["level"] == 1 and spec["export_threshold"] == 0.3  # from the file, and the command line won
+    assert "predict" in captured.err and "\r" not in captured.err  # plain progress lines, not a bar
+
+    assert main(["predict", str(images / "b.zarr"), "--config", str(config), "--quiet"]) == EXIT_OK
+    assert capsys.readouterr().err == ""  # images on the command line replace the file's; quiet prints nothing
+    assert (out / "b__tiny_sar_xl__L1.xt.zarr").is_dir()
+    config.write_text("thresold: 0.4\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", "--config", str(config)])
+    assert stop.value.code == EXIT_BAD_INPUT and "unknown option 'thresold'" in capsys.readouterr().err
+
+
+def test_version_names_the_libraries(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("napari-xt 0.1.0 (torch ")

@@ -7,6 +7,7 @@ Exit codes: 0 done, 1 an image failed while running, 2 bad input (one line per p
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -94,28 +95,65 @@ def _predict_options(args: argparse.Namespace) -> dict:
     return options
 
 
-class ProgressLine:
-    """A one-line progress display on stderr: phase, regions done/total, rate and ETA."""
+class ProgressReport:
+    """Progress of one image on stderr: a tqdm bar per phase on a terminal; plain lines (every 10% and at
+    least every 30 s) when stderr is redirected to a log; nothing with ``quiet``."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, quiet: bool = False, stream=None):
         self.name = name
-        self.last = 0.0
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.terminal = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._bar = None
+        self._phase = None
+        self._last_step, self._last_time = -1, 0.0
 
     def __call__(self, event) -> None:
         import time
 
         from napari_xt.engine.events import Progress, Started
 
+        if self.quiet:
+            return
         if isinstance(event, Started):
-            print(f"{self.name}: {event.description}; {event.n_done} already done", file=sys.stderr)
-        elif isinstance(event, Progress):
-            now = time.monotonic()
-            if now - self.last < 0.5 and event.done < event.total:
-                return
-            self.last = now
-            eta = f"{event.eta:6.0f} s" if event.eta is not None else "     ?"
-            line = f"  {event.phase:<8} {event.done:>7}/{event.total:<7} {event.rate:7.1f} regions/s  ETA {eta}"
-            print("\r" + line, end="\n" if event.done >= event.total else "", file=sys.stderr, flush=True)
+            print(f"{self.name}: {event.description}; {event.n_done} already done", file=self.stream, flush=True)
+            return
+        if not isinstance(event, Progress):
+            return
+        if self.terminal:
+            self._bar_update(event)
+            return
+        now = time.monotonic()
+        step = int(10 * event.done / max(event.total, 1))
+        finished = event.done >= event.total
+        if event.phase != self._phase:
+            self._phase, self._last_step = event.phase, -1
+        if finished or step > self._last_step or now - self._last_time >= 30:
+            self._last_step, self._last_time = step, now
+            eta = f", ETA {event.eta:.0f} s" if event.eta is not None and not finished else ""
+            print(
+                f"{self.name}: {event.phase} {event.done}/{event.total} regions, {event.rate:.1f}/s{eta}",
+                file=self.stream,
+                flush=True,
+            )
+
+    def _bar_update(self, event) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None or event.phase != self._phase:
+            self.close()
+            self._phase = event.phase
+            self._bar = tqdm(
+                total=event.total, desc=f"{Path(self.name).name} {event.phase}", unit="region", file=self.stream
+            )
+        self._bar.update(event.done - self._bar.n)
+        if event.done >= event.total:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def _batch_row(result) -> dict:
@@ -130,6 +168,26 @@ def _batch_row(result) -> dict:
         row.update(summary_row(json.loads(summary.read_text())))
         row["image"] = result.image
     return row
+
+
+def _json_record(result) -> dict:
+    """What ``--json`` prints for an image: its status, run directory, counts, areas and timings."""
+    record = {"image": result.image, "status": result.status, "message": result.message, "run_dir": result.run_dir}
+    run_dir = Path(result.run_dir) if result.run_dir else None
+    summary = run_dir / "summary.json" if run_dir else None
+    if summary is not None and summary.is_file():
+        data = json.loads(summary.read_text())
+        record["detections"] = {name: entry["count"] for name, entry in data.get("detections", {}).items()}
+        record["areas"] = {name: entry["area"] for name, entry in data.get("classes", {}).items()}
+        record["area_unit"] = data.get("area_unit")
+        record["regions_analysed"] = data.get("regions_analysed")
+    if run_dir is not None and (run_dir / "zarr.json").is_file():
+        from napari_xt.engine.run_reader import run_attributes
+
+        attrs = run_attributes(run_dir)
+        record["timings"] = attrs.get("timings")
+        record["exports"] = attrs.get("export_files")
+    return record
 
 
 def _write_batch_summary(out: Path, rows: list[dict]) -> None:
@@ -147,10 +205,52 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+DEFAULT_FILE_TYPES = "svs,ndpi,ome.tif,ome.tiff,tif,tiff,ome.zarr,zarr"
+
+
+def expand_inputs(items: list[str], file_types: str = DEFAULT_FILE_TYPES) -> list[str]:
+    """Images from the command line: paths as given, glob patterns (``slides/**/*.svs``) expanded, and folders
+    that are not zarr stores replaced by the images they hold (those whose name ends in one of
+    ``file_types``; run directories ``*.xt.zarr`` never). ``ValueError`` names what matched nothing."""
+    import glob
+
+    suffixes = tuple("." + kind.strip().lower().lstrip(".") for kind in file_types.split(",") if kind.strip())
+    images: list[str] = []
+    for item in items:
+        if any(char in item for char in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise ValueError(f"{item}: the pattern matches no file")
+            images += [m for m in matches if not m.endswith(".xt.zarr")]
+            continue
+        path = Path(item)
+        if path.is_dir() and not _is_zarr_store(path):
+            found = sorted(
+                str(child)
+                for child in path.iterdir()
+                if child.name.lower().endswith(suffixes) and not child.name.endswith(".xt.zarr")
+            )
+            if not found:
+                raise ValueError(f"{item}: a folder with no image of the types {', '.join(suffixes)} (--file-types)")
+            images += found
+            continue
+        images.append(item)
+    return list(dict.fromkeys(images))
+
+
+def _is_zarr_store(path: Path) -> bool:
+    return any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zarray"))
+
+
 def _predict(args: argparse.Namespace) -> int:
     from napari_xt.engine.batch import BAD_INPUT, CANCELLED, FAILED, analyse_distributed, analyse_image
 
     try:
+        if not args.checkpoint or not args.out:
+            raise ValueError("--checkpoint and --out are required (on the command line or in --config)")
+        args.images = expand_inputs(args.images, args.file_types)
+        if not args.images:
+            raise ValueError("no images given (on the command line or as 'images' in --config)")
         options = _predict_options(args)
         _check_out(args.out)
     except ValueError as error:
@@ -164,7 +264,7 @@ def _predict(args: argparse.Namespace) -> int:
         results = analyse_distributed(args.images, args.checkpoint, args.out, options, args.scheduler, args.workers)
     else:
         results = (
-            analyse_image(image, args.checkpoint, args.out, options, on_event=ProgressLine(str(image)))
+            analyse_image(image, args.checkpoint, args.out, options, on_event=ProgressReport(str(image), args.quiet))
             for image in args.images
         )
     statuses = set()
@@ -176,7 +276,10 @@ def _predict(args: argparse.Namespace) -> int:
             rows.append(_batch_row(result))
             _write_batch_summary(Path(args.out), rows)
             where = f" -> {result.run_dir}" if result.run_dir and result.status != BAD_INPUT else ""
-            print(f"{result.image}: {result.status} {result.message}".rstrip() + where, file=sys.stderr)
+            if not args.quiet or result.status in (BAD_INPUT, FAILED):
+                print(f"{result.image}: {result.status} {result.message}".rstrip() + where, file=sys.stderr)
+            if args.json:
+                print(json.dumps(_json_record(result)), flush=True)
             if result.status == CANCELLED:
                 return EXIT_CANCELLED
     except Terminated:
@@ -341,18 +444,66 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default shown after its help (unless it has none or the help already says it);
+    examples kept as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, True, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: {default})"
+
+
+PREDICT_EXAMPLES = """examples:
+  napari-xt predict slide.svs --checkpoint slide_xl.safetensors --out runs/
+  napari-xt predict slides/ --file-types svs,ndpi --checkpoint m.safetensors --out runs/ --json > runs.jsonl
+  napari-xt predict 'scenes/**/*.tif' --checkpoint sar_xl.safetensors --out runs/ --threshold 0.6 --quiet
+  napari-xt predict --config run.yaml          # images, checkpoint, out, … as YAML keys
+"""
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    import napari_xt
+
+    parts = [f"napari-xt {napari_xt.__version__}"]
+    for package in ("torch", "timm", "napari"):
+        try:
+            parts.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            parts.append(f"{package} missing")
+    return parts[0] + " (" + ", ".join(parts[1:]) + ")"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="napari-xt", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     info = commands.add_parser("info", help="print levels, shapes, chunks, dtype and pixel size of images")
     info.add_argument("images", nargs="+", help="OME-Zarr / zarr directories or TIFF-family files")
     info.set_defaults(run=_info)
 
-    predict = commands.add_parser("predict", help="run xT over whole images (or an ROI) into run directories")
-    predict.add_argument("images", nargs="+", help="images to analyse (each gets OUT/<name>.xt.zarr)")
-    predict.add_argument("--checkpoint", required=True, help="a napari-xt .safetensors checkpoint")
-    predict.add_argument("--out", required=True, help="folder for the run directories")
+    predict = commands.add_parser(
+        "predict",
+        help="run xT over whole images (or an ROI) into run directories",
+        formatter_class=_HelpFormatter,
+        epilog=PREDICT_EXAMPLES,
+    )
+    predict.add_argument(
+        "images", nargs="*", help="images, folders of images or glob patterns (each image gets OUT/<name>.xt.zarr)"
+    )
+    predict.add_argument("--checkpoint", help="a napari-xt .safetensors checkpoint (required)")
+    predict.add_argument("--out", help="folder for the run directories (required)")
+    predict.add_argument(
+        "--config", help="a YAML file of these options (names as here, without --); the command line wins"
+    )
+    predict.add_argument("--file-types", default=DEFAULT_FILE_TYPES, help="which files of an input folder are images")
+    predict.add_argument("--json", action="store_true", help="print one JSON summary per image on stdout")
+    predict.add_argument("--quiet", action="store_true", help="no progress; only bad input and failures")
     where = predict.add_mutually_exclusive_group()
     where.add_argument("--level", type=int, help="pyramid level to analyse")
     where.add_argument("--pixel-size", type=float, help="target pixel size, in the image's unit (µm, m)")
@@ -382,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not write the segmentation as polygons (segmentation.geojson, map layers)",
     )
     predict.set_defaults(run=_predict)
+    parser.predict_parser = predict  # for --config
 
     train = commands.add_parser("train", help="train an xT model on crops of N × N regions")
     _add_data_arguments(train)
@@ -422,8 +574,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; for ``predict --config FILE``, the file's keys become defaults the command line
+    overrides. Unknown keys and unreadable files are usage errors (exit 2) naming them."""
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) != "predict" or not args.config:
+        return args
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(args.config).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        parser.exit(EXIT_BAD_INPUT, f"napari-xt: --config {args.config}: cannot be read ({error})\n")
+    if not isinstance(values, dict):
+        parser.exit(EXIT_BAD_INPUT, f"napari-xt: --config {args.config}: must be a mapping of option: value\n")
+    predict = parser.predict_parser
+    known = {action.dest: action for action in predict._actions}
+    defaults = {}
+    for key, value in values.items():
+        dest = str(key).replace("-", "_")
+        if dest == "no_polygons":
+            dest, value = "polygons", not value
+        if dest not in known or dest in ("help", "config"):
+            parser.exit(EXIT_BAD_INPUT, f"napari-xt: --config {args.config}: unknown option {key!r}\n")
+        if dest == "images" and isinstance(value, str):
+            value = [value]
+        defaults[dest] = value
+    given = vars(parser.parse_args(argv))
+    predict.set_defaults(**defaults)
+    merged = parser.parse_args(argv)
+    if given.get("images"):  # images on the command line replace the file's
+        merged.images = given["images"]
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = _apply_config(parser, sys.argv[1:] if argv is None else argv)
     try:
         return args.run(args)
     except KeyboardInterrupt:
