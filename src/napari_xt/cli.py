@@ -311,7 +311,17 @@ def _sources(args, level: int, seed_offset: int = 0):
     points = args.points or [None] * len(args.image)
     if len(labels) != len(args.image) or len(points) != len(args.image):
         raise ValueError("give one --labels and/or one --points per --image, in the same order")
-    return [file_source(i, level, lbl, pts, classes) for i, lbl, pts in zip(args.image, labels, points)]
+    names = _label_names(args.label_names)
+    return [file_source(i, level, lbl, pts, classes, names) for i, lbl, pts in zip(args.image, labels, points)]
+
+
+def _label_names(text: str | None) -> list[str] | None:
+    """Segmentation class names: a file with one name per line (line i names label value i), or a comma list."""
+    if not text:
+        return None
+    path = Path(text)
+    lines = path.read_text().splitlines() if path.is_file() else text.split(",")
+    return [line.strip() for line in lines if line.strip()]
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -424,6 +434,10 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", action="append", help="its label image (same level-0 size)")
     parser.add_argument("--points", action="append", help="its points: CSV (y, x, class[, size]) or GeoJSON")
     parser.add_argument("--classes", help="detection class names, comma-separated (for --points)")
+    parser.add_argument(
+        "--label-names",
+        help="segmentation class names for --labels: a text file (line i names label value i) or a comma list",
+    )
     parser.add_argument("--level", type=int, default=1, help="analysis level (default 1)")
     parser.add_argument("--scene-size", type=int, default=8192, help="synthetic scene side in pixels")
     parser.add_argument("--scene-seed", type=int, default=0, help="seed of the first synthetic scene")

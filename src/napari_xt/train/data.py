@@ -97,10 +97,19 @@ def synthetic_source(kind: str, size: int, seed: int, level: int) -> Source:
     )
 
 
-def file_source(image: str, level: int, labels: str | None, points: str | None, classes: list[str]) -> Source:
-    """A user's image with a label image and/or points; ``classes`` names the detection classes in order."""
+def file_source(
+    image: str,
+    level: int,
+    labels: str | None,
+    points: str | None,
+    classes: list[str],
+    label_names: list[str] | None = None,
+) -> Source:
+    """A user's image with a label image and/or points; ``classes`` names the detection classes in order,
+    ``label_names`` the segmentation classes (label value i is ``label_names[i]``; default ``class i``)."""
     pyramid = open_pyramid(image)
     label_levels = None
+    n_classes = 0
     if labels:
         label_pyramid = open_pyramid(labels)
         if label_pyramid.shape[:2] != pyramid.shape[:2]:
@@ -110,9 +119,15 @@ def file_source(image: str, level: int, labels: str | None, points: str | None, 
                 "the label image must have the image's level-0 size",
             )
         label_levels = [_nearest_level(label_pyramid, pyramid, i) for i in range(len(pyramid.levels))]
-        n_classes = int(np.asarray(label_pyramid.levels[-1]).max()) + 1
+        n_classes = label_class_count(label_pyramid, labels)
     table = read_points(points, classes) if points else None
     segmentation_classes = [f"class {i}" for i in range(n_classes)] if labels else []
+    if labels and label_names:
+        if len(label_names) < n_classes:
+            raise ValueError(
+                f"{labels}: holds label values up to {n_classes - 1} but {len(label_names)} class names were given"
+            )
+        segmentation_classes = list(label_names)
     return Source(
         pyramid,
         level,
@@ -122,6 +137,24 @@ def file_source(image: str, level: int, labels: str | None, points: str | None, 
         table,
         description=f"{image} labels={labels} points={points}",
     )
+
+
+def label_class_count(labels: Pyramid, path) -> int:
+    """How many segmentation classes a label image holds: its largest value at level 0 plus one, read chunk by
+    chunk (never from a coarser level: averaging invents values and drops small objects)."""
+    import dask
+
+    values = labels.levels[0][..., 0]
+    if labels.n_channels != 1:
+        raise ImageReadError(path, f"has {labels.n_channels} channels", "a label image holds one class index per pixel")
+    if not np.issubdtype(values.dtype, np.integer):
+        raise ImageReadError(
+            path, f"holds {values.dtype} values, not class indices", "save it with an integer type (uint8, uint16)"
+        )
+    low, high = (int(v) for v in dask.compute(values.min(), values.max()))
+    if low < 0:
+        raise ImageReadError(path, f"holds negative labels ({low})", "classes are 0, 1, 2, …")
+    return high + 1
 
 
 def _nearest_level(labels: Pyramid, image: Pyramid, level: int):
