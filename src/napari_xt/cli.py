@@ -309,10 +309,14 @@ def _sources(args, level: int, seed_offset: int = 0):
     classes = args.classes.split(",") if args.classes else []
     labels = args.labels or [None] * len(args.image)
     points = args.points or [None] * len(args.image)
-    if len(labels) != len(args.image) or len(points) != len(args.image):
-        raise ValueError("give one --labels and/or one --points per --image, in the same order")
+    annotations = args.annotations or [None] * len(args.image)
+    if any(len(given) != len(args.image) for given in (labels, points, annotations)):
+        raise ValueError("give one --labels, --annotations and/or --points per --image, in the same order")
     names = _label_names(args.label_names)
-    return [file_source(i, level, lbl, pts, classes, names) for i, lbl, pts in zip(args.image, labels, points)]
+    return [
+        file_source(image, level, lbl, pts, classes, names, ann)
+        for image, lbl, pts, ann in zip(args.image, labels, points, annotations)
+    ]
 
 
 def _label_names(text: str | None) -> list[str] | None:
@@ -332,7 +336,7 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         sources = [source.materialise() for source in _sources(args, args.level)]
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, ImportError) as error:  # ImportError: the geo extra, for vector files
         print(f"napari-xt: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     first = sources[0]
@@ -348,6 +352,8 @@ def _train(args: argparse.Namespace) -> int:
     config = preset_config(args.preset, **overrides)
     config.heads.segmentation_classes = first.segmentation_classes or config.heads.segmentation_classes
     config.heads.detection_classes = first.detection_classes or config.heads.detection_classes
+    if first.colours:
+        config.heads.colours = {**config.heads.colours, **first.colours}
     if first.pyramid.pixel_size:
         config.pixel_size = first.pyramid.pixel_size[0] * first.downsample
         config.pixel_unit = first.pyramid.unit
@@ -432,6 +438,11 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--image", action="append", help="an image (repeat for several)")
     parser.add_argument("--labels", action="append", help="its label image (same level-0 size)")
+    parser.add_argument(
+        "--annotations",
+        action="append",
+        help="its annotations: QuPath GeoJSON, or GIS vectors (GeoJSON, GeoPackage) over a GeoTIFF, in any CRS",
+    )
     parser.add_argument("--points", action="append", help="its points: CSV (y, x, class[, size]) or GeoJSON")
     parser.add_argument("--classes", help="detection class names, comma-separated (for --points)")
     parser.add_argument(

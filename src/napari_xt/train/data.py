@@ -17,6 +17,7 @@ import numpy as np
 from napari_xt.data.synthetic import ObjectTable, SarScene, SlideScene
 from napari_xt.data.worlds import synthetic_scene
 from napari_xt.io import ImageReadError, Pyramid, open_pyramid
+from napari_xt.train.annotations import Annotations, read_annotations
 from napari_xt.train.targets import IGNORE, detection_targets
 
 DEFAULT_OBJECT_SIZE = 16.0
@@ -32,6 +33,7 @@ class Source:
     detection_classes: list[str]
     label_levels: list | None = None  # per pyramid level, lazy (Y, X) class arrays; None: no segmentation truth
     points: ObjectTable | None = None
+    annotations: Annotations | None = None  # QuPath / GIS annotations (segmentation truth, unlabelled elsewhere)
     scene: SarScene | SlideScene | None = None
     description: str = ""
     colours: dict = field(default_factory=dict)
@@ -66,6 +68,8 @@ class Source:
             return self._labels[y0:y1, x0:x1]
         if self.scene is not None:
             return self.scene.render(self.level, y0, y1, x0, x1, "labels")
+        if self.annotations is not None and self.annotations.segmentation_classes:
+            return self.annotations.labels(y0, x0, y1, x1, self.downsample)
         if self.label_levels is None:
             return None
         return np.asarray(self.label_levels[self.level][y0:y1, x0:x1])
@@ -104,10 +108,27 @@ def file_source(
     points: str | None,
     classes: list[str],
     label_names: list[str] | None = None,
+    annotations: str | None = None,
 ) -> Source:
-    """A user's image with a label image and/or points; ``classes`` names the detection classes in order,
-    ``label_names`` the segmentation classes (label value i is ``label_names[i]``; default ``class i``)."""
+    """A user's image with a label image, annotations (QuPath GeoJSON, GIS vectors; ``train.annotations``)
+    and/or points; ``classes`` names the detection classes in order, ``label_names`` the segmentation classes
+    of a label image (label value i is ``label_names[i]``; default ``class i``)."""
     pyramid = open_pyramid(image)
+    if annotations:
+        if labels:
+            raise ValueError(f"{image}: give --labels or --annotations, not both")
+        found = read_annotations(annotations, pyramid, classes or None)
+        table = read_points(points, found.detection_classes or classes) if points else found.points
+        return Source(
+            pyramid,
+            level,
+            found.segmentation_classes,
+            found.detection_classes or list(classes),
+            points=table,
+            annotations=found,
+            description=f"{image} annotations={annotations} points={points}",
+            colours=found.colours,
+        )
     label_levels = None
     n_classes = 0
     if labels:
@@ -198,19 +219,29 @@ def _class_index(index: dict, name: str, path) -> int:
 def sample_crop(source: Source, crop: int, rng: np.random.Generator, object_bias: float = 0.8) -> dict:
     """A crop of ``crop`` analysis pixels: image ``(C, H, W)``, segmentation ``(H, W)`` and detection targets.
 
-    With probability ``object_bias`` the crop is centred near a random object (objects are rare), else anywhere.
+    With probability ``object_bias`` the crop is centred near a random object (objects are rare); otherwise,
+    for annotated images, inside an annotated area (chosen by its area: outside them nothing is labelled), else
+    anywhere.
     The object stays well inside the crop (jitter of an eighth of it), so that the context its label depends on
     is in the crop too.
     """
     height, width = source.level_shape()
     ds = source.downsample
     objects = source.objects()
+    boxes = source.annotations.boxes(ds) if source.annotations is not None else np.zeros((0, 4))
     if len(objects) and rng.random() < object_bias:
         pick = rng.integers(len(objects))
         cy, cx = objects.y[pick] / ds, objects.x[pick] / ds
         jitter = crop // 8
         y0 = int(np.clip(cy - crop / 2 + rng.integers(-jitter, jitter + 1), 0, max(0, height - crop)))
         x0 = int(np.clip(cx - crop / 2 + rng.integers(-jitter, jitter + 1), 0, max(0, width - crop)))
+    elif len(boxes):
+        # annotated areas hold all the truth there is: a crop centred in one, chosen by its area
+        areas = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1.0)
+        by0, bx0, by1, bx1 = boxes[rng.choice(len(boxes), p=areas / areas.sum())]
+        cy, cx = rng.uniform(by0, max(by1, by0 + 1)), rng.uniform(bx0, max(bx1, bx0 + 1))
+        y0 = int(np.clip(cy - crop / 2, 0, max(0, height - crop)))
+        x0 = int(np.clip(cx - crop / 2, 0, max(0, width - crop)))
     else:
         y0 = int(rng.integers(0, max(1, height - crop + 1)))
         x0 = int(rng.integers(0, max(1, width - crop + 1)))

@@ -1,0 +1,136 @@
+"""Training truth from the annotations people have: QuPath GeoJSON (classified polygons with holes, an
+unclassified annotated region, detections as points and cell polygons) and GIS vectors in another CRS over a
+GeoTIFF; unlabelled pixels are ignored by the loss, and crops come from annotated areas."""
+
+import json
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+import tifffile
+from rasterio.transform import from_origin
+
+from napari_xt.cli import main
+from napari_xt.io import open_pyramid
+from napari_xt.train.annotations import read_annotations
+from napari_xt.train.data import file_source, sample_crop
+from napari_xt.train.targets import IGNORE
+from tests.conftest import smooth_image
+
+
+def feature(geometry, name=None, kind="annotation", colour=None, **measurements):
+    properties = {"objectType": kind}
+    if name:
+        properties["classification"] = {"name": name, **({"color": colour} if colour else {})}
+    if measurements:
+        properties["measurements"] = measurements
+    return {"type": "Feature", "geometry": shapely.geometry.mapping(geometry), "properties": properties}
+
+
+@pytest.fixture
+def qupath(tmp_path):
+    """A QuPath export over a 1024² RGB slide: an annotated region (unclassified), tumour with a hole, stroma,
+    two cells as points and one as a polygon."""
+    tifffile.imwrite(tmp_path / "slide.tif", smooth_image(1024, 1024, 3), tile=(256, 256), photometric="rgb")
+    tumour = shapely.Polygon(
+        [(100, 100), (400, 100), (400, 400), (100, 400)], [[(200, 200), (300, 200), (300, 300), (200, 300)]]
+    )
+    features = [
+        feature(shapely.box(50, 50, 600, 600)),  # the fully annotated region
+        feature(tumour, "Tumor", colour=[200, 0, 0]),
+        feature(shapely.box(450, 450, 550, 550), "Stroma", colour=[0, 150, 0]),
+        feature(shapely.Point(700.5, 800.5), "Lymphocyte", kind="detection", **{"Size px": 10.0}),
+        feature(shapely.Point(720.5, 810.5), "Lymphocyte", kind="detection"),
+        feature(shapely.Point(730.0, 730.0).buffer(6, quad_segs=32), "Tumor cell", kind="detection"),
+    ]
+    (tmp_path / "qupath.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return tmp_path / "slide.tif", tmp_path / "qupath.geojson"
+
+
+def test_qupath_export_gives_classes_colours_regions_and_objects(qupath):
+    image, path = qupath
+    found = read_annotations(path)
+    assert found.segmentation_classes == ["background", "Tumor", "Stroma"]
+    assert found.detection_classes == ["Lymphocyte", "Tumor cell"]
+    assert found.colours["Tumor"] == "#c80000" and found.colours["Stroma"] == "#009600"
+    labels = found.labels(0, 0, 1024, 1024, 1.0)
+    assert labels[150, 150] == 1 and labels[500, 500] == 2
+    assert labels[250, 250] == 0  # the tumour's hole lies inside the annotated region: background
+    assert labels[580, 580] == 0  # in the region, under no class
+    assert labels[700, 700] == IGNORE and labels[10, 10] == IGNORE  # nothing said there: ignored, not background
+    assert (labels == 1).sum() == 300 * 300 - 100 * 100  # pixel centres inside the polygon
+    points = found.points
+    np.testing.assert_allclose(points.x[:2], [700.0, 720.0])  # QuPath corners → napari-xt pixel centres
+    assert points.size[0] == 10.0
+    assert points.label.tolist() == [0, 0, 1] and points.size[2] == pytest.approx(12.0, rel=0.01)
+    # at level 1 (2 level-0 pixels per analysis pixel) the same truth, sampled at analysis pixel centres
+    level1 = found.labels(0, 0, 512, 512, 2.0)
+    assert level1[75, 75] == 1 and level1[125, 125] == 0 and level1[300, 300] == IGNORE
+
+
+def test_crops_come_from_annotated_areas_and_the_loss_ignores_the_rest(qupath):
+    image, path = qupath
+    source = file_source(str(image), 0, None, None, [], annotations=str(path)).materialise()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        crop = sample_crop(source, 128, rng, object_bias=0.0)
+        assert (crop["segmentation"] != IGNORE).any()  # every crop holds truth
+
+
+def test_train_on_a_qupath_export_from_the_command_line(qupath, tmp_path, capsys):
+    from napari_xt.model import read_checkpoint_info
+
+    image, path = qupath
+    out = tmp_path / "mine.safetensors"
+    args = ["train", "--data", "files", "--image", str(image), "--annotations", str(path), "--level", "0"]
+    args += ["--preset", "demo_slide_xl", "--region-size", "64", "--steps", "1", "--crop-regions", "2"]
+    args += ["--batch", "1", "--out", str(out)]
+    assert main(args) == 0
+    heads = read_checkpoint_info(out).config.heads
+    assert heads.segmentation_classes == ["background", "Tumor", "Stroma"]
+    assert heads.detection_classes == ["Lymphocyte", "Tumor cell"] and heads.colours["Tumor"] == "#c80000"
+
+
+def test_gis_vectors_in_another_crs_are_reprojected_onto_the_geotiff(tmp_path):
+    import pyproj
+
+    with rasterio.open(
+        tmp_path / "scene.tif",
+        "w",
+        driver="GTiff",
+        width=512,
+        height=512,
+        count=1,
+        dtype="float32",
+        crs="EPSG:32633",
+        transform=from_origin(500000, 4000000, 10, 10),
+    ) as dataset:
+        dataset.write(np.ones((1, 512, 512), np.float32))
+    utm = shapely.box(
+        500000 + 10 * 100, 4000000 - 10 * 300, 500000 + 10 * 250, 4000000 - 10 * 150
+    )  # px x 100–250, y 150–300
+    to_wgs84 = pyproj.Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True)
+    lonlat = shapely.transform(
+        shapely.segmentize(utm, 50), lambda xy: np.column_stack(to_wgs84.transform(xy[:, 0], xy[:, 1]))
+    )
+    pyogrio.raw.write(
+        str(tmp_path / "land.gpkg"),
+        shapely.to_wkb([lonlat]),
+        field_data=[np.array(["land"], dtype=object)],
+        fields=["class"],
+        layer="land",
+        driver="GPKG",
+        geometry_type="Polygon",
+        crs="EPSG:4326",
+    )
+    found = read_annotations(tmp_path / "land.gpkg", open_pyramid(tmp_path / "scene.tif"))
+    assert found.segmentation_classes == ["background", "land"]
+    labels = found.labels(0, 0, 512, 512, 1.0)
+    inside = np.argwhere(labels == 1)
+    assert inside[:, 0].min() == 150 and inside[:, 0].max() == 299 and inside[:, 1].min() == 100
+    assert abs((labels == 1).sum() - 150 * 150) <= 150  # within a row of pixels of the UTM box
+    with pytest.raises(ValueError, match="not georeferenced"):
+        tifffile.imwrite(tmp_path / "plain.tif", np.zeros((64, 64), np.uint8))
+        read_annotations(tmp_path / "land.gpkg", open_pyramid(tmp_path / "plain.tif"))
