@@ -50,7 +50,7 @@ def qupath(tmp_path):
 
 
 def test_qupath_export_gives_classes_colours_regions_and_objects(qupath):
-    image, path = qupath
+    _image, path = qupath
     found = read_annotations(path)
     assert found.segmentation_classes == ["background", "Tumor", "Stroma"]
     assert found.detection_classes == ["Lymphocyte", "Tumor cell"]
