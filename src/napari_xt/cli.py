@@ -336,6 +336,11 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         sources = [source.materialise() for source in _sources(args, args.level)]
+        held_out_files = []
+        if args.held_out:
+            if args.data.startswith("synthetic:") or args.held_out >= len(sources):
+                raise ValueError("--held-out N keeps the last N of several --image for evaluation (files only)")
+            sources, held_out_files = sources[: -args.held_out], sources[-args.held_out :]
     except (ValueError, OSError, ImportError) as error:  # ImportError: the geo extra, for vector files
         print(f"napari-xt: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -349,7 +354,18 @@ def _train(args: argparse.Namespace) -> int:
         overrides["region_encoder"]["kwargs"] = {}
     if args.backbone_weights:
         overrides.setdefault("region_encoder", {})["weights"] = args.backbone_weights
-    config = preset_config(args.preset, **overrides)
+    if args.init:
+        from napari_xt.model import CheckpointError
+
+        try:
+            if args.backbone or args.backbone_weights:
+                raise ValueError("--init brings its own region encoder; leave out --backbone/--backbone-weights")
+            config = _init_config(args.init, overrides)
+        except (ValueError, CheckpointError, OSError) as error:
+            print(f"napari-xt: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    else:
+        config = preset_config(args.preset, **overrides)
     config.heads.segmentation_classes = first.segmentation_classes or config.heads.segmentation_classes
     config.heads.detection_classes = first.detection_classes or config.heads.detection_classes
     if first.colours:
@@ -378,6 +394,13 @@ def _train(args: argparse.Namespace) -> int:
     report = model.region_encoder.weights_report
     if report is not None:
         print(f"napari-xt: region encoder initialised with {report.describe()}", file=sys.stderr)
+    if args.init:
+        from napari_xt.train.trainer import initialise_from
+
+        kept, fresh = initialise_from(model, args.init)
+        print(f"napari-xt: {kept} tensors from {args.init}; new: {', '.join(fresh) or 'none'}", file=sys.stderr)
+    if args.freeze == "encoder":
+        model.region_encoder.requires_grad_(False)
     settings = TrainSettings(
         steps=args.steps,
         crop_regions=args.crop_regions,
@@ -392,6 +415,16 @@ def _train(args: argparse.Namespace) -> int:
         print(f"step {entry['step']:>5}  {entry['seconds']:>7.1f} s  {parts}", file=sys.stderr)
 
     provenance = train(model, sources, args.out, settings, resume=not args.restart, on_log=log)
+    if held_out_files:
+        from napari_xt.train.evaluate import evaluate
+
+        provenance["eval"] = [evaluate(model, source) for source in held_out_files]
+        for result in provenance["eval"]:
+            print(
+                f"napari-xt: held out {result['data']}: mIoU {result.get('miou')}, detection F1 "
+                f"{result['detection']['all']['f1']}",
+                file=sys.stderr,
+            )
     if args.eval_size:
         from napari_xt.train.evaluate import evaluate
 
@@ -401,6 +434,19 @@ def _train(args: argparse.Namespace) -> int:
     digest = finish_checkpoint(model, args.out, provenance)
     print(f"wrote {args.out} (sha256 {digest[:16]}…)", file=sys.stderr)
     return EXIT_OK
+
+
+def _init_config(checkpoint: str, overrides: dict):
+    """The architecture of ``checkpoint`` (encoder, context, region size, normalisation) with the run's
+    overrides; its classes are replaced by the data's afterwards."""
+    from napari_xt.model import read_checkpoint_info
+
+    config = read_checkpoint_info(checkpoint).config
+    config.region_encoder.weights = None
+    config.context_encoder.grad_ratio = overrides["context_encoder"]["grad_ratio"]
+    if "region_size" in overrides:
+        raise ValueError("--region-size cannot change with --init: the checkpoint's regions are its own")
+    return config
 
 
 def _resize(source, args):
@@ -563,6 +609,16 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train an xT model on crops of N × N regions")
     _add_data_arguments(train)
     train.add_argument("--preset", default="demo_sar_xl", help="model preset to start from")
+    train.add_argument(
+        "--init",
+        help="fine-tune from this napari-xt checkpoint (its architecture; new heads where the classes differ)",
+    )
+    train.add_argument(
+        "--freeze", choices=("none", "encoder"), default="none", help="keep the region encoder's weights fixed"
+    )
+    train.add_argument(
+        "--held-out", type=int, default=0, help="evaluate on the last N --image instead of training on them"
+    )
     train.add_argument("--context", default="xl", choices=("none", "xl", "hyper", "mamba"))
     train.add_argument("--region-size", type=int, help="region side (default: the preset's)")
     train.add_argument("--backbone", help="timm model name of the region encoder (default: the preset's)")

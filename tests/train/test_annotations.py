@@ -3,6 +3,7 @@ unclassified annotated region, detections as points and cell polygons) and GIS v
 GeoTIFF; unlabelled pixels are ignored by the loss, and crops come from annotated areas."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyogrio
@@ -10,6 +11,7 @@ import pytest
 import rasterio
 import shapely
 import tifffile
+import torch
 from rasterio.transform import from_origin
 
 from napari_xt.cli import main
@@ -134,3 +136,34 @@ def test_gis_vectors_in_another_crs_are_reprojected_onto_the_geotiff(tmp_path):
     with pytest.raises(ValueError, match="not georeferenced"):
         tifffile.imwrite(tmp_path / "plain.tif", np.zeros((64, 64), np.uint8))
         read_annotations(tmp_path / "land.gpkg", open_pyramid(tmp_path / "plain.tif"))
+
+
+def test_fine_tune_a_shipped_checkpoint_with_new_classes_and_a_held_out_image(qupath, tmp_path, capsys):
+    """--init keeps the shipped model's encoders and context, gives new heads for the annotation's classes,
+    --freeze encoder leaves the region encoder untouched, and --held-out scores the last image."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from napari_xt.model import load_checkpoint
+
+    image, path = qupath
+    shutil.copy(image, tmp_path / "second.tif")
+    shipped = Path(__file__).parents[2] / "src" / "napari_xt" / "checkpoints" / "slide_xl.safetensors"
+    out = tmp_path / "tuned.safetensors"
+    args = ["train", "--data", "files", "--level", "0", "--init", str(shipped), "--freeze", "encoder"]
+    args += ["--image", str(image), "--annotations", str(path), "--image", str(tmp_path / "second.tif")]
+    args += ["--annotations", str(path), "--held-out", "1", "--steps", "2", "--crop-regions", "2", "--batch", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "new: detection, region_classes, segmentation" in err and "held out" in err
+    _model, info = load_checkpoint(out)
+    assert info.config.heads.segmentation_classes == ["background", "Tumor", "Stroma"]
+    before, after = load_file(str(shipped)), load_file(str(out))
+    encoder = [k for k in after if k.startswith("region_encoder.")]
+    assert encoder and all(torch.equal(after[k].float(), before[k].float()) for k in encoder)  # frozen
+    moved = [
+        k for k in after if k.startswith("context_encoder.") and not torch.equal(after[k].float(), before[k].float())
+    ]
+    assert moved  # the context was fine-tuned
+    assert info.provenance["eval"][0]["iou"].keys() == {"background", "Tumor", "Stroma"}

@@ -19,6 +19,7 @@ from napari_xt.engine.events import Finished
 from napari_xt.engine.runner import RunOptions, run_to_end
 from napari_xt.train.data import Source
 from napari_xt.train.metrics import confusion_matrix, detection_scores, iou_per_class
+from napari_xt.train.targets import IGNORE
 
 CONTEXT_METRIC = {"near_shore": "near-shore F1", "margin_cluster": "margin-cluster F1"}
 
@@ -68,11 +69,17 @@ def _evaluate(model, info, checkpoint, source, folder: Path, tolerance, threshol
     if truth is not None and source.segmentation_classes:
         n = len(source.segmentation_classes)
         valid = np.isfinite(np.asarray(source.pyramid.levels[source.level], dtype=np.float32)).all(axis=-1)
+        valid &= truth != IGNORE  # unannotated pixels say nothing either way
         ious = iou_per_class(confusion_matrix(truth, predicted, n, valid))
         report["iou"] = {name: _round(v) for name, v in zip(source.segmentation_classes, ious)}
         report["miou"] = _round(np.nanmean(ious))
     table = _read_detections(group)
     keep = table.score >= threshold
+    if source.annotations is not None and truth is not None:
+        # annotations cover part of the image: score the predictions that fall where something was annotated
+        rows = np.clip((table.y / source.downsample).astype(int), 0, truth.shape[0] - 1)
+        cols = np.clip((table.x / source.downsample).astype(int), 0, truth.shape[1] - 1)
+        keep &= truth[rows, cols] != IGNORE
     objects = source.objects()
     tolerance = tolerance or max(8.0, 2 * source.downsample * 4)
     scores = detection_scores(

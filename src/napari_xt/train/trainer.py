@@ -69,6 +69,35 @@ def compute_loss(model: XTModel, batch: dict, grid_offset: tuple[int, int] = (0,
     return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
 
 
+def initialise_from(model: XTModel, checkpoint: str | Path) -> tuple[int, list[str]]:
+    """Copy every tensor of ``checkpoint`` whose name and shape fit ``model`` (encoders, context, decoder);
+    heads whose classes differ (by name, not only by number) keep their fresh initialisation. Returns the count
+    copied and the model's top-level parts that got nothing."""
+    from safetensors.torch import load_file
+
+    from napari_xt.model.checkpoint import read_checkpoint_info
+
+    info = read_checkpoint_info(checkpoint)  # a napari-xt checkpoint, or CheckpointError naming what it is
+    state = load_file(str(checkpoint), device="cpu")
+    own = model.state_dict()
+    theirs, mine = info.config.heads, model.config.heads
+    new_heads = set()
+    if theirs.segmentation_classes != mine.segmentation_classes:
+        new_heads |= {"segmentation", "region_classes"}
+    if theirs.detection_classes != mine.detection_classes:
+        new_heads.add("detection")
+    if theirs.classification_classes != mine.classification_classes:
+        new_heads.add("classification")
+    fits = {
+        k: v
+        for k, v in state.items()
+        if k in own and tuple(v.shape) == tuple(own[k].shape) and k.split(".")[0] not in new_heads
+    }
+    model.load_state_dict(fits, strict=False)
+    fresh = sorted({k.split(".")[0] for k in own if k not in fits})
+    return len(fits), fresh
+
+
 def train(
     model: XTModel, sources: list[Source], out: str | Path, settings: TrainSettings, resume: bool = True, on_log=None
 ) -> dict:
@@ -78,7 +107,8 @@ def train(
     train_mode(model.to(device))
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # --freeze encoder leaves some out
+    optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay)
     state_path = out.with_name(out.name + ".state.pt")
     start_step = 0
     if resume and state_path.exists():
