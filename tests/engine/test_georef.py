@@ -167,3 +167,20 @@ def test_qupath_annotations_carry_classes_colours_and_areas(geo_run):
     for index, name in enumerate(spec["segmentation_classes"][1:], start=1):
         level0_pixels = (labels == index).sum() * 4  # analysis level 1: 2 × 2 level-0 pixels
         assert areas.get(name, 0.0) == pytest.approx(level0_pixels, rel=0.01, abs=4), name
+
+
+def test_a_failing_vector_export_costs_the_exports_never_the_run(tmp_path, sar_scene, monkeypatch):
+    import napari_xt.engine.exports as exports
+
+    def broken(*args, **kwargs):
+        raise shapely.errors.GEOSException("TopologyException: side location conflict")
+
+    monkeypatch.setattr(exports, "_export_polygons", broken)
+    image = np.asarray(sar_scene.pyramid().levels[0])[:768, :768, 0]
+    write_geotiff(tmp_path / "small.tif", image)
+    options = RunOptions(level=0, cache_dir="", background="none")
+    last = run_to_end(open_pyramid(tmp_path / "small.tif"), tiny_sar_model(), tmp_path / "r.xt.zarr", options)
+    spec = zarr.open_group(str(tmp_path / "r.xt.zarr"), mode="r").attrs["napari_xt"]
+    assert type(last).__name__ == "Finished" and spec["status"] == "finished"
+    assert "GEOSException" in spec["exports_skipped"]["polygons and map exports"]
+    assert (tmp_path / "r.xt.zarr" / "detections.csv").exists()  # the pixel exports are there

@@ -224,6 +224,10 @@ def export_run(run_dir: Path, spec: dict, labels, detections: DetectionTable, se
             written += _export_map(run_dir, spec, labels, detections, units, frame)
     except MissingGeoExtra as error:
         skipped["polygons and map exports"] = str(error)
+    except OSError:
+        raise  # a full disk or a permission: the run reports it, and a resume exports again
+    except Exception as error:  # a GEOS, GDAL or PROJ failure costs these exports, never the run's results
+        skipped["polygons and map exports"] = f"{type(error).__name__}: {str(error)[:300]}"
     return {"files": written, "skipped": skipped}
 
 

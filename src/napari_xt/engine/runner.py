@@ -427,11 +427,11 @@ def _events(ctx: _RunContext) -> Iterator:
     try:
         store.mark_active(grid.rows, grid.cols, grid.active)
         store.update(rois=[*store.spec.get("rois", []), list(grid.roi)], status="running")
-        _write_preview(store, ctx.pyramid)
         todo = undone_positions(grid, store.done_mask())
         n_done_before = grid.n_active - len(todo)
         yield Started(str(store.path), grid.n_regions, grid.n_active, n_done_before, grid.describe())
         if grid.n_active == 0:
+            _write_preview(store, ctx.pyramid)
             store.finish(
                 DetectionTable.empty(), ctx.timings_dict(start), no_foreground=True, exports=ctx.options.exports
             )
@@ -453,6 +453,7 @@ def _events(ctx: _RunContext) -> Iterator:
             store.update(status="cancelled", timings=ctx.timings_dict(start))
             yield Cancelled(str(store.path), int(store.done_mask().sum()))
             return
+        _write_preview(store, ctx.pyramid)  # at the end, so that it delays neither the first result nor a cancel
         merged = merge_duplicates(store.region_detections()).sorted()
         store.finish(merged, ctx.timings_dict(start), exports=ctx.options.exports)
         timings = store.spec["timings"]
