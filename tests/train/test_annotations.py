@@ -167,3 +167,47 @@ def test_fine_tune_a_shipped_checkpoint_with_new_classes_and_a_held_out_image(qu
     ]
     assert moved  # the context was fine-tuned
     assert info.provenance["eval"][0]["iou"].keys() == {"background", "Tumor", "Stroma"}
+
+
+def textures(folder: Path, size: int = 512, seed: int = 0) -> np.ndarray:
+    """Two textured classes (stripes, speckle) in smooth blobs; QuPath-style polygons annotate the top half
+    (inside one unclassified annotated region); the bottom half is held out. Returns the true classes 1, 2."""
+    import scipy.ndimage as ndi
+    from rasterio.features import shapes
+
+    rng = np.random.default_rng(seed)
+    truth = (ndi.gaussian_filter(rng.normal(size=(size, size)), 24) > 0).astype(np.uint8) + 1
+    _, xx = np.mgrid[:size, :size]
+    grey = np.where(truth == 1, 127 + 100 * np.sin(xx / 2.0), 127 + 60 * rng.normal(size=(size, size))).clip(0, 255)
+    tifffile.imwrite(folder / "textures.tif", np.stack([grey, grey * 0.8, grey * 0.6], -1).astype(np.uint8))
+    top = np.zeros_like(truth)
+    top[: size // 2] = truth[: size // 2]
+    features = [feature(shapely.box(0, 0, size, size // 2))]
+    for geometry, value in shapes(top, mask=top > 0, connectivity=4):
+        features.append(feature(shapely.geometry.shape(geometry), {1: "Stripes", 2: "Speckle"}[int(value)]))
+    (folder / "textures.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return truth
+
+
+def test_it_learns_from_qupath_polygons_on_an_image_nobody_tuned_for(tmp_path):
+    """60 CPU steps (about 20 s on the 2-core dev VM) on the annotated top half; the held-out bottom half
+    reaches an IoU above 0.5 for both textures (measured 0.65 and 0.72)."""
+    import zarr
+
+    from napari_xt.engine.runner import RunOptions, run_to_end
+    from napari_xt.model import load_checkpoint
+
+    truth = textures(tmp_path)
+    out = tmp_path / "textures.safetensors"
+    args = ["train", "--data", "files", "--image", str(tmp_path / "textures.tif"), "--level", "0"]
+    args += ["--annotations", str(tmp_path / "textures.geojson"), "--preset", "test_tiny_none", "--steps", "60"]
+    args += ["--crop-regions", "2", "--batch", "2", "--lr", "3e-3", "--out", str(out)]
+    assert main(args) == 0
+    model, info = load_checkpoint(out)
+    run = tmp_path / "held_out.xt.zarr"
+    run_to_end(str(tmp_path / "textures.tif"), model, run, RunOptions(level=0, cache_dir="", background="none"))
+    predicted = zarr.open_group(str(run), mode="r")["labels/segmentation/0"][256:]
+    names = info.config.heads.segmentation_classes
+    for value, name in ((1, "Stripes"), (2, "Speckle")):
+        mine, true = predicted == names.index(name), truth[256:] == value
+        assert (mine & true).sum() / (mine | true).sum() > 0.5, name
