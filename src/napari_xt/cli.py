@@ -295,7 +295,7 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_FAILED if FAILED in statuses else EXIT_OK
 
 
-def _sources(args, level: int, seed_offset: int = 0):
+def _sources(args, level: int, seed_offset: int = 0, known=None):
     from napari_xt.train.data import file_source, synthetic_source
 
     if args.data.startswith("synthetic:"):
@@ -314,7 +314,7 @@ def _sources(args, level: int, seed_offset: int = 0):
         raise ValueError("give one --labels, --annotations and/or --points per --image, in the same order")
     names = _label_names(args.label_names)
     return [
-        file_source(image, level, lbl, pts, classes, names, ann)
+        file_source(image, level, lbl, pts, classes, names, ann, known)
         for image, lbl, pts, ann in zip(args.image, labels, points, annotations)
     ]
 
@@ -334,8 +334,18 @@ def _train(args: argparse.Namespace) -> int:
     from napari_xt.model import XTModel, preset_config
     from napari_xt.train.trainer import TrainSettings, finish_checkpoint, train
 
+    known = None
+    if args.init:  # annotations keep the classes of the model being fine-tuned, in its order
+        from napari_xt.model import CheckpointError, read_checkpoint_info
+
+        try:
+            heads = read_checkpoint_info(args.init).config.heads
+        except (CheckpointError, OSError) as error:
+            print(f"napari-xt: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        known = (list(heads.segmentation_classes), list(heads.detection_classes))
     try:
-        sources = [source.materialise() for source in _sources(args, args.level)]
+        sources = [source.materialise() for source in _sources(args, args.level, known=known)]
         held_out_files = []
         if args.held_out:
             if args.data.startswith("synthetic:") or args.held_out >= len(sources):

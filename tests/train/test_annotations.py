@@ -211,3 +211,28 @@ def test_it_learns_from_qupath_polygons_on_an_image_nobody_tuned_for(tmp_path):
     for value, name in ((1, "Stripes"), (2, "Speckle")):
         mine, true = predicted == names.index(name), truth[256:] == value
         assert (mine & true).sum() / (mine | true).sum() > 0.5, name
+
+
+def test_annotations_named_as_the_checkpoints_classes_keep_its_heads(tmp_path, capsys):
+    """Fine-tuning the same task: the annotation's classes take the checkpoint's indices, every head is kept."""
+    from napari_xt.model import read_checkpoint_info
+
+    shipped = Path(__file__).parents[2] / "src" / "napari_xt" / "checkpoints" / "slide_xl.safetensors"
+    classes = read_checkpoint_info(shipped).config.heads.segmentation_classes
+    tifffile.imwrite(tmp_path / "s.tif", smooth_image(512, 512, 3), photometric="rgb")
+    features = [feature(shapely.box(0, 0, 512, 512)), feature(shapely.box(10, 10, 200, 200), "tumour")]
+    features.append(feature(shapely.box(300, 300, 400, 400), "stroma"))
+    (tmp_path / "a.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    args = [
+        "train",
+        "--data",
+        "files",
+        "--image",
+        str(tmp_path / "s.tif"),
+        "--annotations",
+        str(tmp_path / "a.geojson"),
+    ]
+    args += ["--init", str(shipped), "--level", "0", "--steps", "1", "--crop-regions", "1", "--batch", "1"]
+    assert main([*args, "--out", str(tmp_path / "same.safetensors")]) == 0
+    assert "new: none" in capsys.readouterr().err
+    assert read_checkpoint_info(tmp_path / "same.safetensors").config.heads.segmentation_classes == classes

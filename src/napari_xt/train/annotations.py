@@ -79,10 +79,17 @@ class Annotations:
         )
 
 
-def read_annotations(path: str | Path, pyramid=None, detection_classes: list[str] | None = None) -> Annotations:
+def read_annotations(
+    path: str | Path,
+    pyramid=None,
+    detection_classes: list[str] | None = None,
+    known: tuple[list[str], list[str]] | None = None,
+) -> Annotations:
     """Read a QuPath GeoJSON or a GIS vector file (GeoJSON, GeoPackage, FlatGeobuf, Shapefile) into
     ``Annotations`` (module docstring). ``pyramid``: the image, for map files over a GeoTIFF.
     ``detection_classes``: the model's detection classes, if fixed (else those found, in order of first use).
+    ``known``: segmentation and detection classes to start from (a checkpoint's, for fine-tuning): their
+    indices are kept and classes the file adds come after them.
 
     Raises ``ValueError`` naming the file and what is wrong (no usable feature, a map file over an image that is
     not georeferenced, …)."""
@@ -100,8 +107,8 @@ def read_annotations(path: str | Path, pyramid=None, detection_classes: list[str
         )
     # RFC 7946: a GeoJSON without a crs member is WGS84 longitude/latitude
     to_pixels = frame.from_crs(crs or "EPSG:4326") if frame is not None and not qupath else None
-    seg_names: list[str] = [BACKGROUND]
-    det_names: list[str] = list(detection_classes or [])
+    seg_names: list[str] = list(known[0]) if known and known[0] else [BACKGROUND]
+    det_names: list[str] = list(detection_classes or (known[1] if known else []) or [])
     fixed_detection = detection_classes is not None
     colours: dict[str, str] = {}
     shapes, regions = [], []
@@ -141,7 +148,7 @@ def read_annotations(path: str | Path, pyramid=None, detection_classes: list[str
         raise ValueError(f"{path}: no polygon or point annotation napari-xt can use")
     points = ObjectTable(np.array(ys), np.array(xs), np.array(labels, dtype=np.int64), np.array(sizes, float))
     return Annotations(
-        seg_names if (shapes or regions) else [],
+        seg_names if (shapes or regions or (known and known[0])) else [],
         det_names,
         shapes,
         regions,

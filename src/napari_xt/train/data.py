@@ -109,15 +109,20 @@ def file_source(
     classes: list[str],
     label_names: list[str] | None = None,
     annotations: str | None = None,
+    known: tuple[list[str], list[str]] | None = None,
 ) -> Source:
     """A user's image with a label image, annotations (QuPath GeoJSON, GIS vectors; ``train.annotations``)
     and/or points; ``classes`` names the detection classes in order, ``label_names`` the segmentation classes
-    of a label image (label value i is ``label_names[i]``; default ``class i``)."""
+    of a label image (label value i is ``label_names[i]``; default ``class i``); ``known``: the classes of a
+    checkpoint being fine-tuned: annotations whose classes are all among them keep its indices (and its heads)."""
     pyramid = open_pyramid(image)
     if annotations:
         if labels:
             raise ValueError(f"{image}: give --labels or --annotations, not both")
-        found = read_annotations(annotations, pyramid, classes or None)
+        found = read_annotations(annotations, pyramid, classes or None, known)
+        if known and (found.segmentation_classes[len(known[0]) :] or found.detection_classes[len(known[1]) :]):
+            # classes the checkpoint does not have: the annotation's own classes, and the model new heads
+            found = read_annotations(annotations, pyramid, classes or None)
         table = read_points(points, found.detection_classes or classes) if points else found.points
         return Source(
             pyramid,
