@@ -416,7 +416,7 @@ def _train(args: argparse.Namespace) -> int:
         crop_regions=args.crop_regions,
         batch=args.batch,
         seed=args.seed,
-        lr=args.lr,
+        lr=args.lr or (2e-4 if args.init else 2e-3),
         command="napari-xt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
 
@@ -640,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--crop-regions", type=int, default=6, help="crops of N × N regions")
     train.add_argument("--batch", type=int, default=2, help="crops per step")
     train.add_argument("--grad-ratio", type=float, default=0.5, help="share of regions with encoder gradients")
-    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--lr", type=float, help="peak learning rate (default 2e-3; 2e-4 with --init)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--eval-size", type=int, default=0, help="evaluate on a held-out scene of this side")
     train.add_argument("--restart", action="store_true", help="ignore a saved training state")

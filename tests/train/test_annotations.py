@@ -79,6 +79,8 @@ def test_crops_come_from_annotated_areas_and_the_loss_ignores_the_rest(qupath):
     for _ in range(20):
         crop = sample_crop(source, 128, rng, object_bias=0.0)
         assert (crop["segmentation"] != IGNORE).any()  # every crop holds truth
+        cells = (crop["segmentation"] != IGNORE).reshape(32, 4, 32, 4).any(axis=(1, 3))
+        np.testing.assert_array_equal(crop["annotated"], cells | crop["centres"])  # no negatives unannotated
 
 
 def test_train_on_a_qupath_export_from_the_command_line(qupath, tmp_path, capsys):

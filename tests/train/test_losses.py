@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from napari_xt.train.losses import region_class_loss
@@ -28,3 +29,20 @@ def test_region_class_loss_skips_regions_without_labels():
     loss.backward()
     assert logits.grad[0, 0, 0].abs().sum() == 0  # the unlabelled region gets no gradient
     assert region_class_loss(logits, torch.full((1, 4, 8), IGNORE)).item() == 0
+
+
+def test_heatmap_negatives_count_only_where_the_absence_of_objects_is_known():
+    import torch
+
+    from napari_xt.train.losses import focal_heatmap_loss
+
+    logits = torch.full((1, 8, 8), 2.0)  # confident detections everywhere
+    target = torch.zeros(1, 8, 8)
+    target[0, 1, 1] = 1.0
+    known = torch.zeros(1, 8, 8, dtype=torch.bool)
+    known[0, :4, :4] = True
+    everywhere = float(focal_heatmap_loss(logits, target))
+    partial = float(focal_heatmap_loss(logits, target, known=known))
+    only_centre = float(focal_heatmap_loss(logits, target, known=torch.zeros_like(known)))
+    assert only_centre < partial < everywhere
+    assert partial == pytest.approx(only_centre + (everywhere - only_centre) * 15 / 63, rel=1e-4)

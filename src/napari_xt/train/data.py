@@ -262,4 +262,12 @@ def sample_crop(source: Source, crop: int, rng: np.random.Generator, object_bias
     ys = (inside.y + 0.5) / ds - 0.5 - y0  # level-0 pixel centres → crop analysis pixels
     xs = (inside.x + 0.5) / ds - 0.5 - x0
     targets = detection_targets(ys, xs, inside.label, inside.size / ds, (crop, crop))
+    cells = targets["heatmap"].shape
+    annotated = np.ones(cells, bool)
+    if source.annotations is not None and (source.annotations.regions or source.annotations.shapes):
+        # only annotated areas say where objects are not: elsewhere the heatmap learns nothing either way
+        stride = crop // cells[0]
+        known = (segmentation != IGNORE)[: cells[0] * stride, : cells[1] * stride]
+        annotated = known.reshape(cells[0], stride, cells[1], stride).any(axis=(1, 3)) | targets["centres"]
+    targets["annotated"] = annotated
     return {"image": image, "segmentation": segmentation, **targets, "origin": (y0, x0)}

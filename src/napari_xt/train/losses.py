@@ -25,18 +25,23 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(logits, target, ignore_index=IGNORE) + dice_loss(logits, target)
 
 
-def focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0):
-    """CenterNet's penalty-reduced focal loss, normalised by the number of object centres."""
+def focal_heatmap_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0, known: torch.Tensor | None = None
+):
+    """CenterNet's penalty-reduced focal loss, normalised by the number of object centres; ``known`` marks the
+    cells where the absence of an object is known (annotated areas); elsewhere only centres count."""
     p = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
     positive = target.eq(1).float()
     positive_loss = -torch.log(p) * (1 - p) ** alpha * positive
     negative_loss = -torch.log(1 - p) * p**alpha * (1 - target) ** beta * (1 - positive)
+    if known is not None:
+        negative_loss = negative_loss * known.float()
     return (positive_loss.sum() + negative_loss.sum()) / positive.sum().clamp(min=1)
 
 
 def detection_loss(maps: dict, targets: dict) -> dict[str, torch.Tensor]:
     """Heatmap focal loss, class cross-entropy near centres, L1 on log size and on the offset at centres."""
-    heat = focal_heatmap_loss(maps["heatmap"][:, 0], targets["heatmap"])
+    heat = focal_heatmap_loss(maps["heatmap"][:, 0], targets["heatmap"], known=targets.get("annotated"))
     classes = targets["classes"]
     if (classes != IGNORE).any():
         class_loss = F.cross_entropy(maps["classes"], classes, ignore_index=IGNORE)
