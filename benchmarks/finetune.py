@@ -130,7 +130,7 @@ def main() -> int:
         "after": after,
     }
     print(json.dumps(results, indent=2))
-    print(f"wrote {write_results(f'finetune_{args.world}', results)}")
+    write_results(f"finetune_{args.world}", results)
     return 0
 
 
