@@ -108,3 +108,21 @@ def test_ome_zarr_py_reads_the_segmentation_with_its_colours_and_scale(tmp_path,
     assert sorted(node.metadata["color"]) == list(range(len(spec["segmentation_classes"])))
     scale = node.metadata["coordinateTransformations"][0][0]["scale"]
     assert scale == spec["layer_scale"]
+
+
+def test_a_run_directory_from_before_the_root_preview_gets_one_when_it_resumes(tmp_path, sar_scene):
+    from tests.conftest import assert_valid_ngff
+
+    out = tmp_path / "old.xt.zarr"
+    run_to_end(sar_scene.pyramid(), tiny_sar_model(), out, RunOptions(**FAST))
+    group = zarr.open_group(str(out), mode="r+")
+    attrs = dict(group.attrs)
+    del attrs["ome"]  # the layout of earlier versions: no image at the root
+    attrs["napari_xt"] = {**attrs["napari_xt"], "preview_written": False}
+    group.attrs.clear()
+    group.attrs.update(attrs)
+    for name in [k for k in group.array_keys() if k.isdigit()]:
+        del group[name]
+    run_to_end(sar_scene.pyramid(), tiny_sar_model(), out, RunOptions(**FAST))
+    assert_valid_ngff(out)
+    assert np.nanstd(zarr.open_group(str(out), mode="r")["0"][:]) > 0  # the preview shows the image (NaN: nodata)

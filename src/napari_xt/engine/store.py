@@ -220,6 +220,9 @@ class OutputStore:
         display window, once per run directory."""
         if self.spec.get("preview_written"):
             return
+        if "ome" not in self.group.attrs:  # a run directory from before the root was an image: add it
+            image = {"image_dtype": str(pyramid.dtype), "channel_names": list(pyramid.channel_names)}
+            _create_preview(self.group, {**self.spec, **image})
         _first, shapes = preview_levels(*self.spec["image_shape"])
         height, width = shapes[0]
         level0_height, level0_width = self.spec["image_shape_level0"]
@@ -401,15 +404,10 @@ def preview_levels(height: int, width: int) -> tuple[int, list[tuple[int, int]]]
     return first, [(-(-height // f), -(-width // f)) for f in factors]
 
 
-def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
-    spec = json.loads(json.dumps({**spec, "format": RUN_FORMAT, "status": "running"}, default=str))
-    height, width = spec["image_shape"]
-    region = spec["region_size"]
-    classes = spec.get("segmentation_classes", [])
-    side = max(region, 256)
-    levels = label_level_shapes(height, width)
-    # the root: a preview of the analysed image, so that OME-Zarr readers find an image with its labels
-    first, shapes = preview_levels(height, width)
+def _create_preview(group: zarr.Group, spec: dict) -> None:
+    """The root's preview arrays (zeros until ``write_preview``) and its ``ome`` image metadata, so that
+    OME-Zarr readers find an image with its labels."""
+    first, shapes = preview_levels(*spec["image_shape"])
     n_channels = len(spec.get("channel_names") or []) or 1
     for k, shape in enumerate(shapes):
         group.create_array(
@@ -419,6 +417,7 @@ def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
             dtype=spec.get("image_dtype") or "float32",
             fill_value=0,
             dimension_names=("c", "y", "x"),
+            overwrite=True,
         )
     group.attrs["ome"] = ngff.image_attrs(
         "image preview",
@@ -427,6 +426,16 @@ def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
         spec.get("channel_names") or ["channel 0"],
         window=spec.get("display_window"),
     )
+
+
+def _create_layout(group: zarr.Group, path: Path, spec: dict) -> None:
+    spec = json.loads(json.dumps({**spec, "format": RUN_FORMAT, "status": "running"}, default=str))
+    height, width = spec["image_shape"]
+    region = spec["region_size"]
+    classes = spec.get("segmentation_classes", [])
+    side = max(region, 256)
+    levels = label_level_shapes(height, width)
+    _create_preview(group, spec)
     labels_group = group.require_group("labels")
     labels_group.attrs["ome"] = ngff.labels_group_attrs()
     segmentation = labels_group.require_group("segmentation")
