@@ -47,9 +47,10 @@ def test_points_take_class_names_and_colours_from_the_checkpoint_and_numbers_for
     spec = {"detection_classes": ["vessel", "fishing"], "colours": {"vessel": "#ff0000", "fishing": "#0000ff"}}
     props = points_properties(table, spec, threshold=0.5)
     assert list(props["features"]["class"]) == ["fishing", "vessel", "3", "fishing"]
-    np.testing.assert_allclose(props["face_color"][0], [0, 0, 1, 1])
-    np.testing.assert_allclose(props["face_color"][1], [1, 0, 0, 1])
-    np.testing.assert_allclose(props["face_color"][2], [1, 1, 0, 1])  # unnamed: the default yellow
+    np.testing.assert_allclose(props["border_color"][0], [0, 0, 1, 1])  # rings in the class colour
+    np.testing.assert_allclose(props["border_color"][1], [1, 0, 0, 1])
+    np.testing.assert_allclose(props["border_color"][2], [1, 1, 0, 1])  # unnamed: the default yellow
+    np.testing.assert_allclose(props["face_color"][:, 3], 0.15)  # a faint fill: what they mark stays visible
     np.testing.assert_array_equal(props["data"], [[1, 5], [2, 6], [3, 7], [4, 8]])
     np.testing.assert_array_equal(props["shown"], [True, False, True, True])
     np.testing.assert_allclose(props["size"], [1.0, 4.0, 6.0, 8.0])  # at least one pixel
@@ -66,3 +67,26 @@ def test_layers_are_named_for_people_not_by_run_directory():
     assert run_names(run_dir, {**spec, "image_name": "xT synthetic slide"})[0] == "xT synthetic slide"
     in_memory = {"image_source": "<numpy array (700, 600) float32>", "config": {"name": "demo"}}
     assert run_names("/r/blob__demo__L0.xt.zarr", in_memory) == ("blob", "demo")
+
+
+def test_hovering_the_segmentation_names_the_class_and_detections_are_rings(make_napari_viewer, tmp_path, sar_scene):
+    import zarr
+
+    from napari_xt.engine.runner import RunOptions, run_to_end
+    from tests.conftest import tiny_sar_model
+
+    run_dir = tmp_path / "scene.xt.zarr"
+    run_to_end(sar_scene.pyramid(), tiny_sar_model(), run_dir, RunOptions(level=1, cache_dir="", store_threshold=0.0))
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(run_dir), plugin="napari-xt")
+    segmentation = next(layer for layer in layers if layer.metadata["napari_xt"]["role"] == "segmentation")
+    labels = zarr.open_group(str(run_dir), mode="r")["labels/segmentation/0"][:]
+    y, x = np.argwhere(labels == 1)[0]
+    world = segmentation.data_to_world((y, x))
+    status = segmentation.get_status(world, world=True)
+    text = status["coordinates"] if isinstance(status, dict) else str(status)
+    classes = segmentation.metadata["napari_xt"]["classes"]
+    assert classes[1].replace("_", " ") in text  # the class's name, not only its number
+    points = next(layer for layer in layers if layer.metadata["napari_xt"]["role"] == "detections")
+    if len(points.data):
+        assert np.all(points.face_color[:, 3] <= 0.2) and np.all(points.border_color[:, 3] == 1.0)

@@ -7,7 +7,7 @@ from napari_xt._napari.writers import write_labels_ome_zarr, write_points_csv, w
 
 META = {
     "features": {"class": np.array(["near_shore", "open_sea"]), "score": np.array([0.9, 0.6]), "size": [12.0, 20.0]},
-    "face_color": np.array([[0.96, 0.51, 0.19, 1.0], [0.26, 0.39, 0.85, 1.0]]),
+    "border_color": np.array([[0.96, 0.51, 0.19, 1.0], [0.26, 0.39, 0.85, 1.0]]),  # rings: the class colour
 }
 
 

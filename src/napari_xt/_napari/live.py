@@ -188,6 +188,7 @@ class LiveRun:
             points.features = props["features"]
             if len(self._table):
                 points.face_color = props["face_color"]
+                points.border_color = props["border_color"]
                 points.size = props["size"]
                 points.shown = props["shown"]
         points.refresh()

@@ -113,6 +113,8 @@ def labels_layer_data(run_dir: str | Path, spec: dict, name: str) -> tuple:
         "opacity": 0.5,
         "colormap": DirectLabelColormap(color_dict=colours),
         "multiscale": multiscale,
+        # hovering shows the class's name, not its number
+        "features": {"index": np.arange(len(classes)), "class": [display_name(n) for n in classes]},
         "metadata": _metadata(run_dir, "segmentation", classes=classes),
     }
     return (data, _units(spec, kwargs), "labels")
@@ -154,14 +156,28 @@ def points_properties(table: DetectionTable, spec: dict, threshold: float) -> di
     classes += [str(i) for i in range(len(classes), int(labels.max(initial=-1)) + 1)]
     names = np.array(classes, dtype=object)[labels]
     palette = np.array([hex_to_rgba(spec.get("colours", {}).get(n, "#ffff00")) for n in classes], float) / 255.0
+    palette[:, 3] = 1.0
     colours = palette[labels]
+    fill = colours.copy()
+    fill[:, 3] = RING_FILL_ALPHA
     return {
         "data": np.stack([table.y, table.x], axis=1) if len(table) else np.zeros((0, 2)),
         "features": {"class": names, "score": table.score.astype(float), "size": table.size.astype(float)},
-        "face_color": colours,
+        "border_color": colours,
+        "face_color": fill,
         "size": np.maximum(table.size, 1.0).astype(float),
         "shown": table.score >= threshold,
     }
+
+
+RING_FILL_ALPHA = 0.15
+"""Detections are rings of the object's size in the class colour, filled faintly: the cell or vessel they
+mark stays visible inside."""
+
+
+def display_name(name: str) -> str:
+    """A class name as people write it: ``invasive_margin`` → ``invasive margin``."""
+    return str(name).replace("_", " ").strip()
 
 
 def points_layer_data(run_dir: str | Path, table: DetectionTable, spec: dict, threshold: float, name: str) -> tuple:
@@ -169,13 +185,14 @@ def points_layer_data(run_dir: str | Path, table: DetectionTable, spec: dict, th
     kwargs = {
         "name": name,
         "features": props["features"],
-        "face_color": props["face_color"] if len(table) else "yellow",
-        "border_color": "white",
-        "border_width": 0.1,
+        "face_color": props["face_color"] if len(table) else "transparent",
+        "border_color": props["border_color"] if len(table) else "yellow",
+        "border_width": 0.12,
+        "border_width_is_relative": True,
         "size": props["size"] if len(table) else 10,
         "shown": props["shown"],
         "scale": level0_scale(spec),
-        "opacity": 0.9,
+        "opacity": 1.0,
         "metadata": _metadata(run_dir, "detections", threshold=threshold),
     }
     return (props["data"], _units(spec, kwargs), "points")

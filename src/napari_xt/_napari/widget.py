@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 from napari_xt._napari import checkpoints as catalogue
 from napari_xt._napari._napari_compat import main_window
 from napari_xt._napari.live import LiveRun
-from napari_xt._napari.run_layers import is_napari_xt_output, run_spec
+from napari_xt._napari.run_layers import display_name, is_napari_xt_output, run_spec
 from napari_xt.engine.cache import default_cache_dir
 from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
 from napari_xt.engine.store import is_run_dir
@@ -244,7 +244,7 @@ class XTWidget(QWidget):
             return
         self.config = config = info.config
         swatches = " ".join(
-            f"<span style='color:{config.heads.colours.get(name, '#ccc')[:7]}'>■</span> {name}"
+            f"<span style='color:{config.heads.colours.get(name, '#ccc')[:7]}'>■</span> {display_name(name)}"
             for name in dict.fromkeys([*config.heads.segmentation_classes[1:], *config.heads.detection_classes])
         )
         size = f"{config.pixel_size:g} {config.pixel_unit}" if config.pixel_size else "any"

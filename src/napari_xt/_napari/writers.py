@@ -23,7 +23,7 @@ def _table(data, meta) -> tuple[DetectionTable, list[str]]:
 
 def _colours(meta, table: DetectionTable, classes: list[str]) -> dict:
     colours = {}
-    face = np.asarray(meta.get("face_color", []))
+    face = np.asarray(meta.get("border_color", meta.get("face_color", [])))  # rings: the class colour is the border
     for k, name in enumerate(classes):
         index = np.flatnonzero(table.label == k)
         if len(index) and face.ndim == 2 and len(face) > index[0]:
