@@ -238,3 +238,21 @@ def test_annotations_named_as_the_checkpoints_classes_keep_its_heads(tmp_path, c
     assert main([*args, "--out", str(tmp_path / "same.safetensors")]) == 0
     assert "new: none" in capsys.readouterr().err
     assert read_checkpoint_info(tmp_path / "same.safetensors").config.heads.segmentation_classes == classes
+
+
+def test_broken_files_and_geometries_get_clear_errors_or_repairs(tmp_path):
+    bowtie = shapely.Polygon([(0, 0), (10, 10), (10, 0), (0, 10)])  # self-intersecting
+    (tmp_path / "bowtie.geojson").write_text(
+        json.dumps({"type": "FeatureCollection", "features": [feature(bowtie, "x")]})
+    )
+    found = read_annotations(tmp_path / "bowtie.geojson")
+    assert [round(shape.area) for _, shape in found.shapes] == [25, 25]  # both lobes, repaired
+    (tmp_path / "empty.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    with pytest.raises(ValueError, match="no polygon or point annotation"):
+        read_annotations(tmp_path / "empty.geojson")
+    (tmp_path / "broken.geojson").write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid GeoJSON"):
+        read_annotations(tmp_path / "broken.geojson")
+    (tmp_path / "broken.gpkg").write_bytes(b"nonsense")
+    with pytest.raises(ValueError, match="cannot be read as a vector file"):
+        read_annotations(tmp_path / "broken.gpkg")

@@ -222,8 +222,17 @@ def _class_of(properties: dict) -> tuple[str | None, str | None]:
 
 
 def _polygons(geometry) -> list:
+    """The valid polygons of a geometry (a self-intersecting ring is repaired by ``make_valid``, both lobes
+    of a bow-tie kept)."""
+    import shapely
+
     if geometry.geom_type == "Polygon":
-        return [geometry if geometry.is_valid else geometry.buffer(0)]
+        if geometry.is_valid:
+            return [geometry]
+        repaired = shapely.make_valid(geometry)
+        return (
+            [part for part in _polygons(repaired) if part.is_valid] if repaired.geom_type != "Polygon" else [repaired]
+        )
     if geometry.geom_type in ("MultiPolygon", "GeometryCollection"):
         return [part for g in geometry.geoms for part in _polygons(g)]
     return []
