@@ -122,3 +122,23 @@ def test_sample_data_is_gigapixel_class_and_renders(make_napari_viewer):
     layer = viewer.layers[0]
     assert layer.data[0].shape[0] >= 50_000
     assert _screenshot_is_not_blank(viewer)
+
+
+def test_stacks_and_small_tiffs_go_to_naparis_reader_pyramids_to_napari_xt(tmp_path):
+    from napari_xt._napari.reader import read_image, serves_better
+
+    stack = smooth_image(256, 256, 3, np.uint16).transpose(2, 0, 1)  # a 3-plane z-stack
+    tifffile.imwrite(tmp_path / "zstack.ome.tif", stack, metadata={"axes": "ZYX"})
+    with tifffile.TiffWriter(tmp_path / "zpyramid.ome.tif") as tw:  # a pyramidal z-stack
+        tw.write(stack, subifds=1, tile=(128, 128), metadata={"axes": "ZYX"})
+        tw.write(stack[:, ::2, ::2], subfiletype=1, tile=(128, 128))
+    with tifffile.TiffWriter(tmp_path / "pyramid.ome.tif") as tw:
+        tw.write(stack[0], subifds=1, tile=(128, 128), metadata={"axes": "YX"})
+        tw.write(stack[0, ::2, ::2], subfiletype=1, tile=(128, 128))
+    tifffile.imwrite(tmp_path / "channels.ome.tif", stack, metadata={"axes": "CYX"})
+    assert not serves_better(str(tmp_path / "zstack.ome.tif"))
+    assert not serves_better(str(tmp_path / "zpyramid.ome.tif"))
+    assert serves_better(str(tmp_path / "pyramid.ome.tif"))
+    assert not serves_better(str(tmp_path / "channels.ome.tif"))  # small, flat: napari's reader does as well
+    assert get_reader(str(tmp_path / "pyramid.ome.tif")) is read_image
+    assert get_reader(str(tmp_path / "zstack.ome.tif")) is not read_image

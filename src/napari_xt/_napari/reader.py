@@ -37,18 +37,23 @@ def get_reader(path):
 
 
 def serves_better(path: str) -> bool:
-    """True for a TIFF napari-xt opens better than napari's builtin reader: a pyramid (several levels, SVS,
-    NDPI), a GeoTIFF (map coordinates, nodata), or a page too large to load whole. Unreadable files are ours
-    too, so that the user gets napari-xt's explanation."""
+    """True for a TIFF napari-xt opens better than napari's builtin reader: a 2-D pyramid (several levels,
+    SVS, NDPI), a GeoTIFF (map coordinates, nodata), or a page too large to load whole; never a z-stack or time
+    series. Unreadable files are ours too, so that the user gets napari-xt's explanation."""
     import tifffile
 
     if path.lower().endswith((".svs", ".ndpi")):
         return True
+    from napari_xt.io.tiff_reader import _map_axes
+
     try:
         with tifffile.TiffFile(path) as tif:
             if tif.is_svs or tif.is_ndpi or tif.is_geotiff:
                 return True
             series = tif.series[0]
+            mapped = _map_axes(series.axes)
+            if any(axis in "zt" and size > 1 for axis, size in zip(mapped, series.shape)):
+                return False  # a z-stack or time series: napari's reader gives it its sliders
             if len(series.levels) > 1:
                 return True
             page = tif.pages.first
