@@ -156,27 +156,28 @@ class ProgressReport:
             self._bar = None
 
 
-def _batch_row(result) -> dict:
-    """One row of the batch summary: the image's status, and its run's summary when it has one."""
-    import json
+def _run_summary(result) -> dict | None:
+    """The run's ``summary.json``, when it has one."""
+    summary = Path(result.run_dir) / "summary.json" if result.run_dir else None
+    return json.loads(summary.read_text()) if summary is not None and summary.is_file() else None
 
+
+def _batch_row(result, summary: dict | None) -> dict:
+    """One row of the batch summary: the image's status, and its run's summary when it has one."""
     from napari_xt.engine.summary import summary_row
 
     row = {"image": result.image, "status": result.status, "message": result.message, "run_dir": result.run_dir}
-    summary = Path(result.run_dir) / "summary.json" if result.run_dir else None
-    if summary is not None and summary.is_file():
-        row.update(summary_row(json.loads(summary.read_text())))
+    if summary is not None:
+        row.update(summary_row(summary))
         row["image"] = result.image
     return row
 
 
-def _json_record(result) -> dict:
+def _json_record(result, data: dict | None) -> dict:
     """What ``--json`` prints for an image: its status, run directory, counts, areas and timings."""
     record = {"image": result.image, "status": result.status, "message": result.message, "run_dir": result.run_dir}
     run_dir = Path(result.run_dir) if result.run_dir else None
-    summary = run_dir / "summary.json" if run_dir else None
-    if summary is not None and summary.is_file():
-        data = json.loads(summary.read_text())
+    if data is not None:
         record["detections"] = {name: entry["count"] for name, entry in data.get("detections", {}).items()}
         record["areas"] = {name: entry["area"] for name, entry in data.get("classes", {}).items()}
         record["area_unit"] = data.get("area_unit")
@@ -273,13 +274,14 @@ def _predict(args: argparse.Namespace) -> int:
     try:
         for result in results:
             statuses.add(result.status)
-            rows.append(_batch_row(result))
+            summary = _run_summary(result)
+            rows.append(_batch_row(result, summary))
             _write_batch_summary(Path(args.out), rows)
             where = f" -> {result.run_dir}" if result.run_dir and result.status != BAD_INPUT else ""
             if not args.quiet or result.status in (BAD_INPUT, FAILED):
                 print(f"{result.image}: {result.status} {result.message}".rstrip() + where, file=sys.stderr)
             if args.json:
-                print(json.dumps(_json_record(result)), flush=True)
+                print(json.dumps(_json_record(result, summary)), flush=True)
             if result.status == CANCELLED:
                 return EXIT_CANCELLED
     except Terminated:
@@ -334,16 +336,20 @@ def _train(args: argparse.Namespace) -> int:
     from napari_xt.model import XTModel, preset_config
     from napari_xt.train.trainer import TrainSettings, finish_checkpoint, train
 
-    known = None
-    if args.init:  # annotations keep the classes of the model being fine-tuned, in its order
+    init_config, known = None, None
+    if args.init:  # checked before any image is read; annotations keep the classes of the model, in its order
         from napari_xt.model import CheckpointError, read_checkpoint_info
 
         try:
-            heads = read_checkpoint_info(args.init).config.heads
-        except (CheckpointError, OSError) as error:
+            if args.backbone or args.backbone_weights:
+                raise ValueError("--init brings its own region encoder; leave out --backbone/--backbone-weights")
+            if args.region_size:
+                raise ValueError("--region-size cannot change with --init: the checkpoint's regions are its own")
+            init_config = read_checkpoint_info(args.init).config
+        except (ValueError, CheckpointError, OSError) as error:
             print(f"napari-xt: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        known = (list(heads.segmentation_classes), list(heads.detection_classes))
+        known = (list(init_config.heads.segmentation_classes), list(init_config.heads.detection_classes))
     try:
         sources = [source.materialise() for source in _sources(args, args.level, known=known)]
         held_out_files = []
@@ -364,16 +370,10 @@ def _train(args: argparse.Namespace) -> int:
         overrides["region_encoder"]["kwargs"] = {}
     if args.backbone_weights:
         overrides.setdefault("region_encoder", {})["weights"] = args.backbone_weights
-    if args.init:
-        from napari_xt.model import CheckpointError
-
-        try:
-            if args.backbone or args.backbone_weights:
-                raise ValueError("--init brings its own region encoder; leave out --backbone/--backbone-weights")
-            config = _init_config(args.init, overrides)
-        except (ValueError, CheckpointError, OSError) as error:
-            print(f"napari-xt: {error}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+    if init_config is not None:  # the checkpoint's architecture; its classes are replaced by the data's below
+        config = init_config
+        config.region_encoder.weights = None
+        config.context_encoder.grad_ratio = args.grad_ratio
     else:
         config = preset_config(args.preset, **overrides)
     config.heads.segmentation_classes = first.segmentation_classes or config.heads.segmentation_classes
@@ -444,19 +444,6 @@ def _train(args: argparse.Namespace) -> int:
     digest = finish_checkpoint(model, args.out, provenance)
     print(f"wrote {args.out} (sha256 {digest[:16]}…)", file=sys.stderr)
     return EXIT_OK
-
-
-def _init_config(checkpoint: str, overrides: dict):
-    """The architecture of ``checkpoint`` (encoder, context, region size, normalisation) with the run's
-    overrides; its classes are replaced by the data's afterwards."""
-    from napari_xt.model import read_checkpoint_info
-
-    config = read_checkpoint_info(checkpoint).config
-    config.region_encoder.weights = None
-    config.context_encoder.grad_ratio = overrides["context_encoder"]["grad_ratio"]
-    if "region_size" in overrides:
-        raise ValueError("--region-size cannot change with --init: the checkpoint's regions are its own")
-    return config
 
 
 def _resize(source, args):

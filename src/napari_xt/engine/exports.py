@@ -221,7 +221,7 @@ def export_run(run_dir: Path, spec: dict, labels, detections: DetectionTable, se
         if settings.polygons and len(seg_names) > 1:
             written += _export_polygons(run_dir, spec, labels, units, frame)
         if frame is not None:
-            written += _export_map(run_dir, spec, labels, detections, units, frame)
+            written += _export_map(run_dir, spec, labels, detections, frame)
     except MissingGeoExtra as error:
         skipped["polygons and map exports"] = str(error)
     except OSError:
@@ -299,7 +299,7 @@ def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, fram
     return files
 
 
-def _export_map(run_dir: Path, spec: dict, labels, detections: DetectionTable, units: ExportUnits, frame) -> list:
+def _export_map(run_dir: Path, spec: dict, labels, detections: DetectionTable, frame) -> list:
     """Detections in the GeoPackage and in WGS84 GeoJSON, and the segmentation as a COG, then the GeoPackage
     moved into place."""
     import os

@@ -265,14 +265,13 @@ class OutputStore:
         self,
         merged: DetectionTable,
         timings: dict,
+        exports: ExportSettings,
         no_foreground: bool = False,
-        exports: ExportSettings | None = None,
     ) -> None:
         """Write the merged detections, the exports (``engine.exports``: detections scoring at least the
         threshold, the segmentation polygons, map exports) and the summary, and mark the run finished
         (``no_foreground``: there was nothing to analyse). The export time joins the timings."""
         started = time.perf_counter()
-        exports = exports or ExportSettings(threshold=self.spec.get("store_threshold", 0.0))
         group = self.group.require_group("detections")
         for column in COLUMNS:
             values = getattr(merged, column)

@@ -88,8 +88,9 @@ def read_annotations(
     """Read a QuPath GeoJSON or a GIS vector file (GeoJSON, GeoPackage, FlatGeobuf, Shapefile) into
     ``Annotations`` (module docstring). ``pyramid``: the image, for map files over a GeoTIFF.
     ``detection_classes``: the model's detection classes, if fixed (else those found, in order of first use).
-    ``known``: segmentation and detection classes to start from (a checkpoint's, for fine-tuning): their
-    indices are kept and classes the file adds come after them.
+    ``known``: the segmentation and detection classes of a checkpoint being fine-tuned: when every class the
+    file names is among them, their indices are kept (and so the checkpoint's heads); otherwise the file's own
+    classes are used.
 
     Raises ``ValueError`` naming the file and what is wrong (no usable feature, a map file over an image that is
     not georeferenced, …)."""
@@ -107,17 +108,36 @@ def read_annotations(
         )
     # RFC 7946: a GeoJSON without a crs member is WGS84 longitude/latitude
     to_pixels = frame.from_crs(crs or "EPSG:4326") if frame is not None and not qupath else None
-    seg_names: list[str] = list(known[0]) if known and known[0] else [BACKGROUND]
-    det_names: list[str] = list(detection_classes or (known[1] if known else []) or [])
-    fixed_detection = detection_classes is not None
+    features = [
+        (to_pixels(geometry) if to_pixels is not None else geometry, properties)
+        for geometry, properties in features
+        if geometry is not None and not geometry.is_empty
+    ]
+    fixed = detection_classes is not None
+    if known:
+        seg_start = list(known[0]) or [BACKGROUND]
+        found = _collect(features, path, seg_start, detection_classes or list(known[1]), fixed, bool(known[0]))
+        if not (found.segmentation_classes[len(known[0]) :] or found.detection_classes[len(known[1]) :]):
+            return found
+    return _collect(features, path, [BACKGROUND], detection_classes, fixed, False)
+
+
+def _collect(
+    features: list,
+    path: Path,
+    seg_names: list[str],
+    det_names: list[str] | None,
+    fixed_detection: bool,
+    keep_listed: bool,
+) -> Annotations:
+    """``Annotations`` from features in level-0 pixel corners, classes numbered from ``seg_names`` and
+    ``det_names`` on (names the file adds come after them, unless ``fixed_detection``); with ``keep_listed``
+    the listed segmentation classes stay even where the file has no polygon (a checkpoint's classes)."""
+    seg_names, det_names = list(seg_names), list(det_names or [])
     colours: dict[str, str] = {}
     shapes, regions = [], []
     ys, xs, labels, sizes = [], [], [], []
     for geometry, properties in features:
-        if geometry is None or geometry.is_empty:
-            continue
-        if to_pixels is not None:
-            geometry = to_pixels(geometry)
         name, colour = _class_of(properties)
         kind = properties.get("objectType")
         if kind in ("detection", "cell") or geometry.geom_type in ("Point", "MultiPoint"):
@@ -148,7 +168,7 @@ def read_annotations(
         raise ValueError(f"{path}: no polygon or point annotation napari-xt can use")
     points = ObjectTable(np.array(ys), np.array(xs), np.array(labels, dtype=np.int64), np.array(sizes, float))
     return Annotations(
-        seg_names if (shapes or regions or (known and known[0])) else [],
+        seg_names if (shapes or regions or keep_listed) else [],
         det_names,
         shapes,
         regions,

@@ -120,9 +120,6 @@ def file_source(
         if labels:
             raise ValueError(f"{image}: give --labels or --annotations, not both")
         found = read_annotations(annotations, pyramid, classes or None, known)
-        if known and (found.segmentation_classes[len(known[0]) :] or found.detection_classes[len(known[1]) :]):
-            # classes the checkpoint does not have: the annotation's own classes, and the model new heads
-            found = read_annotations(annotations, pyramid, classes or None)
         table = read_points(points, found.detection_classes or classes) if points else found.points
         return Source(
             pyramid,
