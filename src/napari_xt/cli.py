@@ -333,8 +333,8 @@ def _label_names(text: str | None) -> list[str] | None:
 def _train(args: argparse.Namespace) -> int:
     import shlex
 
-    from napari_xt.model import XTModel, preset_config
-    from napari_xt.train.trainer import TrainSettings, finish_checkpoint, train
+    from napari_xt.model import preset_config
+    from napari_xt.train.trainer import TrainSettings, finish_checkpoint, model_for_data, train
 
     init_config, known = None, None
     if args.init:  # checked before any image is read; annotations keep the classes of the model, in its order
@@ -360,7 +360,6 @@ def _train(args: argparse.Namespace) -> int:
     except (ValueError, OSError, ImportError) as error:  # ImportError: the geo extra, for vector files
         print(f"napari-xt: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    first = sources[0]
     overrides = {"context_encoder": {"kind": args.context, "grad_ratio": args.grad_ratio}}
     if args.region_size:
         overrides["region_size"] = args.region_size
@@ -370,53 +369,32 @@ def _train(args: argparse.Namespace) -> int:
         overrides["region_encoder"]["kwargs"] = {}
     if args.backbone_weights:
         overrides.setdefault("region_encoder", {})["weights"] = args.backbone_weights
-    if init_config is not None:  # the checkpoint's architecture; its classes are replaced by the data's below
+    if init_config is not None:  # the checkpoint's architecture; its classes are replaced by the data's
         config = init_config
         config.region_encoder.weights = None
         config.context_encoder.grad_ratio = args.grad_ratio
     else:
         config = preset_config(args.preset, **overrides)
-    config.heads.segmentation_classes = first.segmentation_classes or config.heads.segmentation_classes
-    config.heads.detection_classes = first.detection_classes or config.heads.detection_classes
-    if first.colours:
-        config.heads.colours = {**config.heads.colours, **first.colours}
-    if first.pyramid.pixel_size:
-        config.pixel_size = first.pyramid.pixel_size[0] * first.downsample
-        config.pixel_unit = first.pyramid.unit
-    if first.pyramid.n_channels != config.in_channels:
-        print(
-            f"napari-xt: the data has {first.pyramid.n_channels} channel(s) but preset {args.preset} takes "
-            f"{config.in_channels}; choose a preset for this data",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_INPUT
-    config.name = Path(args.out).stem
+        config.name = args.preset
     import torch
 
-    torch.manual_seed(args.seed)
     from napari_xt.model.region_encoder import WeightsError
 
+    torch.manual_seed(args.seed)
     try:
-        model = XTModel(config)
-    except WeightsError as error:
+        model, told = model_for_data(config, sources, Path(args.out).stem, args.init, args.freeze)
+    except (ValueError, WeightsError) as error:
         print(f"napari-xt: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    report = model.region_encoder.weights_report
-    if report is not None:
-        print(f"napari-xt: region encoder initialised with {report.describe()}", file=sys.stderr)
-    if args.init:
-        from napari_xt.train.trainer import initialise_from
-
-        kept, fresh = initialise_from(model, args.init)
-        print(f"napari-xt: {kept} tensors from {args.init}; new: {', '.join(fresh) or 'none'}", file=sys.stderr)
-    if args.freeze == "encoder":
-        model.region_encoder.requires_grad_(False)
+    for line in told:
+        print(f"napari-xt: {line}", file=sys.stderr)
     settings = TrainSettings(
         steps=args.steps,
         crop_regions=args.crop_regions,
         batch=args.batch,
         seed=args.seed,
         lr=args.lr or (2e-4 if args.init else 2e-3),
+        max_seconds=args.max_minutes * 60 if args.max_minutes else None,
         command="napari-xt " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
 
@@ -624,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="local timm weight file or Hugging Face hub folder to initialise the region encoder from",
     )
     train.add_argument("--steps", type=int, default=600)
+    train.add_argument(
+        "--max-minutes", type=float, help="a time budget: as many of --steps as fit, the schedule fitted to them"
+    )
     train.add_argument("--crop-regions", type=int, default=6, help="crops of N × N regions")
     train.add_argument("--batch", type=int, default=2, help="crops per step")
     train.add_argument("--grad-ratio", type=float, default=0.5, help="share of regions with encoder gradients")

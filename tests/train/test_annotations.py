@@ -248,7 +248,7 @@ def test_broken_files_and_geometries_get_clear_errors_or_repairs(tmp_path):
     found = read_annotations(tmp_path / "bowtie.geojson")
     assert [round(shape.area) for _, shape in found.shapes] == [25, 25]  # both lobes, repaired
     (tmp_path / "empty.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": []}))
-    with pytest.raises(ValueError, match="no polygon or point annotation"):
+    with pytest.raises(ValueError, match="no polygon, point or painted annotation"):
         read_annotations(tmp_path / "empty.geojson")
     (tmp_path / "broken.geojson").write_text("{not json")
     with pytest.raises(ValueError, match="is not valid GeoJSON"):

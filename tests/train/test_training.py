@@ -121,3 +121,30 @@ def test_batchnorm_keeps_its_statistics_in_training(tmp_path):
     for m, (mean, _) in zip(norms, before, strict=True):
         torch.testing.assert_close(m.running_mean, mean)
     assert any(not torch.equal(m.weight, weight) for m, (_, weight) in zip(norms, before, strict=True))
+
+
+def test_a_time_budget_fits_the_schedule_and_a_stop_keeps_the_last_whole_step(tmp_path):
+    from napari_xt.train.trainer import training
+
+    source = _source()
+    settings = TrainSettings(steps=100_000, crop_regions=2, log_every=1000, save_every=10**9, max_seconds=1.0)
+    provenance = train(_tiny_sar_model(), [source], tmp_path / "t.safetensors", settings)
+    assert 3 <= settings.steps < 100_000  # fitted to the pace of the first three steps
+    assert provenance["steps_done"] <= settings.steps
+    assert provenance["train_seconds"] < 30  # the budget bounds the run (it overruns by at most a step or so)
+    stop_after = 4
+    records = []
+    steps = training(
+        _tiny_sar_model(),
+        [source],
+        tmp_path / "s.safetensors",
+        TrainSettings(steps=50, crop_regions=2, log_every=2, save_every=10**9),
+        should_stop=lambda: len(records) >= stop_after,
+    )
+    try:
+        while True:
+            records.append(next(steps))
+    except StopIteration as done:
+        provenance = done.value
+    assert [r["step"] for r in records] == [1, 2, 3, 4] and [r["logged"] for r in records] == [False, True] * 2
+    assert provenance["steps_done"] == 4 and provenance["stopped"] == "cancelled after step 4 of 50"

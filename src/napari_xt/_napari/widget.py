@@ -8,6 +8,7 @@ updates (``live.LiveRun``), spaced so that it never stalls.
 from __future__ import annotations
 
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +73,30 @@ def camera(viewer):
     return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
 
 
+def visible_box(viewer, layer) -> tuple[float, float, float, float]:
+    """The part of the canvas in view as a box ``(y0, x0, y1, x1)`` in ``layer``'s level-0 pixels (not clipped
+    to the image)."""
+    scale = np.asarray(layer.scale[-2:], float)
+    translate = np.asarray(layer.translate[-2:], float)
+    view = camera(viewer)
+    centre = np.asarray(view.center[-2:], float)
+    extent = np.asarray(viewer.canvas.size, float) / view.zoom
+    low, high = (centre - extent / 2 - translate) / scale, (centre + extent / 2 - translate) / scale
+    return (float(low[0]), float(low[1]), float(high[0]), float(high[1]))
+
+
+_RUN_WIDGETS: weakref.WeakSet = weakref.WeakSet()
+
+
+def run_widgets(viewer) -> list:
+    """The Run xT widgets open on ``viewer`` (the Train xT widget hands them new models)."""
+    return [widget for widget in list(_RUN_WIDGETS) if widget.viewer is viewer]
+
+
 class XTWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
+        _RUN_WIDGETS.add(self)
         from napari_xt._napari.preferences import claim_readers
 
         claim_readers()  # slides, scenes and run directories open with napari-xt without asking (preferences.py)
@@ -299,12 +321,9 @@ class XTWidget(QWidget):
             return None
         if choice == "selected rectangle":
             return self._selected_rectangle(scale, translate)
-        view = camera(self.viewer)
-        centre = np.asarray(view.center[-2:], float)
-        extent = np.asarray(self.viewer.canvas.size, float) / view.zoom
-        low, high = (centre - extent / 2 - translate) / scale, (centre + extent / 2 - translate) / scale
+        low_y, low_x, high_y, high_x = visible_box(self.viewer, layer)
         h, w = pyramid.shape[:2]
-        return (max(low[0], 0), max(low[1], 0), min(high[0], h), min(high[1], w))
+        return (max(low_y, 0), max(low_x, 0), min(high_y, h), min(high_x, w))
 
     def _selected_rectangle(self, scale, translate):
         """The selected (else the last) shape of the user's Shapes layers, the selected layer first; the ROI

@@ -9,8 +9,15 @@ The rule (also in the README):
   covers are ``background``;
 - a **detection** (QuPath ``objectType: "detection"``, or any Point) is an object of a detection class: points
   as they are, cell polygons by their centroid and equivalent diameter;
+- a **label raster** (a painted napari Labels layer, an editable copy of a run's segmentation) gives a class per
+  pixel through its value → class table; values the table does not name (0 in a freshly painted layer) say
+  nothing;
+- an annotation classified ``Ignore*`` (QuPath's class for it) is unlabelled, whatever lies under it;
 - every other pixel is **unlabelled**: the loss ignores it (it is not background), and training crops are drawn
   where annotations are.
+
+Where several say something about one pixel: unclassified regions (background) under classified shapes (the
+smaller over the larger) under label rasters (what was painted last is the most specific).
 
 Coordinates: QuPath's pixel convention (level-0 pixel corners, (0, 0) the top-left corner of the image). Over a
 georeferenced image (a GeoTIFF with a CRS), a file that is not a QuPath export is in map coordinates: a
@@ -21,7 +28,7 @@ image's CRS with pyproj and mapped to pixels with the inverse geotransform. Need
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +38,80 @@ from napari_xt.engine.polygons import require_geo
 from napari_xt.train.targets import IGNORE
 
 BACKGROUND = "background"
+IGNORE_CLASS = "Ignore*"  # QuPath's class for areas a classifier must not learn from
+IGNORED = -1  # the class index of an ``Ignore*`` shape: its pixels are unlabelled whatever lies below
 _CLASS_ATTRIBUTES = ("class", "classification", "label", "name", "category")
+
+
+@dataclass
+class LabelRaster:
+    """A class-per-pixel raster placed on the image: level-0 pixel centre ``p`` lies on raster index
+    ``(p - offset) / step`` (per axis, rounded to the nearest raster pixel); ``values`` names the class of each
+    label value (None: says nothing); ``lut`` (set when classes are numbered) maps values to class indices."""
+
+    data: object  # 2-D array-like: numpy, dask or zarr (read window by window)
+    step: tuple[float, float]
+    offset: tuple[float, float]
+    values: dict[int, str | None]
+    lut: np.ndarray | None = None
+    _boxes: list | None = field(default=None, repr=False)
+
+    def window(self, y0: int, x0: int, y1: int, x1: int, downsample: float) -> np.ndarray:
+        """Class index of analysis pixels ``[y0:y1, x0:x1]`` (``IGNORE`` where the raster says nothing)."""
+        out = np.full((y1 - y0, x1 - x0), IGNORE, np.int16)
+        rows = self._indices(y0, y1, downsample, 0)
+        cols = self._indices(x0, x1, downsample, 1)
+        keep_r, keep_c = rows >= 0, cols >= 0
+        if out.size == 0 or not keep_r.any() or not keep_c.any():
+            return out
+        r, c = rows[keep_r], cols[keep_c]
+        block = np.asarray(self.data[r.min() : r.max() + 1, c.min() : c.max() + 1])
+        values = block[np.ix_(r - r.min(), c - c.min())].astype(np.int64)
+        lut = self.lut if self.lut is not None else np.full(1, IGNORE, np.int16)
+        inside = (values >= 0) & (values < len(lut))
+        classes = np.full(values.shape, IGNORE, np.int16)
+        classes[inside] = lut[values[inside]]
+        out[np.ix_(keep_r, keep_c)] = classes
+        return out
+
+    def _indices(self, start: int, stop: int, downsample: float, axis: int) -> np.ndarray:
+        centres = (np.arange(start, stop) + 0.5) * downsample - 0.5  # analysis pixel centres, level-0 px
+        index = np.rint((centres - self.offset[axis]) / self.step[axis]).astype(np.int64)
+        index[(index < 0) | (index >= self.data.shape[axis])] = -1
+        return index
+
+    def boxes(self) -> list[tuple[float, float, float, float]]:
+        """Level-0 boxes ``(y0, x0, y1, x1)`` (pixel corners) of the blocks of ``BLOCK`` raster pixels that hold
+        a pixel naming a class (read band by band), so that crops are drawn where the painting is."""
+        if self._boxes is None:
+            named = np.array(sorted(v for v, name in self.values.items() if name is not None), np.int64)
+            height, width = (int(n) for n in self.data.shape[:2])
+            found = []
+            for r0 in range(0, height, BLOCK):
+                hit = np.isin(np.asarray(self.data[r0 : r0 + BLOCK]), named).any(axis=0)
+                blocks = np.add.reduceat(hit, np.arange(0, width, BLOCK)) > 0 if width else []
+                found += [(r0, c0 * BLOCK) for c0 in np.flatnonzero(blocks)]
+            sy, sx = self.step
+            oy, ox = self.offset
+            self._boxes = [
+                (
+                    oy + (r - 0.5) * sy + 0.5,
+                    ox + (c - 0.5) * sx + 0.5,
+                    oy + (min(r + BLOCK, height) - 0.5) * sy + 0.5,
+                    ox + (min(c + BLOCK, width) - 0.5) * sx + 0.5,
+                )
+                for r, c in found
+            ]
+        return self._boxes
+
+
+BLOCK = 256  # raster pixels per side of the blocks crops are drawn in
 
 
 @dataclass
 class Annotations:
     """Annotations of one image in level-0 pixel corners: classified ``shapes`` ``(class index, polygon)``,
-    fully annotated ``regions`` and detection ``points``."""
+    fully annotated ``regions``, painted label ``rasters`` and detection ``points`` (pixel centres)."""
 
     segmentation_classes: list[str]
     detection_classes: list[str]
@@ -46,6 +120,13 @@ class Annotations:
     points: ObjectTable | None = None
     colours: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    rasters: list[LabelRaster] = field(default_factory=list)
+
+    @property
+    def says_where_objects_are_not(self) -> bool:
+        """True when some area is annotated (outside it, no object is no evidence); points alone mean the
+        whole image's objects were marked."""
+        return bool(self.regions or self.shapes or self.rasters)
 
     def labels(self, y0: int, x0: int, y1: int, x1: int, downsample: float) -> np.ndarray:
         """Class per analysis pixel ``[y0:y1, x0:x1]`` (pixel centres inside a shape), ``IGNORE`` where no
@@ -66,17 +147,21 @@ class Annotations:
             key=lambda item: -item[0].area,
         )
         if regions or shapes:
-            painted = rasterize([*regions, *shapes], out_shape=out.shape, transform=transform, fill=-1, dtype="int32")
+            burned = [(geometry, label + 2) for geometry, label in [*regions, *shapes]]  # Ignore* (-1) burns 1
+            painted = rasterize(burned, out_shape=out.shape, transform=transform, fill=0, dtype="int32") - 2
             out[painted >= 0] = painted[painted >= 0]
+            out[painted == IGNORED] = IGNORE
+        for raster in self.rasters:
+            painted = raster.window(y0, x0, y1, x1, downsample)
+            out[painted != IGNORE] = painted[painted != IGNORE]
         return out
 
     def boxes(self, downsample: float) -> np.ndarray:
         """Bounding boxes ``(y0, x0, y1, x1)`` in analysis pixels of every annotated area (for sampling crops)."""
-        items = [*self.regions, *(shape for _, shape in self.shapes)]
-        return (
-            np.array([(g.bounds[1], g.bounds[0], g.bounds[3], g.bounds[2]) for g in items], dtype=float).reshape(-1, 4)
-            / downsample
-        )
+        items = [*self.regions, *(shape for label, shape in self.shapes if label != IGNORED)]
+        boxes = [(g.bounds[1], g.bounds[0], g.bounds[3], g.bounds[2]) for g in items]
+        boxes += [box for raster in self.rasters for box in raster.boxes()]
+        return np.array(boxes, dtype=float).reshape(-1, 4) / downsample
 
 
 def read_annotations(
@@ -113,27 +198,56 @@ def read_annotations(
         for geometry, properties in features
         if geometry is not None and not geometry.is_empty
     ]
+    return collect(features, str(path), detection_classes, known)
+
+
+def collect(
+    features: list,
+    source: str,
+    detection_classes: list[str] | None = None,
+    known: tuple[list[str], list[str]] | None = None,
+    rasters: list[LabelRaster] = (),
+) -> Annotations:
+    """``Annotations`` from ``(shapely geometry, properties)`` pairs in level-0 pixel corners (a QuPath
+    export's convention; properties as QuPath or a GIS file gives them) and label ``rasters``; classes as
+    ``read_annotations`` numbers them. ``source`` names where they came from, in messages."""
     fixed = detection_classes is not None
     if known:
         seg_start = list(known[0]) or [BACKGROUND]
-        found = _collect(features, path, seg_start, detection_classes or list(known[1]), fixed, bool(known[0]))
+        found = _collect(
+            features, source, seg_start, detection_classes or list(known[1]), fixed, bool(known[0]), rasters
+        )
         if not (found.segmentation_classes[len(known[0]) :] or found.detection_classes[len(known[1]) :]):
             return found
-    return _collect(features, path, [BACKGROUND], detection_classes, fixed, False)
+    return _collect(features, source, [BACKGROUND], detection_classes, fixed, False, rasters)
 
 
 def _collect(
     features: list,
-    path: Path,
+    path: str,
     seg_names: list[str],
     det_names: list[str] | None,
     fixed_detection: bool,
     keep_listed: bool,
+    rasters: list[LabelRaster] = (),
 ) -> Annotations:
     """``Annotations`` from features in level-0 pixel corners, classes numbered from ``seg_names`` and
     ``det_names`` on (names the file adds come after them, unless ``fixed_detection``); with ``keep_listed``
     the listed segmentation classes stay even where the file has no polygon (a checkpoint's classes)."""
     seg_names, det_names = list(seg_names), list(det_names or [])
+    rasters = [replace(raster) for raster in rasters]  # their value → class tables are numbered here
+    for raster in rasters:
+        lut = np.full(max(raster.values, default=0) + 1, IGNORE, np.int16)
+        for value, name in raster.values.items():
+            if name is None or value < 0:
+                continue
+            name = _segmentation_name(name)
+            if name == IGNORE_CLASS:
+                continue
+            if name not in seg_names:
+                seg_names.append(name)
+            lut[value] = seg_names.index(name)
+        raster.lut = lut
     colours: dict[str, str] = {}
     shapes, regions = [], []
     ys, xs, labels, sizes = [], [], [], []
@@ -159,23 +273,38 @@ def _collect(
         if name is None:
             regions.extend(polygons)
             continue
+        name = _segmentation_name(name)
+        if name == IGNORE_CLASS:
+            shapes.extend((IGNORED, polygon) for polygon in polygons)
+            continue
         if name not in seg_names:
             seg_names.append(name)
         if colour:
             colours.setdefault(name, colour)
         shapes.extend((seg_names.index(name), polygon) for polygon in polygons)
-    if not shapes and not regions and not ys:
-        raise ValueError(f"{path}: no polygon or point annotation napari-xt can use")
+    if not shapes and not regions and not ys and not rasters:
+        raise ValueError(f"{path}: no polygon, point or painted annotation napari-xt can use")
     points = ObjectTable(np.array(ys), np.array(xs), np.array(labels, dtype=np.int64), np.array(sizes, float))
     return Annotations(
-        seg_names if (shapes or regions or keep_listed) else [],
+        seg_names if (shapes or regions or rasters or keep_listed) else [],
         det_names,
         shapes,
         regions,
         points if ys else None,
         colours,
         str(path),
+        rasters,
     )
+
+
+def _segmentation_name(name: str) -> str:
+    """``background`` and QuPath's ``Ignore*`` in any case are the fixed classes; other names stay as given."""
+    folded = name.strip().lower()
+    if folded == BACKGROUND:
+        return BACKGROUND
+    if folded in ("ignore", "ignore*"):
+        return IGNORE_CLASS
+    return name
 
 
 def _features(path: Path) -> tuple[list, bool, str | None]:

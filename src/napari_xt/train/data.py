@@ -21,6 +21,7 @@ from napari_xt.train.annotations import Annotations, read_annotations
 from napari_xt.train.targets import IGNORE, detection_targets
 
 DEFAULT_OBJECT_SIZE = 16.0
+MATERIALISE_BYTES = 2**30
 
 
 @dataclass
@@ -41,11 +42,15 @@ class Source:
     _labels: np.ndarray | None = field(default=None, repr=False)
     _objects: ObjectTable | None = field(default=None, repr=False)
 
-    def materialise(self) -> Source:
-        """Render the analysis level, its labels and the object list into memory (training scenes are small)."""
-        self._image = np.asarray(self.pyramid.levels[self.level])
-        h, w = self._image.shape[:2]
-        self._labels = self.labels(0, 0, h, w)
+    def materialise(self, max_bytes: int = MATERIALISE_BYTES) -> Source:
+        """Hold the analysis level and its labels in memory when they fit in ``max_bytes`` (a training scene, an
+        image at a coarse level); a slide at full resolution stays on disk and each crop reads its window.
+        The object list is always loaded."""
+        level = self.pyramid.levels[self.level]
+        h, w = (int(n) for n in level.shape[:2])
+        if level.nbytes + 2 * h * w <= max_bytes:
+            self._image = np.asarray(level)
+            self._labels = self.labels(0, 0, h, w)
         self._objects = self.objects()
         return self
 
@@ -120,17 +125,9 @@ def file_source(
         if labels:
             raise ValueError(f"{image}: give --labels or --annotations, not both")
         found = read_annotations(annotations, pyramid, classes or None, known)
-        table = read_points(points, found.detection_classes or classes) if points else found.points
-        return Source(
-            pyramid,
-            level,
-            found.segmentation_classes,
-            found.detection_classes or list(classes),
-            points=table,
-            annotations=found,
-            description=f"{image} annotations={annotations} points={points}",
-            colours=found.colours,
-        )
+        if points:
+            found.points = read_points(points, found.detection_classes or classes)
+        return annotation_source(pyramid, level, found, f"{image} annotations={annotations} points={points}", classes)
     label_levels = None
     n_classes = 0
     if labels:
@@ -159,6 +156,22 @@ def file_source(
         label_levels,
         table,
         description=f"{image} labels={labels} points={points}",
+    )
+
+
+def annotation_source(
+    pyramid: Pyramid, level: int, found: Annotations, description: str, classes: list[str] = ()
+) -> Source:
+    """A source whose truth is ``found`` (a file's annotations or napari layers'): unlabelled elsewhere."""
+    return Source(
+        pyramid,
+        level,
+        found.segmentation_classes,
+        found.detection_classes or list(classes),
+        points=found.points,
+        annotations=found,
+        description=description,
+        colours=found.colours,
     )
 
 
@@ -261,7 +274,7 @@ def sample_crop(source: Source, crop: int, rng: np.random.Generator, object_bias
     targets = detection_targets(ys, xs, inside.label, inside.size / ds, (crop, crop))
     cells = targets["heatmap"].shape
     annotated = np.ones(cells, bool)
-    if source.annotations is not None and (source.annotations.regions or source.annotations.shapes):
+    if source.annotations is not None and source.annotations.says_where_objects_are_not:
         # only annotated areas say where objects are not: elsewhere the heatmap learns nothing either way
         stride = crop // cells[0]
         known = (segmentation != IGNORE)[: cells[0] * stride, : cells[1] * stride]

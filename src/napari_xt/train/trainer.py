@@ -37,6 +37,7 @@ class TrainSettings:
     log_every: int = 25
     save_every: int = 100
     device: str = "auto"
+    max_seconds: float | None = None  # a time budget: the schedule is fitted to the steps that fit in it
     command: str = ""
     history: list = field(default_factory=list)
 
@@ -98,10 +99,66 @@ def initialise_from(model: XTModel, checkpoint: str | Path) -> tuple[int, list[s
     return len(fits), fresh
 
 
+def model_for_data(config, sources: list[Source], name: str, init: str | Path | None = None, freeze: str = "none"):
+    """The model to train on ``sources``: ``config`` (a preset's, or the ``init`` checkpoint's architecture)
+    with the data's classes, colours and pixel size, initialised from ``init`` when given (new heads where the
+    classes differ) and its region encoder frozen with ``freeze="encoder"``. Returns the model and what a
+    person should be told about its weights.
+
+    Raises ``ValueError`` when the data does not fit the architecture (channels), ``WeightsError`` for backbone
+    weights that do not load."""
+    first = sources[0]
+    config.heads.segmentation_classes = first.segmentation_classes or config.heads.segmentation_classes
+    config.heads.detection_classes = first.detection_classes or config.heads.detection_classes
+    if first.colours:
+        config.heads.colours = {**config.heads.colours, **first.colours}
+    if first.pyramid.pixel_size:
+        config.pixel_size = first.pyramid.pixel_size[0] * first.downsample
+        config.pixel_unit = first.pyramid.unit
+    if first.pyramid.n_channels != config.in_channels:
+        raise ValueError(
+            f"the data has {first.pyramid.n_channels} channel(s) but the model ({config.name or 'preset'}) takes "
+            f"{config.in_channels}; start from a model for this data"
+        )
+    config.name = name
+    model = XTModel(config)
+    told = []
+    if model.region_encoder.weights_report is not None:
+        told.append(f"region encoder initialised with {model.region_encoder.weights_report.describe()}")
+    if init:
+        kept, fresh = initialise_from(model, init)
+        told.append(f"{kept} tensors from {init}; new: {', '.join(fresh) or 'none'}")
+    if freeze == "encoder":
+        model.region_encoder.requires_grad_(False)
+    return model, told
+
+
 def train(
     model: XTModel, sources: list[Source], out: str | Path, settings: TrainSettings, resume: bool = True, on_log=None
 ) -> dict:
-    """Train ``model`` on crops from ``sources``, write the checkpoint ``out``; return the provenance written."""
+    """Train ``model`` on crops from ``sources``; return the provenance to write with its checkpoint."""
+    steps = training(model, sources, out, settings, resume)
+    while True:
+        try:
+            entry = next(steps)
+        except StopIteration as done:
+            return done.value
+        if on_log and entry["logged"]:
+            on_log(settings.history[-1])
+
+
+def training(
+    model: XTModel,
+    sources: list[Source],
+    out: str | Path,
+    settings: TrainSettings,
+    resume: bool = True,
+    should_stop=lambda: False,
+):
+    """The training loop as a generator: it yields after every step (``{"step", "steps", "seconds", "total",
+    …, "logged"}``; ``logged`` on the steps that enter the history) and returns the provenance. It stops early,
+    with the model as it is after the last whole step, when ``should_stop()`` turns true (the provenance says
+    so) or the time budget is spent."""
     out = Path(out)
     device = pick_device(settings.device)
     train_mode(model.to(device))
@@ -124,7 +181,12 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     started = time.perf_counter()
     running: dict[str, float] = {}
-    for step in range(start_step, settings.steps):
+    stopped = None
+    step = start_step
+    while step < settings.steps:
+        if should_stop():
+            stopped = f"cancelled after step {step} of {settings.steps}"
+            break
         lr = (
             settings.lr * min(1.0, (step + 1) / settings.warmup) * 0.5 * (1 + math.cos(math.pi * step / settings.steps))
         )
@@ -144,20 +206,40 @@ def train(
         scaler.update()
         for key, value in {"total": float(loss.detach()), **parts}.items():
             running[key] = running.get(key, 0.0) + value
-        if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
+        elapsed = time.perf_counter() - started
+        if settings.max_seconds and step + 1 - start_step == min(3, settings.steps):
+            # the budget's step count, from the first steps' pace (the schedule follows it from here on)
+            pace = elapsed / (step + 1 - start_step)
+            settings.steps = max(step + 1, min(settings.steps, start_step + int(settings.max_seconds / pace)))
+        logged = (step + 1) % settings.log_every == 0 or step + 1 == settings.steps
+        if logged:
             count = (step % settings.log_every) + 1
-            entry = {
-                "step": step + 1,
-                "seconds": round(time.perf_counter() - started, 1),
-                "lr": lr,
-                **{k: round(v / count, 4) for k, v in running.items()},
-            }
-            settings.history.append(entry)
+            settings.history.append(
+                {
+                    "step": step + 1,
+                    "seconds": round(elapsed, 1),
+                    "lr": lr,
+                    **{k: round(v / count, 4) for k, v in running.items()},
+                }
+            )
             running = {}
-            if on_log:
-                on_log(entry)
         if (step + 1) % settings.save_every == 0 and step + 1 < settings.steps:
             _save_state(state_path, model, optimizer, step + 1, settings, rng)
+        step += 1
+        yield {
+            "step": step,
+            "steps": settings.steps,
+            "seconds": elapsed,
+            **{
+                k: float(v)
+                for k, v in (settings.history[-1] if logged else {"total": float(loss.detach())}).items()
+                if k not in ("step", "seconds", "lr")
+            },
+            "logged": logged,
+        }
+        if settings.max_seconds and elapsed >= settings.max_seconds and step < settings.steps:
+            stopped = f"time budget of {settings.max_seconds:g} s spent after step {step} of {settings.steps}"
+            break
     model.eval()
     provenance = {
         "command": settings.command,
@@ -167,7 +249,10 @@ def train(
         "final_losses": settings.history[-1] if settings.history else {},
         "train_seconds": round(time.perf_counter() - started, 1),
         "device": str(device),
+        "steps_done": step,
     }
+    if stopped:
+        provenance["stopped"] = stopped
     return provenance
 
 
