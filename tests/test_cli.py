@@ -88,6 +88,10 @@ def test_train_from_backbone_weights_reports_what_landed_or_refuses_the_file(tmp
     out = tmp_path / "m.safetensors"
     assert main([*common, "--backbone-weights", str(tmp_path / "vit.safetensors"), "--out", str(out)]) == 0
     assert "region encoder initialised with" in capsys.readouterr().err
+    # --init takes a timm backbone file as well: it initialises the new model's region encoder
+    assert main([*common, "--init", str(tmp_path / "vit.safetensors"), "--out", str(tmp_path / "i.safetensors")]) == 0
+    err = capsys.readouterr().err
+    assert "is backbone weights" in err and "region encoder initialised with" in err
     (tmp_path / "vit.safetensors").rename(tmp_path / "gone.safetensors")
     model, _ = load_checkpoint(out)  # the checkpoint stands alone: the weight file is not read again
     assert model.region_encoder.reductions == [4, 8, 16, 32]

@@ -337,6 +337,12 @@ def _train(args: argparse.Namespace) -> int:
     from napari_xt.train.trainer import TrainSettings, finish_checkpoint, model_for_data, train
 
     init_config, known = None, None
+    if args.init and _is_backbone_file(args.init):  # a timm weight file: the region encoder of a new model
+        if args.backbone_weights:
+            print("napari-xt: give the backbone weights once (--init or --backbone-weights)", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"napari-xt: {args.init} is backbone weights: they initialise the region encoder", file=sys.stderr)
+        args.backbone_weights, args.init = args.init, None
     if args.init:  # checked before any image is read; annotations keep the classes of the model, in its order
         from napari_xt.model import CheckpointError, read_checkpoint_info
 
@@ -422,6 +428,23 @@ def _train(args: argparse.Namespace) -> int:
     digest = finish_checkpoint(model, args.out, provenance)
     print(f"wrote {args.out} (sha256 {digest[:16]}…)", file=sys.stderr)
     return EXIT_OK
+
+
+def _is_backbone_file(path: str) -> bool:
+    """True for weights that are no napari-xt checkpoint: a timm/PyTorch file (``.pth``, ``.bin``, ``.pt``), a
+    bare ``.safetensors`` without napari-xt's config, or a Hugging Face folder."""
+    from napari_xt.model import CheckpointError, read_checkpoint_info
+
+    candidate = Path(path)
+    if candidate.is_dir() or candidate.suffix in (".pth", ".pt", ".bin"):
+        return True
+    if candidate.suffix != ".safetensors" or not candidate.is_file():
+        return False
+    try:
+        read_checkpoint_info(candidate, with_hash=False)
+    except CheckpointError as error:
+        return "no napari-xt config" in str(error)
+    return False
 
 
 def _resize(source, args):
@@ -586,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default="demo_sar_xl", help="model preset to start from")
     train.add_argument(
         "--init",
-        help="fine-tune from this napari-xt checkpoint (its architecture; new heads where the classes differ)",
+        help="fine-tune from this napari-xt checkpoint (its architecture; new heads where the classes differ), "
+        "or start a --preset model whose region encoder is initialised from timm backbone weights (a .pth, "
+        "bare .safetensors or Hugging Face folder; like --backbone-weights)",
     )
     train.add_argument(
         "--freeze", choices=("none", "encoder"), default="none", help="keep the region encoder's weights fixed"

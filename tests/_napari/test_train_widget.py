@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import zarr
+from qtpy.QtCore import Qt
 
 from napari_xt._napari.annotation_layers import annotations_from_layers
 from napari_xt._napari.sample_data import world_layer_data
@@ -52,8 +53,12 @@ def test_train_from_painted_layers_then_run_the_new_model(make_napari_viewer, qt
     _start_from(train, models, steps=6)
     train.new_annotation_layer()
     painted = viewer.layers["scene · annotations"]
-    painted.data[100:400, 100:400] = 2  # class "a" (value i + 1 is class i)
-    painted.data[600:900, 600:900] = 1  # background, painted
+    image = viewer.layers["scene"]
+    assert painted.data.shape == (512, 512)  # painted at the analysis level (level 1), aligned with it
+    np.testing.assert_allclose(painted.scale, 2 * np.asarray(image.scale))
+    np.testing.assert_allclose(painted.translate, np.asarray(image.translate) + np.asarray(image.scale) / 2)
+    painted.data[50:200, 50:200] = 2  # class "a" (value i + 1 is class i)
+    painted.data[300:450, 300:450] = 1  # background, painted
     painted.refresh()
     viewer.add_points(np.array([[700.0, 200.0]]), features={"class": ["b"]}, size=12, name="vessels")
     viewer.add_shapes([np.array([[0, 0], [0, 1000], [50, 1000], [50, 0]], float)], name="region")
@@ -87,6 +92,11 @@ def test_train_from_painted_layers_then_run_the_new_model(make_napari_viewer, qt
     assert "finished" in run.status.text()
     assert run.layers["labels"].name == f"scene · segmentation ({train.written.stem})"
     assert run.roi_combo.currentText() == "visible region"
+    # the run's detections are offered as annotations (to correct) but not chosen: they are the model's guesses
+    offered = [train.annotation_list.item(i).text() for i in range(train.annotation_list.count())]
+    assert run.layers["points"].name in offered
+    assert run.layers["points"] not in train.annotation_layers()
+    assert train.start_combo.currentData() == str(train.written)  # the next round starts from the new model
 
 
 def test_cancel_keeps_the_model_as_it_was(make_napari_viewer, qtbot, models, monkeypatch):
@@ -116,7 +126,7 @@ def test_bad_choices_are_notified_at_the_click(make_napari_viewer, qtbot, models
     said = []
     monkeypatch.setattr(notifications, "show_error", said.append)
     for item in range(train.annotation_list.count()):
-        train.annotation_list.item(item).setCheckState(0)
+        train.annotation_list.item(item).setCheckState(Qt.Unchecked)
     train.start()
     assert said and "at least one annotation layer" in said[-1] and train.done
     viewer.add_shapes([np.array([[0, 0], [4, 4]], float)], shape_type="line", name="a")

@@ -83,6 +83,20 @@ def test_crops_come_from_annotated_areas_and_the_loss_ignores_the_rest(qupath):
         np.testing.assert_array_equal(crop["annotated"], cells | crop["centres"])  # no negatives unannotated
 
 
+def test_polygons_without_any_object_say_nothing_about_objects(tmp_path):
+    """Fine-tuning on painted areas alone must not teach the detection head that there are no objects."""
+    tifffile.imwrite(tmp_path / "slide.tif", smooth_image(512, 512, 3), photometric="rgb")
+    features = [feature(shapely.box(0, 0, 512, 512), "Tumor")]
+    (tmp_path / "areas.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    known = (["background", "Tumor"], ["Lymphocyte"])
+    source = file_source(
+        str(tmp_path / "slide.tif"), 0, None, None, [], annotations=str(tmp_path / "areas.geojson"), known=known
+    ).materialise()
+    crop = sample_crop(source, 128, np.random.default_rng(0))
+    assert (crop["segmentation"] == 1).all()
+    assert not crop["annotated"].any()  # no heatmap negatives: no object was marked anywhere
+
+
 def test_train_on_a_qupath_export_from_the_command_line(qupath, tmp_path, capsys):
     from napari_xt.model import read_checkpoint_info
 

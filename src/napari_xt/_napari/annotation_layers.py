@@ -175,9 +175,12 @@ def _largest_value(data) -> int:
     return max((int(np.asarray(data[r : r + band]).max(initial=0)) for r in range(0, data.shape[0], band)), default=0)
 
 
-def annotation_layer_kwargs(classes: list[str], colours: dict[str, str], name: str, image_layer) -> dict:
+def annotation_layer_kwargs(
+    classes: list[str], colours: dict[str, str], name: str, image_layer, downsample: float = 1.0
+) -> dict:
     """Keyword arguments for a new, empty Labels layer to paint ``classes`` in (value i + 1 is class i, so that
-    background can be painted too and 0 stays "nothing said"), aligned with ``image_layer``'s level 0."""
+    background can be painted too and 0 stays "nothing said"), aligned with ``image_layer``: one label pixel
+    per ``downsample`` × ``downsample`` level-0 pixels, centred on them as a pyramid level is."""
     from napari.utils.colormaps import DirectLabelColormap
 
     from napari_xt._napari.run_layers import display_name
@@ -192,8 +195,10 @@ def annotation_layer_kwargs(classes: list[str], colours: dict[str, str], name: s
     colour_dict[None] = np.zeros(4)
     return {
         "name": name,
-        "scale": tuple(image_layer.scale[-2:]),
-        "translate": tuple(image_layer.translate[-2:]),
+        "scale": tuple(np.asarray(image_layer.scale[-2:], float) * downsample),
+        "translate": tuple(
+            np.asarray(image_layer.translate[-2:], float) + np.asarray(image_layer.scale[-2:]) * (downsample - 1) / 2
+        ),
         "opacity": 0.6,
         "colormap": DirectLabelColormap(color_dict=colour_dict),
         "features": {"index": np.arange(len(names)), "class": [display_name(n) or "unlabelled" for n in names]},

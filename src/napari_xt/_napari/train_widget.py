@@ -43,7 +43,7 @@ NEW_MODELS = {  # "start from" choices that build a new model (its architecture 
     "new model for slides (RGB)": "demo_slide_xl",
     "new model for one-band scenes (SAR)": "demo_sar_xl",
 }
-MAX_PAINT_PIXELS = 10**9  # a painted layer is a numpy array of the image's level-0 size, one byte a pixel
+MAX_PAINT_PIXELS = 2**28  # a painted layer is a numpy array, one byte a pixel: at most 16,384² (256 MiB)
 DEFAULT_STEPS = 300
 DEFAULT_MINUTES = 5.0
 
@@ -203,7 +203,8 @@ class TrainWidget(QWidget):
             item = QListWidgetItem(layer.name)
             item.setData(Qt.UserRole, layer)
             item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            new = id(layer) not in listed
+            # a user's new layer is checked; a run's detections (the model's guesses until corrected) are not
+            new = id(layer) not in listed and not is_napari_xt_output(layer)
             item.setCheckState(Qt.Checked if (new or id(layer) in checked) else Qt.Unchecked)
             self.annotation_list.addItem(item)
         if current is not self.image_combo.currentData():
@@ -213,12 +214,17 @@ class TrainWidget(QWidget):
         items = [self.annotation_list.item(i) for i in range(self.annotation_list.count())]
         return [item.data(Qt.UserRole) for item in items if item.checkState() == Qt.Checked]
 
-    def refresh_start_choices(self) -> None:
+    def refresh_start_choices(self, select: Path | None = None) -> None:
+        """Offer every checkpoint and the new-model presets; ``select`` (else the current choice) stays chosen."""
+        current = str(select) if select is not None else self.start_combo.currentData()
+        self.start_combo.blockSignals(True)
         self.start_combo.clear()
         for label, path in catalogue.available_checkpoints():
             self.start_combo.addItem(f"fine-tune {label}", str(path))
         for label, preset in NEW_MODELS.items():
             self.start_combo.addItem(label, f"preset:{preset}")
+        self.start_combo.setCurrentIndex(max(0, self.start_combo.findData(current)) if current else 0)
+        self.start_combo.blockSignals(False)
 
     def start_config(self):
         """``(config, init checkpoint or None)`` of the chosen start."""
@@ -259,7 +265,8 @@ class TrainWidget(QWidget):
     # -- annotation layers ------------------------------------------------------------------------------------
 
     def new_annotation_layer(self) -> None:
-        """A Labels layer to paint the starting model's classes in, aligned with the image."""
+        """A Labels layer to paint the starting model's classes in, aligned with the image, at the analysis
+        level (or the finest level that fits ``MAX_PAINT_PIXELS``)."""
         from napari.utils.notifications import show_error
 
         layer = self.image_combo.currentData()
@@ -271,21 +278,22 @@ class TrainWidget(QWidget):
         except (ValueError, OSError) as error:
             show_error(f"napari-xt: {error}")
             return
-        shape = tuple(int(n) for n in pyramid_of_layer(layer, sign=False).shape[:2])
-        if shape[0] * shape[1] > MAX_PAINT_PIXELS:
-            show_error(
-                f"{layer.name} is {shape[0]} × {shape[1]}: too large to paint at full resolution; annotate in "
-                "QuPath and train with napari-xt train --annotations, or draw Shapes with a class name"
-            )
-            return
+        pyramid = pyramid_of_layer(layer, sign=False)
+        level = paint_level(pyramid, int(self.level_combo.currentData() or 0))
+        shape = tuple(int(n) for n in pyramid.levels[level].shape[:2])
         from napari_xt._napari.run_layers import display_name
 
         classes = list(config.heads.segmentation_classes) or ["background", "object"]
-        kwargs = annotation_layer_kwargs(classes, config.heads.colours, f"{layer.name} · annotations", layer)
+        kwargs = annotation_layer_kwargs(
+            classes, config.heads.colours, f"{layer.name} · annotations", layer, pyramid.downsample[level][0]
+        )
         labels = self.viewer.add_labels(np.zeros(shape, np.uint8), **kwargs)  # napari paints into it in place
         labels.selected_label = min(2, len(classes))  # the first class after background
         labels.mode = "paint"
-        self.status.setText("paint with: " + ", ".join(f"{i + 1} {display_name(n)}" for i, n in enumerate(classes)))
+        where = f" at level {level} ({shape[0]} × {shape[1]})" if level else ""
+        self.status.setText(
+            f"paint{where} with: " + ", ".join(f"{i + 1} {display_name(n)}" for i, n in enumerate(classes))
+        )
 
     def copy_for_correction(self) -> None:
         """An editable copy of the latest segmentation of the chosen image over the visible region."""
@@ -430,7 +438,7 @@ class TrainWidget(QWidget):
         catalogue.remember(path)
         for widget in run_widgets(self.viewer):
             widget.refresh_checkpoints(select=path)
-        self.refresh_start_choices()
+        self.refresh_start_choices(select=path)  # the next round starts from this model
         stopped = provenance.get("stopped")
         done = f"{provenance.get('steps_done')} steps in {provenance.get('train_seconds'):.0f} s"
         self.status.setText(f"{'stopped: ' + stopped if stopped else 'trained'} ({done}); saved {path.name}")
@@ -499,6 +507,16 @@ def _train_events(pyramid, level, found, config, init, freeze, out, settings, sh
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     finish_checkpoint(model, out, provenance)
     yield {"written": str(out), "provenance": provenance}
+
+
+def paint_level(pyramid, analysis_level: int) -> int:
+    """The level to paint annotations at: the analysis level, or the finest coarser level whose label image
+    fits ``MAX_PAINT_PIXELS`` (a 100,000² slide is painted at level 3, one label pixel per 8 × 8)."""
+    for level in range(analysis_level, len(pyramid.levels)):
+        h, w = pyramid.levels[level].shape[:2]
+        if h * w <= MAX_PAINT_PIXELS:
+            return level
+    return len(pyramid.levels) - 1
 
 
 def _level_for(pyramid, config) -> int:

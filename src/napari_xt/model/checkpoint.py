@@ -56,14 +56,20 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(model, path: str | Path, provenance: dict | None = None) -> str:
-    """Write ``model``'s weights, config and provenance to ``path`` (``.safetensors``); return its sha256."""
+def save_checkpoint(model, path: str | Path, provenance: dict | None = None, dtype=None) -> str:
+    """Write ``model``'s weights, config and provenance to ``path`` (``.safetensors``); return its sha256.
+    ``dtype`` (e.g. ``torch.float16``): floating-point tensors are written in it (``model`` is left as it is)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: napari-xt checkpoints are .safetensors files")
-    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    state = {
+        key: (value.detach().to(dtype) if dtype is not None and value.is_floating_point() else value.detach())
+        .cpu()
+        .contiguous()
+        for key, value in model.state_dict().items()
+    }
     metadata = {
         "format": FORMAT,
         "config": model.config.to_json(),

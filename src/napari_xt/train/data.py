@@ -274,7 +274,9 @@ def sample_crop(source: Source, crop: int, rng: np.random.Generator, object_bias
     targets = detection_targets(ys, xs, inside.label, inside.size / ds, (crop, crop))
     cells = targets["heatmap"].shape
     annotated = np.ones(cells, bool)
-    if source.annotations is not None and source.annotations.says_where_objects_are_not:
+    if source.annotations is not None and source.annotations.points is None:
+        annotated[:] = False  # no object was marked at all: the areas say nothing about objects, either way
+    elif source.annotations is not None and source.annotations.says_where_objects_are_not:
         # only annotated areas say where objects are not: elsewhere the heatmap learns nothing either way
         stride = crop // cells[0]
         known = (segmentation != IGNORE)[: cells[0] * stride, : cells[1] * stride]

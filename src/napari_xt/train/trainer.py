@@ -7,7 +7,6 @@ memory. A state file beside the output (``<out>.state.pt``, tensors and plain va
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -272,7 +271,7 @@ def _save_state(path: Path, model, optimizer, step: int, settings: TrainSettings
 def finish_checkpoint(model: XTModel, out: str | Path, provenance: dict, half: bool = True) -> str:
     """Write the checkpoint (float16 weights by default: half the size; ``model`` itself is left as it is) and
     remove the training state."""
-    digest = save_checkpoint(copy.deepcopy(model).half() if half else model, out, provenance)
+    digest = save_checkpoint(model, out, provenance, dtype=torch.float16 if half else None)
     state_path = Path(out).with_name(Path(out).name + ".state.pt")
     state_path.unlink(missing_ok=True)
     return digest
