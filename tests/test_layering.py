@@ -11,7 +11,7 @@ ALLOWED = {
     "engine": {"engine", "io", "model", "_atomic"},
     "data": {"data", "io"},
     "train": {"train", "io", "model", "engine", "data", "_atomic"},
-    "_napari": {"_napari", "engine", "model", "io", "data", "_atomic"},
+    "_napari": {"_napari", "train", "engine", "model", "io", "data", "_atomic"},  # the Train xT widget
 }
 
 

@@ -168,7 +168,7 @@ def test_cancel_keeps_what_finished(make_napari_viewer, qtbot, sar_checkpoint):
 
 
 def test_threshold_filters_points_without_a_new_run(make_napari_viewer, qtbot, sar_checkpoint):
-    _viewer, widget = _viewer_with_scene(make_napari_viewer)
+    _viewer, widget = _viewer_with_scene(make_napari_viewer, size=1024)
     _choose(widget, sar_checkpoint)
     widget.threshold.setValue(0.0)
     _run(qtbot, widget)
@@ -244,8 +244,10 @@ def test_labels_refresh_from_disk_while_the_run_goes(make_napari_viewer, qtbot, 
 
 
 def test_probability_layer_is_multiscale_and_live(make_napari_viewer, qtbot, sar_checkpoint):
-    _viewer, widget = _viewer_with_scene(make_napari_viewer, size=2048)
-    _choose(widget, sar_checkpoint, level=0)
+    viewer, widget = _viewer_with_scene(make_napari_viewer, size=2048)
+    _choose(widget, sar_checkpoint, roi="selected rectangle", level=0)
+    scale = np.asarray(viewer.layers["scene"].scale)  # a rectangle of 8 × 8 regions: the layers are whole-image
+    viewer.add_shapes([np.array([[0, 0], [0, 512], [512, 512], [512, 0]]) * scale], shape_type="rectangle")
     widget.probabilities.setChecked(True)
     widget.start()
     probabilities = widget.layers["probabilities"]  # there from the start
@@ -274,7 +276,7 @@ def test_the_analysis_level_is_kept_and_a_second_level_runs(make_napari_viewer, 
 
 
 def test_reopening_a_run_restores_its_layers(make_napari_viewer, qtbot, sar_checkpoint):
-    _viewer, widget = _viewer_with_scene(make_napari_viewer)
+    _viewer, widget = _viewer_with_scene(make_napari_viewer, size=1024)
     _choose(widget, sar_checkpoint)
     _run(qtbot, widget)
     run_dir = widget.run_dir
@@ -316,8 +318,8 @@ def test_bad_input_is_refused_at_the_click_with_a_notification(
 def test_only_the_users_rectangles_count(make_napari_viewer, qtbot, sar_checkpoint, monkeypatch):
     errors = []
     monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
-    viewer, widget = _viewer_with_scene(make_napari_viewer, size=2048)
-    _choose(widget, sar_checkpoint)
+    viewer, widget = _viewer_with_scene(make_napari_viewer, size=1024)
+    _choose(widget, sar_checkpoint, level=2)
     _run(qtbot, widget)  # leaves napari-xt's own ROI rectangle in a Shapes layer
     widget.roi_combo.setCurrentText("selected rectangle")
     widget.start()

@@ -44,6 +44,7 @@ def test_sar_near_shore_needs_context_beyond_a_region():
     assert scene.distance_to_land_below(ys, xs, scene.near_shore_distance).all()
 
 
+@pytest.mark.slow  # in CI (.ci/run runs -m slow too), not in the default run
 def test_slide_margin_and_cluster_classes_follow_the_distance_to_tumour():
     scene = synthetic_scene("slide", 16_384, 1)
     objects = scene.objects()

@@ -60,6 +60,7 @@ def _dies_once(image, checkpoint, out_dir, options, marker):
     return analyse_image(image, checkpoint, out_dir, options)
 
 
+@pytest.mark.slow  # in CI (.ci/run runs -m slow too), not in the default run
 def test_a_killed_worker_loses_no_finished_image(tmp_path, three_images, sar_checkpoint, monkeypatch):
     import functools
 

@@ -240,6 +240,7 @@ def test_stale_scratch_features_are_cleaned_at_start(tmp_path, sar_scene):
     assert not stale.exists()
 
 
+@pytest.mark.slow  # in CI (.ci/run runs -m slow too), not in the default run
 def test_results_do_not_depend_on_budgets_or_the_roi(tmp_path, sar_scene):
     model = tiny_sar_model()
     base = {"level": 1, "batch_size": 4, "cache_dir": ""}

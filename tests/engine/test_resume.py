@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import zarr
 
 
@@ -29,6 +30,7 @@ def _predict_command(image, checkpoint, out):
     ]
 
 
+@pytest.mark.slow  # in CI (.ci/run runs -m slow too), not in the default run
 def test_sigkill_half_way_then_resume_equals_uninterrupted(tmp_path, sar_zarr, sar_checkpoint):
     # the uninterrupted reference runs as the killed run does, in a fresh process: the test process has loaded
     # other libraries by now, and its floating-point state is not the command's
