@@ -90,3 +90,20 @@ def test_hovering_the_segmentation_names_the_class_and_detections_are_rings(make
     points = next(layer for layer in layers if layer.metadata["napari_xt"]["role"] == "detections")
     if len(points.data):
         assert np.all(points.face_color[:, 3] <= 0.2) and np.all(points.border_color[:, 3] == 1.0)
+
+
+def test_the_legend_names_classes_in_words_with_their_areas_and_counts():
+    from napari_xt._napari.run_layers import legend_html
+
+    summary = {
+        "area_unit": "mm²",
+        "classes": {
+            "stroma": {"area": 0.5, "share_of_foreground": 0.25},
+            "invasive_margin": {"area": 1.5, "share_of_foreground": 0.75},
+        },
+        "detections": {"margin_cluster": {"count": 40, "density": 13.1}},
+    }
+    rows = legend_html(summary, {"invasive_margin": "#f0a050", "margin_cluster": "#e6194b"}).split("<br>")
+    assert rows[0] == "<span style='color:#f0a050'>■</span> invasive margin: 1.5 mm² (75.0%)"  # largest first
+    assert rows[1].endswith("stroma: 0.5 mm² (25.0%)") and "#cccccc" in rows[1]  # no colour: grey
+    assert rows[2] == "<span style='color:#e6194b'>○</span> margin cluster: 40 detected"

@@ -132,6 +132,12 @@ def test_bad_choices_are_notified_at_the_click(make_napari_viewer, qtbot, models
     viewer.add_shapes([np.array([[0, 0], [4, 4]], float)], shape_type="line", name="a")
     train.start()
     assert "no polygon, point or painted annotation" in said[-1] and train.done
+    # the budget and the freeze choice are kept for the next napari session (the same settings file)
+    train.steps.setValue(77)
+    train.minutes.setValue(2.5)
+    train.freeze.setChecked(True)
+    again = TrainWidget(viewer)
+    assert (again.steps.value(), again.minutes.value(), again.freeze.isChecked()) == (77, 2.5, True)
 
 
 def test_a_corrected_copy_of_a_run_is_training_truth(make_napari_viewer, qtbot, models):

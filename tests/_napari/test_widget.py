@@ -73,6 +73,16 @@ def test_full_run_gives_lazy_aligned_layers(make_napari_viewer, qtbot, sar_check
     assert roi.shape_type.count("line") == 2 * 17
     assert labels.name == "scene · segmentation (tiny_sar_xl)" and points.name == "scene · detections (tiny_sar_xl)"
     assert labels.metadata["napari_xt"]["run_dir"] == str(widget.run_dir)  # the identity stays in metadata
+    # the docked legend: every class of the summary with its area, and the detections counted
+    import json
+
+    summary = json.loads((widget.run_dir / "summary.json").read_text())
+    legend = widget.legend.text()
+    assert summary["classes"] and summary["detections"]
+    for name in summary["classes"]:
+        assert f"{name.replace('_', ' ')}: " in legend
+    for name, value in summary["detections"].items():
+        assert f"{name.replace('_', ' ')}: {value['count']} detected" in legend
 
 
 def _oracle_model():
@@ -348,3 +358,36 @@ def test_an_error_inside_the_engine_becomes_a_notification(make_napari_viewer, q
     assert any("unreadable (disk error)" in e for e in errors)
     assert len(viewer.layers) == n_layers  # the empty result layers went away again
     assert widget.run_button.isEnabled()
+
+
+def test_choices_survive_a_restart_and_keys_run_and_cancel(make_napari_viewer, qtbot, sar_checkpoint):
+    """Region, context, threshold and layer choices come back in a new viewer (napari restarted: the same
+    settings file); Control-Shift-R runs and Control-Shift-X cancels; the run's bar is in the activity dock."""
+    from napari.utils.key_bindings import coerce_keybinding
+
+    from napari_xt._napari.widget import CANCEL_KEY, RUN_KEY
+    from napari_xt.engine.events import Started
+
+    viewer, widget = _viewer_with_scene(make_napari_viewer, size=1024)
+    widget.roi_combo.setCurrentText("whole image")
+    widget.whole_context.setChecked(True)
+    widget.probabilities.setChecked(True)
+    widget.threshold.setValue(0.35)
+    again = XTWidget(viewer)  # a widget made afresh reads the same settings file a restarted napari would
+    assert again.roi_combo.currentText() == "whole image" and again.whole_context.isChecked()
+    assert again.probabilities.isChecked() and not again.region_grid.isChecked()
+    assert again.threshold.value() == pytest.approx(0.35)
+    again.close()
+    _choose(widget, sar_checkpoint, level=0)
+    bars, started = [], []
+    _after_each_event(
+        widget, lambda event: (bars.append(widget._progress), isinstance(event, Started) and started.append(event))
+    )
+    viewer.keymap[coerce_keybinding(RUN_KEY)](viewer)
+    assert widget.running
+    qtbot.waitUntil(lambda: bool(bars) and bars[-1] is not None and bars[-1].n >= 1, timeout=60_000)
+    assert bars[-1].total == started[0].n_active  # the regions to analyse (those with foreground)
+    viewer.keymap[coerce_keybinding(CANCEL_KEY)](viewer)
+    qtbot.waitUntil(lambda: widget.done, timeout=120_000)
+    assert "cancelled" in widget.status.text() or "finished" in widget.status.text()
+    assert widget._progress is None  # the bar is closed with the run

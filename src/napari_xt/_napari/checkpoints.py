@@ -14,9 +14,41 @@ def models_folder() -> Path:
     return Path(os.environ.get("NAPARI_XT_MODELS", "~/.napari-xt/models")).expanduser()
 
 
+def config_dir() -> Path:
+    """napari-xt's settings folder (``$XDG_CONFIG_HOME/napari-xt``, by default ``~/.config/napari-xt``)."""
+    return Path(os.environ.get("XDG_CONFIG_HOME", "~/.config")).expanduser() / "napari-xt"
+
+
 def _settings_file() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME", "~/.config")
-    return Path(base).expanduser() / "napari-xt" / "recent.json"
+    return config_dir() / "recent.json"
+
+
+def load_settings(section: str) -> dict:
+    """A widget's saved choices (empty when there are none or the file is unreadable)."""
+    try:
+        values = json.loads((config_dir() / "settings.json").read_text()).get(section, {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def save_settings(section: str, values: dict) -> None:
+    """Keep a widget's choices for the next napari session (best effort, written atomically)."""
+    from napari_xt._atomic import atomic_path
+
+    path = config_dir() / "settings.json"
+    try:
+        everything = json.loads(path.read_text()) if path.exists() else {}
+        everything = everything if isinstance(everything, dict) else {}
+    except (OSError, ValueError):
+        everything = {}
+    everything[section] = values
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(everything, indent=1))
+    except OSError:
+        pass
 
 
 def recent_checkpoints() -> list[Path]:

@@ -180,6 +180,27 @@ def display_name(name: str) -> str:
     return str(name).replace("_", " ").strip()
 
 
+def legend_html(summary: dict, colours: dict[str, str]) -> str:
+    """The run's legend as rich text for the widget: a colour swatch, the class in words, its area (and share
+    of the tissue) and, for detection classes, the count; the largest area first."""
+    area_unit = summary.get("area_unit") or "px²"
+    rows = []
+    classes = summary.get("classes") or {}
+    for name, value in sorted(classes.items(), key=lambda item: -float(item[1].get("area") or 0)):
+        share = value.get("share_of_foreground")
+        share_text = f" ({100 * share:.1f}%)" if isinstance(share, int | float) else ""
+        rows.append(
+            f"<span style='color:{colours.get(name, '#cccccc')[:7]}'>■</span> {display_name(name)}: "
+            f"{float(value.get('area') or 0):.4g} {area_unit}{share_text}"
+        )
+    for name, value in (summary.get("detections") or {}).items():
+        rows.append(
+            f"<span style='color:{colours.get(name, '#ffff00')[:7]}'>○</span> {display_name(name)}: "
+            f"{int(value.get('count') or 0)} detected"
+        )
+    return "<br>".join(rows)
+
+
 def points_layer_data(run_dir: str | Path, table: DetectionTable, spec: dict, threshold: float, name: str) -> tuple:
     props = points_properties(table, spec, threshold)
     kwargs = {

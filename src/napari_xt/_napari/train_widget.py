@@ -99,6 +99,7 @@ class TrainWidget(QWidget):
         self.trained_level: int | None = None
         self.told: list[str] = []
         self._build()
+        self._restore_settings()
         self.refresh_start_choices()
         self.refresh_layers()
         self._update_levels()
@@ -179,6 +180,22 @@ class TrainWidget(QWidget):
         layout.addWidget(self.status)
         layout.addWidget(self.run_button)
         layout.addStretch(1)
+
+    def _restore_settings(self) -> None:
+        saved = catalogue.load_settings("train")
+        if isinstance(saved.get("steps"), int):
+            self.steps.setValue(saved["steps"])
+        if isinstance(saved.get("minutes"), int | float):
+            self.minutes.setValue(float(saved["minutes"]))
+        if isinstance(saved.get("freeze"), bool):
+            self.freeze.setChecked(saved["freeze"])
+        for signal in (self.steps.valueChanged, self.minutes.valueChanged, self.freeze.toggled):
+            signal.connect(self._save_settings)
+
+    def _save_settings(self, *_) -> None:
+        catalogue.save_settings(
+            "train", {"steps": self.steps.value(), "minutes": self.minutes.value(), "freeze": self.freeze.isChecked()}
+        )
 
     # -- choices ----------------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ updates (``live.LiveRun``), spaced so that it never stalls.
 
 from __future__ import annotations
 
+import itertools
 import time
 import weakref
 from pathlib import Path
@@ -30,7 +31,7 @@ from qtpy.QtWidgets import (
 from napari_xt._napari import checkpoints as catalogue
 from napari_xt._napari._napari_compat import main_window
 from napari_xt._napari.live import LiveRun
-from napari_xt._napari.run_layers import display_name, is_napari_xt_output, run_spec
+from napari_xt._napari.run_layers import display_name, is_napari_xt_output, legend_html, run_spec
 from napari_xt.engine.cache import default_cache_dir
 from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
 from napari_xt.engine.store import is_run_dir
@@ -38,6 +39,7 @@ from napari_xt.io import ImageReadError, Pyramid, open_pyramid
 from napari_xt.io.pyramid import normalise_unit
 
 ROI_CHOICES = ("visible region", "whole image", "selected rectangle")
+RUN_KEY, CANCEL_KEY = "Control-Shift-R", "Control-Shift-X"  # viewer key bindings of Run xT and Cancel
 STATUS_INTERVAL_S = 0.25  # progress bar and status text: at most this often (each repaint may redraw the canvas)
 
 
@@ -85,18 +87,31 @@ def visible_box(viewer, layer) -> tuple[float, float, float, float]:
     return (float(low[0]), float(low[1]), float(high[0]), float(high[1]))
 
 
-_RUN_WIDGETS: weakref.WeakSet = weakref.WeakSet()
+_RUN_WIDGETS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # by creation order
+_created = itertools.count()
 
 
 def run_widgets(viewer) -> list:
-    """The Run xT widgets open on ``viewer`` (the Train xT widget hands them new models)."""
-    return [widget for widget in list(_RUN_WIDGETS) if widget.viewer is viewer]
+    """The Run xT widgets open on ``viewer``, the newest first (the Train xT widget hands them new models;
+    the key bindings go to the newest)."""
+    found = sorted(_RUN_WIDGETS.items(), key=lambda item: -item[0])
+    return [widget for _, widget in found if widget.viewer is viewer and not widget.closed]
+
+
+def _on_newest(method: str):
+    def call(viewer) -> None:
+        widgets = run_widgets(viewer)
+        if widgets:
+            getattr(widgets[0], method)()
+
+    return call
 
 
 class XTWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
-        _RUN_WIDGETS.add(self)
+        _RUN_WIDGETS[next(_created)] = self
+        self.closed = False
         from napari_xt._napari.preferences import claim_readers
 
         claim_readers()  # slides, scenes and run directories open with napari-xt without asking (preferences.py)
@@ -111,9 +126,13 @@ class XTWidget(QWidget):
         import pandas  # noqa: F401  (napari needs it for the detections' features: load it now, not mid-run)
         import timm  # noqa: F401  (native libraries load holding the GIL: when the widget opens, not mid-run)
 
+        self._progress = None  # the run's bar in napari's activity dock
         self._build()
+        self._restore_settings()
         self.refresh_images()
         self.refresh_checkpoints()
+        napari_viewer.bind_key(RUN_KEY, _on_newest("start"), overwrite=True)
+        napari_viewer.bind_key(CANCEL_KEY, _on_newest("cancel"), overwrite=True)
         napari_viewer.layers.events.inserted.connect(self.refresh_images)
         napari_viewer.layers.events.removed.connect(self.refresh_images)
         # the main window emits ``destroyed`` before deleting its children, so this widget can still stop its run
@@ -169,8 +188,10 @@ class XTWidget(QWidget):
         self.region_grid.setToolTip("Draw the borders of the regions xT analyses (one region each) in the ROI layer")
         form.addRow(self.region_grid)
         self.run_button = QPushButton("Run xT")
+        self.run_button.setToolTip(f"run on the chosen region ({RUN_KEY})")
         self.run_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip(f"stop after the current batch, keeping what finished ({CANCEL_KEY})")
         self.cancel_button.clicked.connect(self.cancel)
         self.cancel_button.setEnabled(False)
         buttons = QHBoxLayout()
@@ -180,12 +201,56 @@ class XTWidget(QWidget):
         self.progress.setRange(0, 1)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.legend = QLabel("")
+        self.legend.setTextFormat(Qt.RichText)
+        self.legend.setToolTip("the last run's classes: area, share of the tissue, detections")
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addWidget(self.legend)
         layout.addStretch(1)
+
+    # -- settings kept across napari sessions -----------------------------------------------------------------
+
+    def _restore_settings(self) -> None:
+        saved = catalogue.load_settings("run")
+        if saved.get("region") in ROI_CHOICES:
+            self.roi_combo.setCurrentText(saved["region"])
+        index = self.device_combo.findData(saved.get("device"))
+        if index >= 0:
+            self.device_combo.setCurrentIndex(index)
+        for key, box in self._checkboxes().items():
+            if isinstance(saved.get(key), bool):
+                box.setChecked(saved[key])
+        if isinstance(saved.get("threshold"), int | float):
+            self.threshold.setValue(float(saved["threshold"]))
+        for signal in (
+            self.roi_combo.currentIndexChanged,
+            self.device_combo.currentIndexChanged,
+            self.threshold.valueChanged,
+            *(box.toggled for box in self._checkboxes().values()),
+        ):
+            signal.connect(self._save_settings)
+
+    def _checkboxes(self) -> dict:
+        return {
+            "whole_context": self.whole_context,
+            "probabilities": self.probabilities,
+            "region_grid": self.region_grid,
+        }
+
+    def _save_settings(self, *_) -> None:
+        catalogue.save_settings(
+            "run",
+            {
+                "region": self.roi_combo.currentText(),
+                "device": self.device_combo.currentData(),
+                "threshold": self.threshold.value(),
+                **{key: box.isChecked() for key, box in self._checkboxes().items()},
+            },
+        )
 
     def _devices(self) -> list[tuple[str, str]]:
         import psutil
@@ -411,6 +476,7 @@ class XTWidget(QWidget):
         self.status.setText("starting…")
         if self.live is not None:
             self.live.remove()
+        self.legend.setText("")
         self.live = LiveRun(
             self.viewer,
             self.run_dir,
@@ -426,6 +492,10 @@ class XTWidget(QWidget):
         )
         self.viewer.layers.selection.active = layer
         self._started = False
+        self._close_progress()
+        from napari.utils import progress
+
+        self._progress = progress(total=max(1, grid.n_active), desc=f"xT on {layer.name}")
         # the new layers' first draw (their shaders are compiled then) belongs to the click, not to the run
         QApplication.processEvents()
         self.cancel_token = CancelToken()
@@ -468,6 +538,7 @@ class XTWidget(QWidget):
             self.status.setText("cancelling after the current batch…")
 
     def closeEvent(self, event) -> None:
+        self.closed = True
         self.stop()
         super().closeEvent(event)
 
@@ -496,6 +567,21 @@ class XTWidget(QWidget):
         self._worker_done = True
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
+        self._close_progress()
+
+    def _close_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
+
+    def _progress_to(self, done: int, total: int | None = None) -> None:
+        bar = self._progress
+        if bar is None:
+            return
+        if total is not None and total != bar.total:
+            bar.total = max(1, total)
+        if done != bar.n:
+            bar.update(done - bar.n)
 
     # -- events → layers ------------------------------------------------------------------------------------
 
@@ -505,6 +591,7 @@ class XTWidget(QWidget):
             self._started = True
             self.progress.setRange(0, max(1, event.n_active))
             self.progress.setValue(event.n_done)
+            self._progress_to(event.n_done, event.n_active)
             self.status.setText(event.description)
         elif isinstance(event, Progress):
             self._show_progress(event)
@@ -516,6 +603,7 @@ class XTWidget(QWidget):
             from napari.utils.notifications import show_info
 
             live.finish()
+            self._show_legend(event.run_dir)
             self.progress.setValue(self.progress.maximum())
             self.status.setText(f"finished in {event.seconds:.0f} s: {event.n_detections} detections → {event.run_dir}")
             show_info(f"xT finished: {event.n_detections} detections")
@@ -529,6 +617,16 @@ class XTWidget(QWidget):
             show_error(f"napari-xt: {event.message}")
             self.status.setText(f"<span style='color:#e66'>{event.message}</span>")
 
+    def _show_legend(self, run_dir) -> None:
+        import json
+
+        try:
+            summary = json.loads((Path(run_dir) / "summary.json").read_text())
+        except (OSError, ValueError, TypeError):
+            self.legend.setText("")
+            return
+        self.legend.setText(legend_html(summary, self.config.heads.colours if self.config else {}))
+
     def _show_progress(self, event: Progress) -> None:
         now = time.monotonic()
         if now - self._last_status < STATUS_INTERVAL_S and event.done < event.total:
@@ -537,6 +635,7 @@ class XTWidget(QWidget):
         if event.phase == "predict":
             self.progress.setRange(0, max(1, event.total))
             self.progress.setValue(event.done)
+            self._progress_to(event.done, event.total)
         eta = f", ETA {event.eta:.0f} s" if event.eta is not None else ""
         self.status.setText(f"{event.phase}: {event.done}/{event.total} regions, {event.rate:.1f}/s{eta}")
 
