@@ -373,6 +373,7 @@ def test_choices_survive_a_restart_and_keys_run_and_cancel(make_napari_viewer, q
     widget.whole_context.setChecked(True)
     widget.probabilities.setChecked(True)
     widget.threshold.setValue(0.35)
+    widget.outlines.setChecked(True)
     again = XTWidget(viewer)  # a widget made afresh reads the same settings file a restarted napari would
     assert again.roi_combo.currentText() == "whole image" and again.whole_context.isChecked()
     assert again.probabilities.isChecked() and not again.region_grid.isChecked()
@@ -391,3 +392,6 @@ def test_choices_survive_a_restart_and_keys_run_and_cancel(make_napari_viewer, q
     qtbot.waitUntil(lambda: widget.done, timeout=120_000)
     assert "cancelled" in widget.status.text() or "finished" in widget.status.text()
     assert widget._progress is None  # the bar is closed with the run
+    assert again.outlines.isChecked() and widget.layers["labels"].contour == 2  # classes drawn as outlines
+    widget.outlines.setChecked(False)
+    assert widget.layers["labels"].contour == 0

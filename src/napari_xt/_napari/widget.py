@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 
 from napari_xt._napari import checkpoints as catalogue
 from napari_xt._napari._napari_compat import main_window
+from napari_xt._napari.geometry import clip_box, rectangle_box, view_box
 from napari_xt._napari.live import LiveRun
 from napari_xt._napari.run_layers import display_name, is_napari_xt_output, legend_html, run_spec
 from napari_xt.engine.cache import default_cache_dir
@@ -40,6 +41,7 @@ from napari_xt.io.pyramid import normalise_unit
 
 ROI_CHOICES = ("visible region", "whole image", "selected rectangle")
 RUN_KEY, CANCEL_KEY = "Control-Shift-R", "Control-Shift-X"  # viewer key bindings of Run xT and Cancel
+OUTLINE_PX = 2  # border width of the segmentation drawn as outlines
 STATUS_INTERVAL_S = 0.25  # progress bar and status text: at most this often (each repaint may redraw the canvas)
 
 
@@ -78,13 +80,8 @@ def camera(viewer):
 def visible_box(viewer, layer) -> tuple[float, float, float, float]:
     """The part of the canvas in view as a box ``(y0, x0, y1, x1)`` in ``layer``'s level-0 pixels (not clipped
     to the image)."""
-    scale = np.asarray(layer.scale[-2:], float)
-    translate = np.asarray(layer.translate[-2:], float)
     view = camera(viewer)
-    centre = np.asarray(view.center[-2:], float)
-    extent = np.asarray(viewer.canvas.size, float) / view.zoom
-    low, high = (centre - extent / 2 - translate) / scale, (centre + extent / 2 - translate) / scale
-    return (float(low[0]), float(low[1]), float(high[0]), float(high[1]))
+    return view_box(view.center, viewer.canvas.size, view.zoom, layer.scale, layer.translate)
 
 
 _RUN_WIDGETS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # by creation order
@@ -145,15 +142,18 @@ class XTWidget(QWidget):
     def _build(self) -> None:
         form = QFormLayout()
         self.image_combo = QComboBox()
+        self.image_combo.setToolTip("the image layer to analyse")
         form.addRow("Image", self.image_combo)
         self.checkpoint_combo = QComboBox()
+        self.checkpoint_combo.setToolTip("the trained xT model (a checkpoint): shipped, in the models folder, recent")
         self.checkpoint_combo.currentIndexChanged.connect(self._checkpoint_changed)
         browse = QPushButton("Browse…")
+        browse.setToolTip("open a napari-xt checkpoint (.safetensors) from disk")
         browse.clicked.connect(self._browse)
         row = QHBoxLayout()
         row.addWidget(self.checkpoint_combo, 1)
         row.addWidget(browse)
-        form.addRow("Checkpoint", row)
+        form.addRow("Model", row)
         self.summary = QLabel("")
         self.summary.setWordWrap(True)
         self.summary.setTextFormat(Qt.RichText)
@@ -161,14 +161,17 @@ class XTWidget(QWidget):
         self.device_combo = QComboBox()
         for label, device in self._devices():
             self.device_combo.addItem(label, device)
+        self.device_combo.setToolTip("where the model runs: a CUDA GPU when there is one (auto), else the CPU")
         form.addRow("Device", self.device_combo)
         self.scale_combo = QComboBox()
-        form.addRow("Analysis", self.scale_combo)
+        self.scale_combo.setToolTip("the image level the model sees; the model's own pixel size first when known")
+        form.addRow("Resolution", self.scale_combo)
         self.image_combo.currentIndexChanged.connect(self._update_scales)
         self.roi_combo = QComboBox()
         self.roi_combo.addItems(ROI_CHOICES)
+        self.roi_combo.setToolTip("what to analyse: the part of the image in view, all of it, or a drawn rectangle")
         form.addRow("Region", self.roi_combo)
-        self.whole_context = QCheckBox("context from the whole image")
+        self.whole_context = QCheckBox("Use whole-image context")
         self.whole_context.setChecked(False)
         self.whole_context.setToolTip(
             "Off: context comes from the chosen region (fast). On: from every region of the image, so the region "
@@ -181,10 +184,16 @@ class XTWidget(QWidget):
         self.threshold.setSingleStep(0.05)
         self.threshold.setValue(0.5)
         self.threshold.valueChanged.connect(self._apply_threshold)
+        self.threshold.setToolTip("detections below this score are hidden (and left out of exports); no rerun")
         form.addRow("Detection threshold", self.threshold)
-        self.probabilities = QCheckBox("class probability layer")
+        self.probabilities = QCheckBox("Show class probabilities")
+        self.probabilities.setToolTip("also keep and show each class's probability (one channel per class)")
         form.addRow(self.probabilities)
-        self.region_grid = QCheckBox("show the region grid")
+        self.outlines = QCheckBox("Segmentation as outlines")
+        self.outlines.setToolTip("draw each class's border only, so that the tissue or scene under it stays visible")
+        self.outlines.toggled.connect(self._apply_outlines)
+        form.addRow(self.outlines)
+        self.region_grid = QCheckBox("Show the region grid")
         self.region_grid.setToolTip("Draw the borders of the regions xT analyses (one region each) in the ROI layer")
         form.addRow(self.region_grid)
         self.run_button = QPushButton("Run xT")
@@ -239,6 +248,7 @@ class XTWidget(QWidget):
             "whole_context": self.whole_context,
             "probabilities": self.probabilities,
             "region_grid": self.region_grid,
+            "outlines": self.outlines,
         }
 
     def _save_settings(self, *_) -> None:
@@ -386,9 +396,7 @@ class XTWidget(QWidget):
             return None
         if choice == "selected rectangle":
             return self._selected_rectangle(scale, translate)
-        low_y, low_x, high_y, high_x = visible_box(self.viewer, layer)
-        h, w = pyramid.shape[:2]
-        return (max(low_y, 0), max(low_x, 0), min(high_y, h), min(high_x, w))
+        return clip_box(visible_box(self.viewer, layer), pyramid.shape)
 
     def _selected_rectangle(self, scale, translate):
         """The selected (else the last) shape of the user's Shapes layers, the selected layer first; the ROI
@@ -401,8 +409,7 @@ class XTWidget(QWidget):
                 vertices = np.asarray(layer.data[index])[:, -2:] * np.asarray(layer.scale[-2:]) + np.asarray(
                     layer.translate[-2:]
                 )
-                low, high = (vertices.min(0) - translate) / scale, (vertices.max(0) - translate) / scale
-                return (low[0], low[1], high[0], high[1])
+                return rectangle_box(vertices, scale, translate)
         raise ValueError("no rectangle to run on: draw one in a Shapes layer and select it, or choose another region")
 
     # -- running --------------------------------------------------------------------------------------------
@@ -490,6 +497,7 @@ class XTWidget(QWidget):
             probabilities=options.save_probabilities,
             region_grid=self.region_grid.isChecked(),
         )
+        self._apply_outlines()
         self.viewer.layers.selection.active = layer
         self._started = False
         self._close_progress()
@@ -644,6 +652,12 @@ class XTWidget(QWidget):
         from napari_xt.engine.detections import DetectionTable
 
         return self.live.detections if self.live is not None else DetectionTable.empty()
+
+    def _apply_outlines(self, *_) -> None:
+        """Filled classes, or their borders only (``OUTLINE_PX`` screen pixels wide) on the segmentation."""
+        labels = self.layers.get("labels")
+        if labels is not None:
+            labels.contour = OUTLINE_PX if self.outlines.isChecked() else 0
 
     def _apply_threshold(self, *_) -> None:
         """Filter detections by score without recomputing anything."""
