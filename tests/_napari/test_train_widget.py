@@ -10,6 +10,7 @@ import zarr
 from qtpy.QtCore import Qt
 
 from napari_xt._napari.annotation_layers import annotations_from_layers
+from napari_xt._napari.checkpoints import SHIPPED
 from napari_xt._napari.sample_data import world_layer_data
 from napari_xt._napari.train_widget import TrainWidget
 from napari_xt._napari.widget import XTWidget
@@ -132,6 +133,11 @@ def test_bad_choices_are_notified_at_the_click(make_napari_viewer, qtbot, models
     viewer.add_shapes([np.array([[0, 0], [4, 4]], float)], shape_type="line", name="a")
     train.start()
     assert "no polygon, point or painted annotation" in said[-1] and train.done
+    # a model for other channels is refused at the click (the scene has one band; slide_xl takes RGB)
+    viewer.add_shapes([np.array([[0, 0], [0, 50], [50, 50], [50, 0]], float)], name="b")
+    train.start_combo.setCurrentIndex(train.start_combo.findData(str(SHIPPED / "slide_xl.safetensors")))
+    train.start()
+    assert "has 1 channel(s) but the model takes 3" in said[-1] and train.done
     # the budget and the freeze choice are kept for the next napari session (the same settings file)
     train.steps.setValue(77)
     train.minutes.setValue(2.5)

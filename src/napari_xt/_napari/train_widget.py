@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_xt._napari import checkpoints as catalogue
+from napari_xt._napari._napari_compat import main_window
 from napari_xt._napari.annotation_layers import annotation_layer_kwargs, annotations_from_layers, editable_copy
 from napari_xt._napari.run_layers import is_napari_xt_output
 from napari_xt._napari.widget import STATUS_INTERVAL_S, pyramid_of_layer, run_widgets, visible_box
@@ -105,6 +106,9 @@ class TrainWidget(QWidget):
         self._update_levels()
         napari_viewer.layers.events.inserted.connect(self.refresh_layers)
         napari_viewer.layers.events.removed.connect(self.refresh_layers)
+        qt_window = main_window(napari_viewer)  # closing napari stops the training (after its current step)
+        if qt_window is not None:
+            qt_window.destroyed.connect(self.stop)
 
     # -- layout -----------------------------------------------------------------------------------------------
 
@@ -365,6 +369,11 @@ class TrainWidget(QWidget):
             known = (list(config.heads.segmentation_classes), list(config.heads.detection_classes)) if init else None
             found = annotations_from_layers(image, layers, known=known)
             pyramid = pyramid_of_layer(image, sign=False)
+            if pyramid.n_channels != config.in_channels:
+                raise ValueError(
+                    f"{image.name} has {pyramid.n_channels} channel(s) but the model takes {config.in_channels}; "
+                    "start from a model for this image (or a new one)"
+                )
             name = _safe_name(self.name_edit.text() or image.name)
             out = _free_path(catalogue.models_folder() / f"{name}.safetensors")
         except (ValueError, OSError, ImageReadError, CheckpointError, ImportError) as error:
