@@ -52,3 +52,18 @@ def in_fresh_process(target, *args):
     result = queue.get()
     process.join()
     return result
+
+
+def main_thread_ticks(interval_ms: int = 10):
+    """Start a QTimer on the main thread that records ``time.perf_counter()`` every ``interval_ms``; returns
+    ``(ticks, timer)``: the gaps between ticks are how long the interface could not answer."""
+    import time
+
+    from qtpy.QtCore import QTimer
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.setInterval(interval_ms)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start()
+    return ticks, timer

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results
+from _common import main_thread_ticks, write_results
 
 
 def _wait(condition, timeout_s: float = 1800) -> float:
@@ -98,7 +98,7 @@ def _run_view(run, centre, view) -> tuple:
 
 def measure(steps: int, screenshot: Path | None) -> dict:
     import numpy as np
-    from qtpy.QtCore import Qt, QTimer
+    from qtpy.QtCore import Qt
 
     from napari_xt._napari import checkpoints
     from napari_xt._napari.demo import show_demo_world
@@ -146,11 +146,7 @@ def measure(steps: int, screenshot: Path | None) -> dict:
     train.start_combo.setCurrentIndex(train.start_combo.findData(str(shipped)))
     train.steps.setValue(steps)
     train.minutes.setValue(0)
-    ticks: list[float] = []
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    timer.start()
+    ticks, timer = main_thread_ticks()
     clicked = time.perf_counter()
     train.start()
     click_s = time.perf_counter() - clicked

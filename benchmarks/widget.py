@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results
+from _common import main_thread_ticks, write_results
 
 
 def measure(scene_kind: str) -> dict:
     import numpy as np
     import zarr
-    from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
     from napari_xt._napari import checkpoints
@@ -44,11 +43,7 @@ def measure(scene_kind: str) -> dict:
         QApplication.processEvents()
         time.sleep(0.02)
 
-    ticks: list[float] = []
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
-    timer.start()
+    ticks, timer = main_thread_ticks()
     clicked = time.perf_counter()
     widget.start()
     click_s = time.perf_counter() - clicked
