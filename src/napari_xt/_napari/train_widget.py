@@ -546,11 +546,13 @@ def paint_level(pyramid, analysis_level: int) -> int:
 
 
 def _level_for(pyramid, config) -> int:
-    """The level nearest the model's pixel size (level 0 when either does not know it)."""
+    """The level the engine would read for the model's pixel size (level 0 when either does not know it);
+    training has no resampling, so this is the training level."""
+    from napari_xt.engine.grid import choose_level
+
     if not (config.pixel_size and pyramid.pixel_size and config.pixel_unit == pyramid.unit):
         return 0
-    sizes = [pyramid.pixel_size[0] * d[0] for d in pyramid.downsample]
-    return int(np.argmin([abs(np.log(s / config.pixel_size)) for s in sizes]))
+    return choose_level(pyramid, pixel_size=config.pixel_size)[0]
 
 
 def _run_output(layer) -> bool:
