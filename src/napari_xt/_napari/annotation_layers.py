@@ -23,6 +23,7 @@ import re
 
 import numpy as np
 
+from napari_xt._napari.run_layers import napari_xt_meta
 from napari_xt.train.annotations import BACKGROUND, Annotations, LabelRaster, collect
 
 CLASS_FEATURES = ("class", "label", "name", "classification")
@@ -150,7 +151,7 @@ def _raster(layer, step, offset) -> LabelRaster:
 
 def label_names(layer) -> dict[int, str | None]:
     """The class each value of a Labels layer names (module docstring); None: the value says nothing."""
-    stored = (layer.metadata.get("napari_xt") or {}).get("annotation") if isinstance(layer.metadata, dict) else None
+    stored = napari_xt_meta(layer).get("annotation")
     if stored:
         values = {i: name for i, name in enumerate(stored["classes"])}
         if stored.get("zero") != BACKGROUND:
@@ -215,7 +216,7 @@ def editable_copy(segmentation_layer, view_box: tuple[float, float, float, float
     Raises ``ValueError`` when the layer is no run's segmentation or the copy would be too large to paint."""
     from napari_xt.engine.run_reader import RunReader
 
-    meta = segmentation_layer.metadata.get("napari_xt", {}) if isinstance(segmentation_layer.metadata, dict) else {}
+    meta = napari_xt_meta(segmentation_layer)
     if meta.get("role") != "segmentation":
         raise ValueError(f"layer {segmentation_layer.name!r} is not a napari-xt segmentation: run xT first")
     reader = RunReader(meta["run_dir"])

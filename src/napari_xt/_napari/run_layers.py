@@ -308,5 +308,10 @@ def run_layers(run_dir: str | Path, threshold: float = 0.5) -> list[tuple]:
 
 def is_napari_xt_output(layer) -> bool:
     """True for layers napari-xt made from a run (their ROI rectangles are no user's selection)."""
-    meta = layer.metadata.get("napari_xt", {}) if isinstance(layer.metadata, dict) else {}
-    return "role" in meta
+    return "role" in napari_xt_meta(layer)
+
+
+def napari_xt_meta(layer) -> dict:
+    """What napari-xt keeps in a layer's metadata (its ``napari_xt`` entry; empty for other layers)."""
+    meta = layer.metadata.get("napari_xt") if isinstance(layer.metadata, dict) else None
+    return meta if isinstance(meta, dict) else {}

@@ -36,7 +36,7 @@ from qtpy.QtWidgets import (
 from napari_xt._napari import checkpoints as catalogue
 from napari_xt._napari._napari_compat import main_window
 from napari_xt._napari.annotation_layers import annotation_layer_kwargs, annotations_from_layers, editable_copy
-from napari_xt._napari.run_layers import is_napari_xt_output
+from napari_xt._napari.run_layers import is_napari_xt_output, napari_xt_meta
 from napari_xt._napari.widget import STATUS_INTERVAL_S, pyramid_of_layer, run_widgets, visible_box
 from napari_xt.io import ImageReadError
 
@@ -562,8 +562,7 @@ def _run_output(layer) -> bool:
 
 
 def _role(layer) -> str | None:
-    meta = layer.metadata.get("napari_xt", {}) if isinstance(layer.metadata, dict) else {}
-    return meta.get("role")
+    return napari_xt_meta(layer).get("role")
 
 
 def _safe_name(text: str) -> str:

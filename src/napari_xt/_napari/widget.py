@@ -32,7 +32,7 @@ from napari_xt._napari import checkpoints as catalogue
 from napari_xt._napari._napari_compat import main_window
 from napari_xt._napari.geometry import clip_box, rectangle_box, view_box
 from napari_xt._napari.live import LiveRun
-from napari_xt._napari.run_layers import display_name, is_napari_xt_output, legend_html, run_spec
+from napari_xt._napari.run_layers import display_name, is_napari_xt_output, legend_html, napari_xt_meta, run_spec
 from napari_xt.engine.cache import default_cache_dir
 from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
 from napari_xt.engine.store import is_run_dir
@@ -48,8 +48,7 @@ STATUS_INTERVAL_S = 0.25  # progress bar and status text: at most this often (ea
 def pyramid_of_layer(layer, sign: bool = True) -> Pyramid:
     """The Pyramid behind an Image layer: the one napari-xt opened, or one wrapped around the layer's data
     (``sign=False``: without hashing the pixels of in-memory data, for looking at its levels only)."""
-    meta = layer.metadata.get("napari_xt", {}) if isinstance(layer.metadata, dict) else {}
-    recipe = meta.get("reopen") or {}
+    recipe = napari_xt_meta(layer).get("reopen") or {}
     if recipe.get("path"):
         return open_pyramid(recipe["path"])
     if recipe.get("world"):
