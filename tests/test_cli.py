@@ -149,3 +149,18 @@ def test_version_names_the_libraries(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.startswith("napari-xt 0.1.0 (torch ")
+
+
+def test_style_gives_a_checkpoint_colours_and_names_and_explains_bad_pairs(tmp_path, sar_checkpoint, capsys):
+    from napari_xt.model import read_checkpoint_info
+
+    out = tmp_path / "styled.safetensors"
+    args = ["style", str(sar_checkpoint), "--colour", "a=#ffc83d", "--name", "x=open-sea vessel"]
+    assert main([*args, "--out", str(out)]) == 0
+    heads = read_checkpoint_info(out).config.heads
+    assert heads.colours["a"] == "#ffc83d" and heads.display_names["x"] == "open-sea vessel"
+    assert "weights unchanged" in capsys.readouterr().out
+    assert main(["style", str(out), "--colour", "a"]) == EXIT_BAD_INPUT
+    assert "expected CLASS=VALUE" in capsys.readouterr().err
+    assert main(["style", str(out)]) == EXIT_BAD_INPUT
+    assert "nothing to change" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The napari-xt command: info, predict, train, eval and demo.
+"""The napari-xt command: info, predict, train, eval, style and demo.
 
 Exit codes: 0 done, 1 an image failed while running, 2 bad input (one line per problem), 130 cancelled,
 143 terminated (SIGTERM); finished regions are kept in the last two cases.
@@ -474,6 +474,39 @@ def _eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _pairs(values: list[str] | None, option: str) -> dict[str, str]:
+    pairs = {}
+    for value in values or []:
+        name, sep, given = value.partition("=")
+        if not sep or not name.strip() or not given.strip():
+            raise ValueError(f"{option} {value!r}: expected CLASS=VALUE, e.g. {option} tumour=#1f4fff")
+        pairs[name.strip()] = given.strip()
+    return pairs
+
+
+def _style(args: argparse.Namespace) -> int:
+    from napari_xt.model import CheckpointError
+    from napari_xt.model.checkpoint import restyle_checkpoint
+
+    try:
+        colours, names = _pairs(args.colour, "--colour"), _pairs(args.name, "--name")
+        if not colours and not names:
+            raise ValueError("nothing to change: give --colour CLASS=#rrggbb and/or --name CLASS=words")
+        command = "napari-xt style " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["style"] else "napari-xt style"
+        digest = restyle_checkpoint(args.checkpoint, args.out or args.checkpoint, colours, names, command)
+    except (ValueError, OSError, CheckpointError) as error:
+        print(f"napari-xt: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"{args.out or args.checkpoint}: sha256 {digest} (weights unchanged)")
+    return EXIT_OK
+
+
+STYLE_EXAMPLES = """examples:
+  napari-xt style model.safetensors --colour tumour=#1f4fff --colour stroma=#1b9e5a
+  napari-xt style sar.safetensors --name background=sea --name open_sea="open-sea vessel" --out sar-styled.safetensors
+"""
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
@@ -647,6 +680,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tolerance", type=float, help="match distance in level-0 pixels")
     evaluate.add_argument("--out", help="write the JSON report here")
     evaluate.set_defaults(run=_eval)
+
+    style = commands.add_parser(
+        "style",
+        help="give a checkpoint's classes other colours or display names (its weights stay as they are)",
+        formatter_class=_HelpFormatter,
+        epilog=STYLE_EXAMPLES,
+    )
+    style.add_argument("checkpoint", help="a napari-xt .safetensors checkpoint")
+    style.add_argument("--colour", action="append", metavar="CLASS=#RRGGBB", help="a class's colour (repeat)")
+    style.add_argument("--name", action="append", metavar="CLASS=WORDS", help="a class's display name (repeat)")
+    style.add_argument("--out", help="write the restyled checkpoint here (default: replace CHECKPOINT)")
+    style.set_defaults(run=_style)
 
     demo = commands.add_parser(
         "demo", help="open a synthetic gigapixel scene in napari (headless under Xvfb when there is no display)"

@@ -395,3 +395,18 @@ def test_choices_survive_a_restart_and_keys_run_and_cancel(make_napari_viewer, q
     assert again.outlines.isChecked() and widget.layers["labels"].contour == 2  # classes drawn as outlines
     widget.outlines.setChecked(False)
     assert widget.layers["labels"].contour == 0
+
+
+def test_the_model_is_described_in_words_with_the_details_in_the_tooltip(make_napari_viewer):
+    from napari_xt._napari import checkpoints
+    from napari_xt._napari.widget import XTWidget, model_description
+    from napari_xt.model import read_checkpoint_info
+
+    config = read_checkpoint_info(checkpoints.demo_checkpoint("sar", "xl"), with_hash=False).config
+    text = model_description(config)
+    assert text.startswith("For 1-channel images at 20 m per pixel")
+    assert "maps 3 classes" in text and "detects 2 kinds of object" in text and "convnext" not in text
+    widget = XTWidget(make_napari_viewer())
+    widget.set_checkpoint(checkpoints.demo_checkpoint("sar", "xl"))
+    assert "open-sea vessel" in widget.summary.text() and "near-shore vessel" in widget.summary.text()
+    assert "convnext_atto" in widget.summary.toolTip()

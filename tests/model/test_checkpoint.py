@@ -93,3 +93,27 @@ def test_bare_weight_file_is_not_taken_for_a_checkpoint(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(CheckpointError, match=r"not a readable \.safetensors"):
         read_checkpoint_info(tmp_path / "junk.safetensors")
+
+
+def test_restyle_changes_colours_and_names_only_and_refuses_what_the_model_lacks(tmp_path, sar_checkpoint):
+    from safetensors.torch import load_file
+
+    from napari_xt.model.checkpoint import restyle_checkpoint
+
+    out = tmp_path / "styled.safetensors"
+    digest = restyle_checkpoint(sar_checkpoint, out, {"a": "#ffc83d"}, {"background": "sea"}, "napari-xt style …")
+    before, after = read_checkpoint_info(sar_checkpoint), read_checkpoint_info(out)
+    assert digest == after.sha256 != before.sha256
+    assert after.config.heads.colours["a"] == "#ffc83d" and after.config.heads.display_names == {"background": "sea"}
+    assert {k: v for k, v in after.config.heads.colours.items() if k != "a"} == {
+        k: v for k, v in before.config.heads.colours.items() if k != "a"
+    }
+    assert after.provenance["restyled"]["from_sha256"] == before.sha256
+    assert after.provenance["purpose"] == "tests"  # the source's provenance is kept
+    old, new = load_file(str(sar_checkpoint)), load_file(str(out))
+    assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) and old[k].dtype == new[k].dtype for k in old)
+    with pytest.raises(CheckpointError, match="no class tumour"):
+        restyle_checkpoint(sar_checkpoint, out, {"tumour": "#ff0000"})
+    with pytest.raises(CheckpointError, match="#rrggbb"):
+        restyle_checkpoint(sar_checkpoint, out, {"a": "sand"})
+    assert read_checkpoint_info(out).sha256 == digest  # a refused restyle leaves the file alone

@@ -177,23 +177,19 @@ def _largest_value(data) -> int:
 
 
 def annotation_layer_kwargs(
-    classes: list[str], colours: dict[str, str], name: str, image_layer, downsample: float = 1.0
+    classes: list[str],
+    colours: dict[str, str],
+    name: str,
+    image_layer,
+    downsample: float = 1.0,
+    display_names: dict[str, str] | None = None,
 ) -> dict:
     """Keyword arguments for a new, empty Labels layer to paint ``classes`` in (value i + 1 is class i, so that
     background can be painted too and 0 stays "nothing said"), aligned with ``image_layer``: one label pixel
     per ``downsample`` × ``downsample`` level-0 pixels, centred on them as a pyramid level is."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    from napari_xt._napari.run_layers import display_name
-    from napari_xt.engine.exports import hex_to_rgba
+    from napari_xt._napari.run_layers import display_name, label_colormap
 
     names = ["", *classes]
-    colour_dict = {
-        v: np.array(hex_to_rgba(colours.get(n, "#9e9e9e" if n == BACKGROUND else "#ffcc00")), float) / 255
-        for v, n in enumerate(names)
-    }
-    colour_dict[0] = np.zeros(4)
-    colour_dict[None] = np.zeros(4)
     return {
         "name": name,
         "scale": tuple(np.asarray(image_layer.scale[-2:], float) * downsample),
@@ -201,8 +197,11 @@ def annotation_layer_kwargs(
             np.asarray(image_layer.translate[-2:], float) + np.asarray(image_layer.scale[-2:]) * (downsample - 1) / 2
         ),
         "opacity": 0.6,
-        "colormap": DirectLabelColormap(color_dict=colour_dict),
-        "features": {"index": np.arange(len(names)), "class": [display_name(n) or "unlabelled" for n in names]},
+        "colormap": label_colormap(names, {**colours, BACKGROUND: "#9e9e9e"}, fallback="#ffcc00"),
+        "features": {
+            "index": np.arange(len(names)),
+            "class": [display_name(n, {"display_names": display_names}) or "unlabelled" for n in names],
+        },
         "metadata": {"napari_xt": {"annotation": {"classes": [None, *classes], "zero": "unlabelled"}}},
     }
 
@@ -259,7 +258,7 @@ def editable_copy(segmentation_layer, view_box: tuple[float, float, float, float
         "translate": tuple(np.asarray(segmentation_layer.translate[-2:], float) + np.array([y0, x0]) * scale),
         "opacity": 0.6,
         "colormap": DirectLabelColormap(color_dict=colours),
-        "features": {"index": np.arange(len(names)), "class": [display_name(n) for n in names]},
+        "features": {"index": np.arange(len(names)), "class": [display_name(n, spec) for n in names]},
         "metadata": {"napari_xt": {"annotation": {"classes": names, "zero": BACKGROUND, "from_run": meta["run_dir"]}}},
     }
     if getattr(segmentation_layer, "units", None) is not None:

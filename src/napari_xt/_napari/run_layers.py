@@ -89,6 +89,22 @@ def _units(spec: dict, kwargs: dict, leading: int = 0) -> dict:
     return kwargs
 
 
+def label_colormap(names: list[str], colours: dict[str, str], fallback: str = "#808080", transparent=(0,)):
+    """napari's colormap for labels whose value ``i`` is class ``names[i]``, in the class colours (``fallback``
+    for a class without one); the ``transparent`` values (background, "nothing said") are not drawn."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colour_dict = {i: np.array(hex_to_rgba(colours.get(n, fallback)), float) / 255 for i, n in enumerate(names)}
+    colour_dict.update({value: np.zeros(4) for value in transparent})
+    colour_dict[None] = np.zeros(4)
+    return DirectLabelColormap(color_dict=colour_dict)
+
+
+SEGMENTATION_OPACITY = 0.5
+"""The segmentation's opacity: the shipped palettes change the canvas by ΔE ≥ 20 at it over H&E and SAR
+(tests/_napari/test_overlay_contrast.py), and the tissue's texture still shows through."""
+
+
 def labels_layer_data(run_dir: str | Path, spec: dict, name: str) -> tuple:
     """A multiscale Labels layer reading the run's label levels from disk (never a full-size array)."""
     levels = [
@@ -100,21 +116,16 @@ def labels_layer_data(run_dir: str | Path, spec: dict, name: str) -> tuple:
         for k, shape in enumerate(label_level_shapes(*spec["image_shape"]))
     ]
     classes = spec.get("segmentation_classes", [])
-    colours = {i: np.array(hex_to_rgba(spec.get("colours", {}).get(n, "#808080"))) / 255 for i, n in enumerate(classes)}
-    colours[0] = np.zeros(4)  # background stays transparent
-    colours[None] = np.zeros(4)
-    from napari.utils.colormaps import DirectLabelColormap
-
     data, multiscale = _levels_data(levels)
     kwargs = {
         "name": name,
         "scale": list(spec["layer_scale"]),
         "translate": list(spec["layer_translate"]),
-        "opacity": 0.5,
-        "colormap": DirectLabelColormap(color_dict=colours),
+        "opacity": SEGMENTATION_OPACITY,
+        "colormap": label_colormap(classes, spec.get("colours", {})),
         "multiscale": multiscale,
         # hovering shows the class's name, not its number
-        "features": {"index": np.arange(len(classes)), "class": [display_name(n) for n in classes]},
+        "features": {"index": np.arange(len(classes)), "class": [display_name(n, spec) for n in classes]},
         "metadata": _metadata(run_dir, "segmentation", classes=classes),
     }
     return (data, _units(spec, kwargs), "labels")
@@ -175,14 +186,17 @@ RING_FILL_ALPHA = 0.15
 mark stays visible inside."""
 
 
-def display_name(name: str) -> str:
-    """A class name as people write it: ``invasive_margin`` → ``invasive margin``."""
-    return str(name).replace("_", " ").strip()
+def display_name(name: str, spec: dict | None = None) -> str:
+    """A class name as people read it: the checkpoint's display name (``display_names`` of its heads, or of a
+    run's spec), else the name with spaces for underscores (``invasive_margin`` → ``invasive margin``)."""
+    given = ((spec or {}).get("display_names") or {}).get(name)
+    return str(given) if given else str(name).replace("_", " ").strip()
 
 
-def legend_html(summary: dict, colours: dict[str, str]) -> str:
+def legend_html(summary: dict, colours: dict[str, str], names: dict[str, str] | None = None) -> str:
     """The run's legend as rich text for the widget: a colour swatch, the class in words, its area (and share
-    of the tissue) and, for detection classes, the count; the largest area first."""
+    of the tissue) and, for detection classes, the count; the largest area first. ``names``: display names."""
+    spec = {"display_names": names or {}}
     area_unit = summary.get("area_unit") or "px²"
     rows = []
     classes = summary.get("classes") or {}
@@ -190,12 +204,12 @@ def legend_html(summary: dict, colours: dict[str, str]) -> str:
         share = value.get("share_of_foreground")
         share_text = f" ({100 * share:.1f}%)" if isinstance(share, int | float) else ""
         rows.append(
-            f"<span style='color:{colours.get(name, '#cccccc')[:7]}'>■</span> {display_name(name)}: "
+            f"<span style='color:{colours.get(name, '#cccccc')[:7]}'>■</span> {display_name(name, spec)}: "
             f"{float(value.get('area') or 0):.4g} {area_unit}{share_text}"
         )
     for name, value in (summary.get("detections") or {}).items():
         rows.append(
-            f"<span style='color:{colours.get(name, '#ffff00')[:7]}'>○</span> {display_name(name)}: "
+            f"<span style='color:{colours.get(name, '#ffff00')[:7]}'>○</span> {display_name(name, spec)}: "
             f"{int(value.get('count') or 0)} detected"
         )
     return "<br>".join(rows)

@@ -306,14 +306,20 @@ class TrainWidget(QWidget):
 
         classes = list(config.heads.segmentation_classes) or ["background", "object"]
         kwargs = annotation_layer_kwargs(
-            classes, config.heads.colours, f"{layer.name} · annotations", layer, pyramid.downsample[level][0]
+            classes,
+            config.heads.colours,
+            f"{layer.name} · annotations",
+            layer,
+            pyramid.downsample[level][0],
+            config.heads.display_names,
         )
         labels = self.viewer.add_labels(np.zeros(shape, np.uint8), **kwargs)  # napari paints into it in place
         labels.selected_label = min(2, len(classes))  # the first class after background
         labels.mode = "paint"
         where = f" at level {level} ({shape[0]} × {shape[1]})" if level else ""
         self.status.setText(
-            f"paint{where} with: " + ", ".join(f"{i + 1} {display_name(n)}" for i, n in enumerate(classes))
+            f"paint{where} with: "
+            + ", ".join(f"{i + 1} {display_name(n, vars(config.heads))}" for i, n in enumerate(classes))
         )
 
     def copy_for_correction(self) -> None:

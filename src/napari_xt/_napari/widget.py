@@ -103,6 +103,30 @@ def _on_newest(method: str):
     return call
 
 
+CONTEXT_WORDS = {
+    "none": "each region on its own",
+    "xl": "context across regions (Transformer-XL)",
+    "hyper": "context across regions (HyperAttention)",
+    "mamba": "context across regions (Mamba)",
+}
+
+
+def model_description(config) -> str:
+    """What a person needs to know of a checkpoint before running it, in words: the pixels it was trained on,
+    what it sees, what it finds."""
+    bands = "RGB" if config.in_channels == 3 else f"{config.in_channels}-channel"
+    size = f"{config.pixel_size:g} {config.pixel_unit} per pixel" if config.pixel_size else "any pixel size"
+    heads, finds = config.heads, []
+    if len(heads.segmentation_classes) > 1:
+        finds.append(f"maps {len(heads.segmentation_classes) - 1} classes")
+    if heads.detection_classes:
+        finds.append(f"detects {len(heads.detection_classes)} kinds of object")
+    return (
+        f"For {bands} images at {size}; {CONTEXT_WORDS.get(config.context_encoder.kind, config.context_encoder.kind)}"
+        + (f"; {' and '.join(finds)}" if finds else "")
+    )
+
+
 class XTWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
@@ -340,14 +364,13 @@ class XTWidget(QWidget):
             return
         self.config = config = info.config
         swatches = " ".join(
-            f"<span style='color:{config.heads.colours.get(name, '#ccc')[:7]}'>■</span> {display_name(name)}"
+            f"<span style='color:{config.heads.colours.get(name, '#ccc')[:7]}'>■</span> {display_name(name, vars(config.heads))}"
             for name in dict.fromkeys([*config.heads.segmentation_classes[1:], *config.heads.detection_classes])
         )
-        size = f"{config.pixel_size:g} {config.pixel_unit}" if config.pixel_size else "any"
-        self.summary.setText(
-            f"<b>{config.region_encoder.name}</b> regions of {config.region_size}², "
-            f"<b>{config.context_encoder.kind}</b> context; {config.in_channels} channel(s); "
-            f"trained at {size}<br>{swatches}"
+        self.summary.setText(f"{model_description(config)}<br>{swatches}")
+        self.summary.setToolTip(
+            f"region encoder {config.region_encoder.name}, regions of {config.region_size} px, context encoder "
+            f"{config.context_encoder.kind} (width {config.context_encoder.width}, depth {config.context_encoder.depth})"
         )
         self._update_scales()
 
@@ -632,7 +655,8 @@ class XTWidget(QWidget):
         except (OSError, ValueError, TypeError):
             self.legend.setText("")
             return
-        self.legend.setText(legend_html(summary, self.config.heads.colours if self.config else {}))
+        heads = self.config.heads if self.config else None
+        self.legend.setText(legend_html(summary, heads.colours if heads else {}, heads.display_names if heads else {}))
 
     def _show_progress(self, event: Progress) -> None:
         now = time.monotonic()

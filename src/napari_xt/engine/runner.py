@@ -239,6 +239,7 @@ def display_spec(pyramid: Pyramid, config, grid: RegionGrid) -> dict:
         "segmentation_classes": list(heads.segmentation_classes),
         "detection_classes": list(heads.detection_classes),
         "colours": dict(heads.colours),
+        "display_names": dict(heads.display_names),
     }
 
 

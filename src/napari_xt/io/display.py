@@ -1,4 +1,5 @@
-"""Display helpers that read as little as possible: contrast limits from the smallest level or a sample."""
+"""Display helpers: contrast limits read from as little as possible (the smallest level or a sample), and the
+colour difference an overlay makes on the canvas."""
 
 from __future__ import annotations
 
@@ -49,3 +50,29 @@ def contrast_limits(pyramid: Pyramid, percentiles: tuple[float, float] = (0.5, 9
     if high <= low:
         high = low + 1.0
     return (float(low), float(high))
+
+
+def cielab(rgb) -> np.ndarray:
+    """CIE L*a*b* (D65) of sRGB colours ``(..., 3)`` in 0–255."""
+    linear = np.asarray(rgb, dtype=np.float64)[..., :3] / 255.0
+    linear = np.where(linear > 0.04045, ((linear + 0.055) / 1.055) ** 2.4, linear / 12.92)
+    to_xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
+    cube = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack(
+        [116 * cube[..., 1] - 16, 500 * (cube[..., 0] - cube[..., 1]), 200 * (cube[..., 1] - cube[..., 2])], -1
+    )
+
+
+def delta_e(rgb_a, rgb_b) -> np.ndarray:
+    """Perceived colour difference (CIE76 ΔE*ab) of sRGB colours in 0–255: about 2 is just noticeable, 20 and
+    more is plain at a glance."""
+    return np.linalg.norm(cielab(rgb_a) - cielab(rgb_b), axis=-1)
+
+
+def overlay_contrast(colour, opacity: float, background) -> np.ndarray:
+    """ΔE that a colour laid over ``background`` (sRGB 0–255) at ``opacity`` makes, as napari's translucent
+    blending draws it."""
+    background = np.asarray(background, dtype=np.float64)[..., :3]
+    blended = opacity * np.asarray(colour, dtype=np.float64)[..., :3] + (1 - opacity) * background
+    return delta_e(blended, background)

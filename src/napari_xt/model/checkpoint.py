@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,6 +79,48 @@ def save_checkpoint(model, path: str | Path, provenance: dict | None = None, dty
     with atomic_path(path) as tmp:  # never a half-written checkpoint under the real name
         save_file(state, str(tmp), metadata=metadata)
     return file_sha256(path)
+
+
+COLOUR = re.compile(r"^#[0-9a-fA-F]{6}([0-9a-fA-F]{2})?$")
+
+
+def restyle_checkpoint(
+    path: str | Path,
+    out: str | Path,
+    colours: dict[str, str] | None = None,
+    display_names: dict[str, str] | None = None,
+    command: str = "",
+) -> str:
+    """Write ``out``: checkpoint ``path`` with other class colours and display names, every tensor byte for
+    byte the same; the provenance keeps the source's and records the source file's sha256. Returns ``out``'s
+    sha256. Classes the model does not have and colours that are not ``#rrggbb[aa]`` are refused."""
+    from safetensors.torch import load_file, save_file
+
+    info = read_checkpoint_info(path)
+    heads = info.config.heads
+    known = {*heads.segmentation_classes, *heads.detection_classes, *heads.classification_classes}
+    for kind, values in (("colour", colours or {}), ("display name", display_names or {})):
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CheckpointError(
+                f"{path}: has no class {', '.join(unknown)} to give a {kind}; its classes: {', '.join(sorted(known))}"
+            )
+    bad = sorted(f"{name}={value}" for name, value in (colours or {}).items() if not COLOUR.match(str(value)))
+    if bad:
+        raise CheckpointError(f"colours must be #rrggbb or #rrggbbaa: {', '.join(bad)}")
+    config = copy.deepcopy(info.config)
+    config.heads.colours = {**heads.colours, **(colours or {})}
+    config.heads.display_names = {**heads.display_names, **(display_names or {})}
+    provenance = {**info.provenance, "restyled": {"from_sha256": info.sha256, "command": command}}
+    state = load_file(str(path))
+    metadata = {
+        "format": FORMAT,
+        "config": config.to_json(),
+        "provenance": json.dumps(provenance, sort_keys=True, default=str),
+    }
+    with atomic_path(Path(out)) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    return file_sha256(out)
 
 
 def read_checkpoint_info(path: str | Path, with_hash: bool = True) -> CheckpointInfo:

@@ -83,6 +83,8 @@ class HeadsConfig:
         detection_classes: classes of point objects; empty: no detection head.
         classification_classes: image-level classes; empty: no classification head.
         colours: ``name -> "#rrggbb"`` for display.
+        display_names: ``name -> words`` shown to people (``background`` → ``sea``); a class without one is
+            shown with its underscores as spaces.
         decoder_channels: UNet decoder widths from fine (stride 4) to coarse.
         decoder_convs: 3 × 3 convolutions per decoder stage (2 as in UNet; 1 for light CPU models).
         detection_stride: output stride of the detection maps (≤ 4).
@@ -92,6 +94,7 @@ class HeadsConfig:
     detection_classes: list[str] = field(default_factory=list)
     classification_classes: list[str] = field(default_factory=list)
     colours: dict[str, str] = field(default_factory=dict)
+    display_names: dict[str, str] = field(default_factory=dict)
     decoder_channels: list[int] = field(default_factory=lambda: [48, 96, 176, 256])
     decoder_convs: int = 2
     detection_stride: int = 4

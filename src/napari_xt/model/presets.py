@@ -16,19 +16,23 @@ _PRESETS: dict[str, Callable[[], XTConfig]] = {}
 SLIDE_HEADS = HeadsConfig(  # the classes of the slide demo world (napari_xt.data.worlds)
     segmentation_classes=["background", "stroma", "invasive_margin", "tumour", "margin_cluster", "stroma_cluster"],
     detection_classes=["margin_cluster", "stroma_cluster"],
+    # hues that H&E has none of, so each class changes the canvas by ΔE ≥ 20 over glass, eosin, haematoxylin and
+    # blood at the labels' opacity (tests/_napari/test_overlay_contrast.py measures it)
     colours={
         "background": "#00000000",
-        "stroma": "#f2c4d6",
-        "invasive_margin": "#f0a050",
-        "tumour": "#b03a8c",
-        "margin_cluster": "#e6194b",
-        "stroma_cluster": "#2e8b3c",
+        "stroma": "#1b9e5a",
+        "invasive_margin": "#ff9d00",
+        "tumour": "#1f4fff",
+        "margin_cluster": "#00e0ff",
+        "stroma_cluster": "#b6ff00",
     },
 )
 SAR_HEADS = HeadsConfig(  # the classes of the SAR demo world (napari_xt.data.worlds)
     segmentation_classes=["background", "land", "open_sea", "near_shore"],
     detection_classes=["open_sea", "near_shore"],
-    colours={"background": "#00000000", "land": "#a0a0a0", "open_sea": "#4363d8", "near_shore": "#f58231"},
+    # saturated colours on a grey image: visible over dark sea and over bright land alike
+    colours={"background": "#00000000", "land": "#ffc83d", "open_sea": "#00d5ff", "near_shore": "#ff3d9a"},
+    display_names={"background": "sea", "open_sea": "open-sea vessel", "near_shore": "near-shore vessel"},
 )
 
 
