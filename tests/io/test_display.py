@@ -1,5 +1,5 @@
-import pytest
 import numpy as np
+import pytest
 
 from napari_xt.io import open_pyramid
 from napari_xt.io.display import contrast_limits

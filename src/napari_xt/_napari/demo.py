@@ -7,7 +7,6 @@ import os
 import time
 from pathlib import Path
 
-
 from napari_xt.data.worlds import synthetic_scene
 
 VIEW_WIDTH = {"sar": 4096.0, "slide": 3072.0}  # level-0 pixels across the canvas

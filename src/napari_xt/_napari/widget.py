@@ -363,14 +363,15 @@ class XTWidget(QWidget):
             self.summary.setText(f"<span style='color:#e66'>{error}</span>")
             return
         self.config = config = info.config
+        heads, context = config.heads, config.context_encoder
         swatches = " ".join(
-            f"<span style='color:{config.heads.colours.get(name, '#ccc')[:7]}'>■</span> {display_name(name, vars(config.heads))}"
-            for name in dict.fromkeys([*config.heads.segmentation_classes[1:], *config.heads.detection_classes])
+            f"<span style='color:{heads.colours.get(name, '#ccc')[:7]}'>■</span> {display_name(name, vars(heads))}"
+            for name in dict.fromkeys([*heads.segmentation_classes[1:], *heads.detection_classes])
         )
         self.summary.setText(f"{model_description(config)}<br>{swatches}")
         self.summary.setToolTip(
             f"region encoder {config.region_encoder.name}, regions of {config.region_size} px, context encoder "
-            f"{config.context_encoder.kind} (width {config.context_encoder.width}, depth {config.context_encoder.depth})"
+            f"{context.kind} (width {context.width}, depth {context.depth})"
         )
         self._update_scales()
 
