@@ -81,7 +81,7 @@ def _run_view(run, centre, view) -> tuple:
 
     s0 = run.viewer.layers[0].scale[-1]
     camera(run.viewer).center = (centre[0] * s0, centre[1] * s0)
-    run.roi_combo.setCurrentText("visible region")
+    run.region.value = "visible region"
     started = time.perf_counter()
     run.start()
     _wait(lambda: run.done)
@@ -144,8 +144,8 @@ def measure(steps: int, screenshot: Path | None) -> dict:
         entry = train.annotation_list.item(item)
         entry.setCheckState(Qt.Checked if entry.text() == copy.name else Qt.Unchecked)
     train.start_combo.setCurrentIndex(train.start_combo.findData(str(shipped)))
-    train.steps.setValue(steps)
-    train.minutes.setValue(0)
+    train.steps.value = steps
+    train.minutes.value = 0
     ticks, timer = main_thread_ticks()
     clicked = time.perf_counter()
     train.start()

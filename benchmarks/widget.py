@@ -38,7 +38,7 @@ def measure(scene_kind: str) -> dict:
         raise SystemExit(f"no shipped {scene_kind} checkpoint: run scripts/train_demo.sh first")
     viewer, widget, _world = show_demo_world(scene_kind)
     widget.set_checkpoint(checkpoint)
-    widget.roi_combo.setCurrentText("visible region")
+    widget.region.value = "visible region"
     for _ in range(40):  # the scene is drawn before the click
         QApplication.processEvents()
         time.sleep(0.02)

@@ -38,7 +38,7 @@ def shoot(scene: str, strip: bool) -> None:
 
     viewer, widget, _world = show_demo_world(scene)
     widget.set_checkpoint(checkpoints.demo_checkpoint(scene, "xl"))
-    widget.roi_combo.setCurrentText("visible region")
+    widget.region.value = "visible region"
     _pump(2.0)
     frames, wanted = [], [0.25, 0.5]
     widget.start()

@@ -44,8 +44,8 @@ def _viewer(make_napari_viewer, size=1024):
 
 def _start_from(train, models, steps, minutes=0.0):
     train.start_combo.setCurrentIndex(train.start_combo.findData(str(models / "tiny_sar_xl.safetensors")))
-    train.steps.setValue(steps)
-    train.minutes.setValue(minutes)
+    train.steps.value = steps
+    train.minutes.value = minutes
     train.level_combo.setCurrentIndex(train.level_combo.findData(1))
 
 
@@ -92,7 +92,7 @@ def test_train_from_painted_layers_then_run_the_new_model(make_napari_viewer, qt
     qtbot.waitUntil(lambda: run.done, timeout=120_000)
     assert "finished" in run.status.text()
     assert run.layers["labels"].name == f"scene · segmentation ({train.written.stem})"
-    assert run.roi_combo.currentText() == "visible region"
+    assert run.region.value == "visible region"
     # the run's detections are offered as annotations (to correct) but not chosen: they are the model's guesses
     offered = [train.annotation_list.item(i).text() for i in range(train.annotation_list.count())]
     assert run.layers["points"].name in offered
@@ -139,17 +139,17 @@ def test_bad_choices_are_notified_at_the_click(make_napari_viewer, qtbot, models
     train.start()
     assert "has 1 channel(s) but the model takes 3" in said[-1] and train.done
     # the budget and the freeze choice are kept for the next napari session (the same settings file)
-    train.steps.setValue(77)
-    train.minutes.setValue(2.5)
-    train.freeze.setChecked(True)
+    train.steps.value = 77
+    train.minutes.value = 2.5
+    train.freeze.value = True
     again = TrainWidget(viewer)
-    assert (again.steps.value(), again.minutes.value(), again.freeze.isChecked()) == (77, 2.5, True)
+    assert (again.steps.value, again.minutes.value, again.freeze.value) == (77, 2.5, True)
 
 
 def test_a_corrected_copy_of_a_run_is_training_truth(make_napari_viewer, qtbot, models):
     viewer, run, train = _viewer(make_napari_viewer)
     run.set_checkpoint(models / "tiny_sar_xl.safetensors")
-    run.roi_combo.setCurrentText("whole image")
+    run.region.value = "whole image"
     run.scale_combo.setCurrentIndex(run.scale_combo.findData("level:1"))
     run.start()
     qtbot.waitUntil(lambda: run.done, timeout=120_000)

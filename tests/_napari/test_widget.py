@@ -33,7 +33,7 @@ def _viewer_with_scene(make_napari_viewer, size=2048, show=False):
 
 def _choose(widget, checkpoint, roi="whole image", level=1):
     widget.set_checkpoint(checkpoint)
-    widget.roi_combo.setCurrentText(roi)
+    widget.region.value = roi
     widget.scale_combo.setCurrentIndex(widget.scale_combo.findData(f"level:{level}"))
 
 
@@ -56,7 +56,7 @@ def _after_each_event(widget, callback):
 def test_full_run_gives_lazy_aligned_layers(make_napari_viewer, qtbot, sar_checkpoint):
     viewer, widget = _viewer_with_scene(make_napari_viewer)
     _choose(widget, sar_checkpoint)
-    widget.region_grid.setChecked(True)
+    widget.region_grid.value = True
     _run(qtbot, widget)
     assert "finished" in widget.status.text()
     labels, points, roi = widget.layers["labels"], widget.layers["points"], widget.layers["shapes"]
@@ -139,9 +139,9 @@ def test_a_known_object_lands_on_itself_within_half_an_analysis_pixel(
     layer = viewer.add_image(data, **kwargs)
     widget = XTWidget(viewer)
     widget.set_checkpoint(sar_checkpoint)  # loading is replaced by the oracle above
-    widget.roi_combo.setCurrentText("whole image")
+    widget.region.value = "whole image"
     widget.scale_combo.setCurrentIndex(widget.scale_combo.findData(f"level:{level}"))
-    widget.threshold.setValue(0.5)
+    widget.threshold.value = 0.5
     _run(qtbot, widget)
     points = widget.layers["points"]
     shown = np.asarray(points.data)[np.asarray(points.shown)]
@@ -180,14 +180,14 @@ def test_cancel_keeps_what_finished(make_napari_viewer, qtbot, sar_checkpoint):
 def test_threshold_filters_points_without_a_new_run(make_napari_viewer, qtbot, sar_checkpoint):
     _viewer, widget = _viewer_with_scene(make_napari_viewer, size=1024)
     _choose(widget, sar_checkpoint)
-    widget.threshold.setValue(0.0)
+    widget.threshold.value = 0.0
     _run(qtbot, widget)
     points = widget.layers["points"]
     assert len(points.data) > 0
     worker = widget.worker
-    widget.threshold.setValue(float(np.median(points.features["score"])))
+    widget.threshold.value = float(np.median(points.features["score"]))
     assert 0 < np.asarray(points.shown).sum() < len(points.data)
-    widget.threshold.setValue(1.0)
+    widget.threshold.value = 1.0
     assert np.asarray(points.shown).sum() == 0
     assert widget.worker is worker  # nothing recomputed
 
@@ -258,7 +258,7 @@ def test_probability_layer_is_multiscale_and_live(make_napari_viewer, qtbot, sar
     _choose(widget, sar_checkpoint, roi="selected rectangle", level=0)
     scale = np.asarray(viewer.layers["scene"].scale)  # a rectangle of 8 × 8 regions: the layers are whole-image
     viewer.add_shapes([np.array([[0, 0], [0, 512], [512, 512], [512, 0]]) * scale], shape_type="rectangle")
-    widget.probabilities.setChecked(True)
+    widget.probabilities.value = True
     widget.start()
     probabilities = widget.layers["probabilities"]  # there from the start
     assert probabilities.multiscale and [level.shape for level in probabilities.data] == [
@@ -318,7 +318,7 @@ def test_bad_input_is_refused_at_the_click_with_a_notification(
     viewer.open(str(ome_zarr_v05), plugin="napari-xt")  # RGB: the SAR checkpoint takes one channel
     widget = XTWidget(viewer)
     widget.set_checkpoint(sar_checkpoint)
-    widget.roi_combo.setCurrentText("whole image")
+    widget.region.value = "whole image"
     n_layers = len(viewer.layers)
     widget.start()
     assert any("expects 1-channel images" in e for e in errors)
@@ -331,7 +331,7 @@ def test_only_the_users_rectangles_count(make_napari_viewer, qtbot, sar_checkpoi
     viewer, widget = _viewer_with_scene(make_napari_viewer, size=1024)
     _choose(widget, sar_checkpoint, level=2)
     _run(qtbot, widget)  # leaves napari-xt's own ROI rectangle in a Shapes layer
-    widget.roi_combo.setCurrentText("selected rectangle")
+    widget.region.value = "selected rectangle"
     widget.start()
     assert any("no rectangle" in e for e in errors) and widget.done
     scale = np.asarray(viewer.layers["scene"].scale)
@@ -369,15 +369,15 @@ def test_choices_survive_a_restart_and_keys_run_and_cancel(make_napari_viewer, q
     from napari_xt.engine.events import Started
 
     viewer, widget = _viewer_with_scene(make_napari_viewer, size=1024)
-    widget.roi_combo.setCurrentText("whole image")
-    widget.whole_context.setChecked(True)
-    widget.probabilities.setChecked(True)
-    widget.threshold.setValue(0.35)
-    widget.outlines.setChecked(True)
+    widget.region.value = "whole image"
+    widget.whole_context.value = True
+    widget.probabilities.value = True
+    widget.threshold.value = 0.35
+    widget.outlines.value = True
     again = XTWidget(viewer)  # a widget made afresh reads the same settings file a restarted napari would
-    assert again.roi_combo.currentText() == "whole image" and again.whole_context.isChecked()
-    assert again.probabilities.isChecked() and not again.region_grid.isChecked()
-    assert again.threshold.value() == pytest.approx(0.35)
+    assert again.region.value == "whole image" and again.whole_context.value
+    assert again.probabilities.value and not again.region_grid.value
+    assert again.threshold.value == pytest.approx(0.35)
     again.close()
     _choose(widget, sar_checkpoint, level=0)
     bars, started = [], []
@@ -392,8 +392,8 @@ def test_choices_survive_a_restart_and_keys_run_and_cancel(make_napari_viewer, q
     qtbot.waitUntil(lambda: widget.done, timeout=120_000)
     assert "cancelled" in widget.status.text() or "finished" in widget.status.text()
     assert widget._progress is None  # the bar is closed with the run
-    assert again.outlines.isChecked() and widget.layers["labels"].contour == 2  # classes drawn as outlines
-    widget.outlines.setChecked(False)
+    assert again.outlines.value and widget.layers["labels"].contour == 2  # classes drawn as outlines
+    widget.outlines.value = False
     assert widget.layers["labels"].contour == 0
 
 
@@ -410,3 +410,22 @@ def test_the_model_is_described_in_words_with_the_details_in_the_tooltip(make_na
     widget.set_checkpoint(checkpoints.demo_checkpoint("sar", "xl"))
     assert "open-sea vessel" in widget.summary.text() and "near-shore vessel" in widget.summary.text()
     assert "convnext_atto" in widget.summary.toolTip()
+
+
+def test_saved_settings_that_no_longer_fit_keep_their_defaults(qtbot):
+    from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox
+
+    from napari_xt._napari.widget import restore_settings
+
+    form = Container(
+        widgets=[
+            ComboBox(name="device", choices=["auto", "cpu"]),
+            CheckBox(name="outlines"),
+            FloatSpinBox(name="threshold", value=0.5),
+            SpinBox(name="steps", value=10),
+        ]
+    )
+    restore_settings(form, {"device": "cuda:3", "outlines": "yes", "threshold": 1, "steps": True})
+    assert form.asdict() == {"device": "auto", "outlines": False, "threshold": 1.0, "steps": 10}
+    restore_settings(form, {"device": "cpu", "outlines": True, "steps": 600})
+    assert form.asdict() == {"device": "cpu", "outlines": True, "threshold": 1.0, "steps": 600}

@@ -61,7 +61,7 @@ def run_demo(scene: str = "sar", screenshot: Path | None = None, run: bool = Tru
             print("napari-xt demo: no shipped checkpoint found; showing the scene only")
         if run and checkpoint is not None:
             widget.set_checkpoint(checkpoint)
-            widget.roi_combo.setCurrentText("visible region")
+            widget.region.value = "visible region"
             started = time.monotonic()
             widget.start()
             while widget.running and time.monotonic() - started < timeout_s:

@@ -15,12 +15,11 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from magicgui.widgets import CheckBox, Container, FloatSpinBox, SpinBox
 from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -28,7 +27,6 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -37,7 +35,7 @@ from napari_xt._napari import checkpoints as catalogue
 from napari_xt._napari._napari_compat import main_window
 from napari_xt._napari.annotation_layers import annotation_layer_kwargs, annotations_from_layers, editable_copy
 from napari_xt._napari.run_layers import is_napari_xt_output, napari_xt_meta
-from napari_xt._napari.widget import STATUS_INTERVAL_S, pyramid_of_layer, run_widgets, visible_box
+from napari_xt._napari.widget import STATUS_INTERVAL_S, pyramid_of_layer, restore_settings, run_widgets, visible_box
 from napari_xt.io import ImageReadError
 
 NEW_MODELS = {  # "start from" choices that build a new model (its architecture from a preset)
@@ -145,20 +143,26 @@ class TrainWidget(QWidget):
         self.level_combo = QComboBox()
         self.level_combo.setToolTip("the image level the model sees (the starting model's pixel size first)")
         form.addRow("Resolution", self.level_combo)
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 100_000)
-        self.steps.setValue(DEFAULT_STEPS)
-        self.steps.setToolTip("training steps at most")
-        form.addRow("Steps", self.steps)
-        self.minutes = QDoubleSpinBox()
-        self.minutes.setRange(0.0, 24 * 60)
-        self.minutes.setValue(DEFAULT_MINUTES)
-        self.minutes.setSuffix(" min")
-        self.minutes.setToolTip("a time budget (0: none): as many steps as fit, the schedule fitted to them")
-        form.addRow("Time budget", self.minutes)
-        self.freeze = QCheckBox("keep the region encoder as it is")
-        self.freeze.setToolTip("train the context and the heads only: faster, and safer with few annotations")
-        form.addRow(self.freeze)
+        self.steps = SpinBox(
+            name="steps", label="Steps", value=DEFAULT_STEPS, min=1, max=100_000, tooltip="training steps at most"
+        )
+        self.minutes = FloatSpinBox(
+            name="minutes",
+            label="Time budget (min)",
+            value=DEFAULT_MINUTES,
+            min=0.0,
+            max=24 * 60,
+            tooltip="a time budget (0: none): as many steps as fit, the schedule fitted to them",
+        )
+        self.freeze = CheckBox(
+            name="freeze",
+            label="",
+            text="keep the region encoder as it is",
+            tooltip="train the context and the heads only: faster, and safer with few annotations",
+        )
+        self.options = Container(widgets=[self.steps, self.minutes, self.freeze])  # kept across sessions
+        self.options.margins = (0, 0, 0, 0)
+        form.addRow(self.options.native)
         self.name_edit = QLineEdit()
         self.name_edit.setToolTip(f"the new model's name; it is saved in {catalogue.models_folder()}")
         form.addRow("Model name", self.name_edit)
@@ -186,20 +190,11 @@ class TrainWidget(QWidget):
         layout.addStretch(1)
 
     def _restore_settings(self) -> None:
-        saved = catalogue.load_settings("train")
-        if isinstance(saved.get("steps"), int):
-            self.steps.setValue(saved["steps"])
-        if isinstance(saved.get("minutes"), int | float):
-            self.minutes.setValue(float(saved["minutes"]))
-        if isinstance(saved.get("freeze"), bool):
-            self.freeze.setChecked(saved["freeze"])
-        for signal in (self.steps.valueChanged, self.minutes.valueChanged, self.freeze.toggled):
-            signal.connect(self._save_settings)
+        restore_settings(self.options, catalogue.load_settings("train"))
+        self.options.changed.connect(self._save_settings)
 
     def _save_settings(self, *_) -> None:
-        catalogue.save_settings(
-            "train", {"steps": self.steps.value(), "minutes": self.minutes.value(), "freeze": self.freeze.isChecked()}
-        )
+        catalogue.save_settings("train", self.options.asdict())
 
     # -- choices ----------------------------------------------------------------------------------------------
 
@@ -389,14 +384,14 @@ class TrainWidget(QWidget):
 
         level = int(self.level_combo.currentData() or 0)
         settings = TrainSettings(
-            steps=self.steps.value(),
+            steps=self.steps.value,
             crop_regions=4,
             batch=2,
             lr=2e-4 if init else 2e-3,
-            warmup=min(30, max(1, self.steps.value() // 10)),
+            warmup=min(30, max(1, self.steps.value // 10)),
             log_every=5,
             save_every=10**9,  # no resumable state: the widget's runs are short, and Cancel writes the model
-            max_seconds=self.minutes.value() * 60 or None,
+            max_seconds=self.minutes.value * 60 or None,
             command=f"napari Train xT widget on {image.name!r}",
         )
         self._stop = False
@@ -415,7 +410,7 @@ class TrainWidget(QWidget):
             found,
             config,
             init,
-            "encoder" if self.freeze.isChecked() else "none",
+            "encoder" if self.freeze.value else "none",
             out,
             settings,
             lambda: self._stop,
@@ -508,7 +503,7 @@ class TrainWidget(QWidget):
         index = widget.image_combo.findData(image)
         if index >= 0:
             widget.image_combo.setCurrentIndex(index)
-        widget.roi_combo.setCurrentText("visible region")
+        widget.region.value = "visible region"
         level = widget.scale_combo.findData(f"level:{self.trained_level}")
         if level >= 0:
             widget.scale_combo.setCurrentIndex(level)

@@ -13,11 +13,10 @@ import weakref
 from pathlib import Path
 
 import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
-    QCheckBox,
     QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -127,6 +126,27 @@ def model_description(config) -> str:
     )
 
 
+def restore_settings(form, saved: dict) -> None:
+    """Put the values kept from the last session back into a magicgui form; a value that no longer fits (of
+    another type, a device that is gone, a choice since renamed) leaves that setting at its default."""
+    for widget in form:
+        value, default = saved.get(widget.name), widget.value
+        if not _same_kind(value, default):
+            continue
+        try:
+            widget.value = value
+        except ValueError:  # not among the choices any more
+            widget.value = default
+
+
+def _same_kind(value, default) -> bool:
+    if isinstance(value, bool) or isinstance(default, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    return value is not None and isinstance(value, type(default))
+
+
 class XTWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
@@ -181,44 +201,73 @@ class XTWidget(QWidget):
         self.summary.setWordWrap(True)
         self.summary.setTextFormat(Qt.RichText)
         form.addRow(self.summary)
-        self.device_combo = QComboBox()
-        for label, device in self._devices():
-            self.device_combo.addItem(label, device)
-        self.device_combo.setToolTip("where the model runs: a CUDA GPU when there is one (auto), else the CPU")
-        form.addRow("Device", self.device_combo)
         self.scale_combo = QComboBox()
         self.scale_combo.setToolTip("the image level the model sees; the model's own pixel size first when known")
         form.addRow("Resolution", self.scale_combo)
         self.image_combo.currentIndexChanged.connect(self._update_scales)
-        self.roi_combo = QComboBox()
-        self.roi_combo.addItems(ROI_CHOICES)
-        self.roi_combo.setToolTip("what to analyse: the part of the image in view, all of it, or a drawn rectangle")
-        form.addRow("Region", self.roi_combo)
-        self.whole_context = QCheckBox("Use whole-image context")
-        self.whole_context.setChecked(False)
-        self.whole_context.setToolTip(
-            "Off: context comes from the chosen region (fast). On: from every region of the image, so the region "
-            "gets the same predictions as a whole-image run; the first time this encodes the whole image "
-            "(minutes on a CPU for a gigapixel image), later runs reuse the cached encodings."
+        # the fixed choices as a magicgui form: typed values, and one place that lists what is kept across sessions
+        self.device = ComboBox(
+            name="device",
+            label="Device",
+            choices=self._devices(),
+            tooltip="where the model runs: a CUDA GPU when there is one (auto), else the CPU",
         )
-        form.addRow(self.whole_context)
-        self.threshold = QDoubleSpinBox()
-        self.threshold.setRange(0.0, 1.0)
-        self.threshold.setSingleStep(0.05)
-        self.threshold.setValue(0.5)
-        self.threshold.valueChanged.connect(self._apply_threshold)
-        self.threshold.setToolTip("detections below this score are hidden (and left out of exports); no rerun")
-        form.addRow("Detection threshold", self.threshold)
-        self.probabilities = QCheckBox("Show class probabilities")
-        self.probabilities.setToolTip("also keep and show each class's probability (one channel per class)")
-        form.addRow(self.probabilities)
-        self.outlines = QCheckBox("Segmentation as outlines")
-        self.outlines.setToolTip("draw each class's border only, so that the tissue or scene under it stays visible")
-        self.outlines.toggled.connect(self._apply_outlines)
-        form.addRow(self.outlines)
-        self.region_grid = QCheckBox("Show the region grid")
-        self.region_grid.setToolTip("Draw the borders of the regions xT analyses (one region each) in the ROI layer")
-        form.addRow(self.region_grid)
+        self.region = ComboBox(
+            name="region",
+            label="Region",
+            choices=ROI_CHOICES,
+            tooltip="what to analyse: the part of the image in view, all of it, or a drawn rectangle",
+        )
+        self.whole_context = CheckBox(
+            name="whole_context",
+            label="",
+            text="Use whole-image context",
+            tooltip="Off: context comes from the chosen region (fast). On: from every region of the image, so the "
+            "region gets the same predictions as a whole-image run; the first time this encodes the whole image "
+            "(minutes on a CPU for a gigapixel image), later runs reuse the cached encodings.",
+        )
+        self.threshold = FloatSpinBox(
+            name="threshold",
+            label="Detection threshold",
+            value=0.5,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            tooltip="detections below this score are hidden (and left out of exports); no rerun",
+        )
+        self.threshold.changed.connect(self._apply_threshold)
+        self.probabilities = CheckBox(
+            name="probabilities",
+            label="",
+            text="Show class probabilities",
+            tooltip="also keep and show each class's probability (one channel per class)",
+        )
+        self.outlines = CheckBox(
+            name="outlines",
+            label="",
+            text="Segmentation as outlines",
+            tooltip="draw each class's border only, so that the tissue or scene under it stays visible",
+        )
+        self.outlines.changed.connect(self._apply_outlines)
+        self.region_grid = CheckBox(
+            name="region_grid",
+            label="",
+            text="Show the region grid",
+            tooltip="Draw the borders of the regions xT analyses (one region each) in the ROI layer",
+        )
+        self.options = Container(
+            widgets=[
+                self.device,
+                self.region,
+                self.whole_context,
+                self.threshold,
+                self.probabilities,
+                self.outlines,
+                self.region_grid,
+            ]
+        )
+        self.options.margins = (0, 0, 0, 0)
+        form.addRow(self.options.native)
         self.run_button = QPushButton("Run xT")
         self.run_button.setToolTip(f"run on the chosen region ({RUN_KEY})")
         self.run_button.clicked.connect(self.start)
@@ -247,43 +296,11 @@ class XTWidget(QWidget):
     # -- settings kept across napari sessions -----------------------------------------------------------------
 
     def _restore_settings(self) -> None:
-        saved = catalogue.load_settings("run")
-        if saved.get("region") in ROI_CHOICES:
-            self.roi_combo.setCurrentText(saved["region"])
-        index = self.device_combo.findData(saved.get("device"))
-        if index >= 0:
-            self.device_combo.setCurrentIndex(index)
-        for key, box in self._checkboxes().items():
-            if isinstance(saved.get(key), bool):
-                box.setChecked(saved[key])
-        if isinstance(saved.get("threshold"), int | float):
-            self.threshold.setValue(float(saved["threshold"]))
-        for signal in (
-            self.roi_combo.currentIndexChanged,
-            self.device_combo.currentIndexChanged,
-            self.threshold.valueChanged,
-            *(box.toggled for box in self._checkboxes().values()),
-        ):
-            signal.connect(self._save_settings)
-
-    def _checkboxes(self) -> dict:
-        return {
-            "whole_context": self.whole_context,
-            "probabilities": self.probabilities,
-            "region_grid": self.region_grid,
-            "outlines": self.outlines,
-        }
+        restore_settings(self.options, catalogue.load_settings("run"))
+        self.options.changed.connect(self._save_settings)
 
     def _save_settings(self, *_) -> None:
-        catalogue.save_settings(
-            "run",
-            {
-                "region": self.roi_combo.currentText(),
-                "device": self.device_combo.currentData(),
-                "threshold": self.threshold.value(),
-                **{key: box.isChecked() for key, box in self._checkboxes().items()},
-            },
-        )
+        catalogue.save_settings("run", self.options.asdict())
 
     def _devices(self) -> list[tuple[str, str]]:
         import psutil
@@ -412,7 +429,7 @@ class XTWidget(QWidget):
 
     def roi(self, pyramid: Pyramid, layer) -> tuple[float, float, float, float] | None:
         """The chosen region as a level-0 box, or None for the whole image."""
-        choice = self.roi_combo.currentText()
+        choice = self.region.value
         scale = np.asarray(layer.scale[-2:], float)
         translate = np.asarray(layer.translate[-2:], float)
         if choice == "whole image":
@@ -461,11 +478,11 @@ class XTWidget(QWidget):
             level=int(value) if kind == "level" else None,
             pixel_size=float(value) if kind == "pixel_size" else None,
             roi=roi,
-            device=self.device_combo.currentData() or "auto",
-            context_scope="image" if self.whole_context.isChecked() else "roi",
-            save_probabilities=self.probabilities.isChecked(),
-            store_threshold=min(0.1, self.threshold.value()),
-            export_threshold=self.threshold.value(),
+            device=self.device.value,
+            context_scope="image" if self.whole_context.value else "roi",
+            save_probabilities=self.probabilities.value,
+            store_threshold=min(0.1, self.threshold.value),
+            export_threshold=self.threshold.value,
             replace_stale=True,  # the widget's run directories are its own cache: recompute, never reuse
         )
 
@@ -516,9 +533,9 @@ class XTWidget(QWidget):
                 "image_name": layer.name,
                 "checkpoint": str(checkpoint),
             },
-            self.threshold.value(),
+            self.threshold.value,
             probabilities=options.save_probabilities,
-            region_grid=self.region_grid.isChecked(),
+            region_grid=self.region_grid.value,
         )
         self._apply_outlines()
         self.viewer.layers.selection.active = layer
@@ -681,12 +698,12 @@ class XTWidget(QWidget):
         """Filled classes, or their borders only (``OUTLINE_PX`` screen pixels wide) on the segmentation."""
         labels = self.layers.get("labels")
         if labels is not None:
-            labels.contour = OUTLINE_PX if self.outlines.isChecked() else 0
+            labels.contour = OUTLINE_PX if self.outlines.value else 0
 
     def _apply_threshold(self, *_) -> None:
         """Filter detections by score without recomputing anything."""
         if self.live is not None:
-            self.live.set_threshold(self.threshold.value())
+            self.live.set_threshold(self.threshold.value)
 
 
 def _events(pyramid, checkpoint, run_dir, options, cancel, image_name):
