@@ -1,6 +1,7 @@
 """Layer data of a run directory: the ROI layer and its region grid (no viewer needed)."""
 
 import numpy as np
+import pytest
 
 from napari_xt._napari.run_layers import MAX_GRID_LINES, points_properties, region_grid_lines, roi_layer_data
 from napari_xt.engine.detections import DetectionTable
@@ -107,3 +108,23 @@ def test_the_legend_names_classes_in_words_with_their_areas_and_counts():
     assert rows[0] == "<span style='color:#f0a050'>■</span> invasive margin: 1.5 mm² (75.0%)"  # largest first
     assert rows[1].endswith("stroma: 0.5 mm² (25.0%)") and "#cccccc" in rows[1]  # no colour: grey
     assert rows[2] == "<span style='color:#e6194b'>○</span> margin cluster: 40 detected"
+    named = legend_html(summary, {}, {"margin_cluster": "cluster in the margin"})
+    assert named.split("<br>")[2].endswith("cluster in the margin: 40 detected")  # the checkpoint's display name
+
+
+def test_hovering_the_segmentation_shows_the_checkpoints_display_names(tmp_path):
+    from napari_xt._napari.run_layers import labels_layer_data
+
+    spec = {
+        "image_shape": [512, 512],
+        "layer_scale": [2.0, 2.0],
+        "layer_translate": [0.5, 0.5],
+        "segmentation_classes": ["background", "land", "open_sea"],
+        "colours": {"land": "#ffc83d"},
+        "display_names": {"background": "sea", "open_sea": "open-sea vessel"},
+    }
+    _, kwargs, kind = labels_layer_data(tmp_path, spec, "scene · segmentation (sar_xl)")
+    assert kind == "labels" and list(kwargs["features"]["class"]) == ["sea", "land", "open-sea vessel"]
+    colours = kwargs["colormap"].color_dict
+    np.testing.assert_allclose(colours[1], np.array([255, 200, 61, 255]) / 255)
+    assert colours[0][3] == 0 and colours[2][:3].tolist() == pytest.approx([128 / 255] * 3)  # no colour: grey

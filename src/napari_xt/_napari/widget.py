@@ -653,11 +653,13 @@ class XTWidget(QWidget):
             live.finish()
             self._show_legend(event.run_dir)
             self.progress.setValue(self.progress.maximum())
-            self.status.setText(f"finished in {event.seconds:.0f} s: {event.n_detections} detections → {event.run_dir}")
+            self.status.setText(f"finished in {event.seconds:.0f} s: {event.n_detections} detections")
+            self.status.setToolTip(f"the results are in {event.run_dir} (File > Open shows them again)")
             show_info(f"xT finished: {event.n_detections} detections")
         elif isinstance(event, Cancelled):
             live.refresh()
-            self.status.setText(f"cancelled; {event.n_done} regions kept in {event.run_dir}")
+            self.status.setText(f"cancelled; the {event.n_done} regions done are kept")
+            self.status.setToolTip(f"the results are in {event.run_dir}; running again continues from them")
         elif isinstance(event, Failed):
             from napari.utils.notifications import show_error
 
