@@ -88,6 +88,10 @@ def _predict_options(args: argparse.Namespace) -> dict:
         "export_polygons": args.polygons,
         "store_threshold": min(0.1, args.threshold),
     }
+    if args.no_cache:
+        options["cache_dir"] = ""
+    elif args.cache:
+        options["cache_dir"] = args.cache
     RunOptions(**options).validate()
     pick_device(args.device)
     if not Path(args.checkpoint).is_file():
@@ -613,6 +617,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:1, …")
     predict.add_argument("--batch-size", type=int, help="regions per batch (default: from free memory)")
     predict.add_argument("--overwrite", action="store_true", help="replace existing run directories")
+    cache = predict.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--cache",
+        help="token cache folder: whole-image context for an ROI reuses the encodings of earlier runs "
+        "(default: $NAPARI_XT_CACHE or ~/.cache/napari-xt)",
+    )
+    cache.add_argument("--no-cache", action="store_true", help="neither read nor write the token cache")
     predict.add_argument(
         "--probabilities", action="store_true", help="also store class probabilities (float16, multiscale)"
     )

@@ -67,3 +67,19 @@ def test_without_the_geo_extra_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "rasterio.features", None)
     with pytest.raises(MissingGeoExtra, match=r"napari-xt\[geo\]"):
         list(polygons(np.ones((4, 4), np.uint8), 2))
+
+
+def test_simplifying_never_cuts_small_objects():
+    """Speckle of a noisy model: single pixels, pairs and L-shapes keep their exact area (a simplified
+    one-pixel square would be half a triangle), and every polygon stays within 2% of its component."""
+    labels = np.random.default_rng(1).integers(0, 3, (96, 128)).astype(np.uint8)
+    found = list(polygons(labels, 3, tile=40, simplify=0.75))
+    for label in (1, 2):
+        components, n = ndi.label(labels == label)
+        sizes = np.bincount(components.ravel())[1:]
+        mine = [p.geometry for p in found if p.label == label]
+        assert len(mine) == n
+        assert sorted(p.area for p in mine if p.area <= 3) == sorted(s for s in sizes if s <= 3)
+        assert sum(p.area for p in mine) == pytest.approx(sizes.sum(), rel=0.02)
+    singles = [p.geometry for p in found if p.geometry.area == 1]
+    assert singles and all(len(p.exterior.coords) == 5 for p in singles)  # squares, not triangles

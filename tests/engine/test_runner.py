@@ -9,6 +9,7 @@ import zarr
 from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
 from napari_xt.engine.grid import GridError
 from napari_xt.engine.runner import CancelToken, RunOptions, run, run_to_end
+from napari_xt.engine.stages import STAGES
 from napari_xt.engine.store import OutputExistsError, OutputStore, StoreError
 from napari_xt.model import CheckpointError, create_model
 from tests.conftest import tiny_sar_model
@@ -49,6 +50,12 @@ def test_whole_run_writes_every_output_and_provenance(tmp_path, sar_scene, sar_c
     assert _detections(tmp_path / "a.xt.zarr").startswith("y,x,class,score,size")
     geojson = json.loads((tmp_path / "a.xt.zarr" / "detections.geojson").read_text())
     assert geojson["type"] == "FeatureCollection"
+    # every second of the run is in a named stage, or in "other", which is what no stage holds
+    timings = spec["timings"]
+    named = [*STAGES, "export", "other"]
+    assert set(named) <= set(timings) and timings["open"] > 0 and timings["encode"] > 0
+    assert sum(timings[name] for name in named) == pytest.approx(timings["total"], abs=0.01)
+    assert events[-1].timings == timings
 
 
 def test_nodata_regions_are_skipped_and_stay_empty(tmp_path):

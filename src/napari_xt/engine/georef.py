@@ -121,8 +121,11 @@ class GeoJSONWriter:
     def add(self, geometry, properties: dict) -> None:
         import shapely
 
-        feature = {"type": "Feature", "geometry": json.loads(shapely.to_geojson(geometry)), "properties": properties}
-        self._handle.write(("" if self._first else ",\n") + json.dumps(feature))
+        # the geometry as GEOS writes it, not parsed and written again
+        feature = (
+            f'{{"type": "Feature", "geometry": {shapely.to_geojson(geometry)}, "properties": {json.dumps(properties)}}}'
+        )
+        self._handle.write(("" if self._first else ",\n") + feature)
         self._first = False
         self.count += 1
 

@@ -287,6 +287,7 @@ class PreparedRun:
     spec: dict
     options: RunOptions
     device: object
+    seconds: float = 0.0  # opening and checking everything (the run's "open" stage)
 
 
 def prepare(
@@ -310,6 +311,7 @@ def prepare(
     """
     from napari_xt.model import check_fits_image
 
+    started = time.perf_counter()
     options = options or RunOptions()
     options.validate()
     pyramid = open_pyramid(image)
@@ -326,7 +328,9 @@ def prepare(
     spec = run_spec(pyramid, model, grid, weights_sha, checkpoint_path, options)
     if image_name:
         spec["image_name"] = image_name
-    return PreparedRun(pyramid, model, weights_sha, grid, context_grid, spec, options, device)
+    return PreparedRun(
+        pyramid, model, weights_sha, grid, context_grid, spec, options, device, time.perf_counter() - started
+    )
 
 
 def start(prepared: PreparedRun, out: str | Path, cancel: CancelToken | None = None) -> Iterator:
@@ -349,6 +353,7 @@ def start(prepared: PreparedRun, out: str | Path, cancel: CancelToken | None = N
         cache_root=cache_root,
         uses_context=prepared.model.config.context_encoder.kind != "none",
     )
+    context.timings.seconds["open"] = prepared.seconds
     return _events(context)
 
 
@@ -403,9 +408,13 @@ class _RunContext:
         return np.array([self._index[(int(r), int(c))] for r, c in positions], dtype=np.int64)
 
     def timings_dict(self, start: float) -> dict:
+        """Seconds per stage, ``other`` for what no stage holds, and ``total`` from opening the image on."""
+        seconds = self.timings.seconds
+        total = time.perf_counter() - start + seconds.get("open", 0.0)
         return {
-            **{name: round(seconds, 3) for name, seconds in self.timings.seconds.items()},
-            "total": round(time.perf_counter() - start, 3),
+            **{name: round(value, 3) for name, value in seconds.items()},
+            "other": round(max(0.0, total - sum(seconds.values())), 3),
+            "total": round(total, 3),
             "batch_size": self.batch_size,
             "device": str(self.compute.device),
         }
@@ -426,9 +435,10 @@ def _events(ctx: _RunContext) -> Iterator:
     start = time.perf_counter()
     grid, store = ctx.grid, ctx.store
     try:
-        store.mark_active(grid.rows, grid.cols, grid.active)
-        store.update(rois=[*store.spec.get("rois", []), list(grid.roi)], status="running")
-        todo = undone_positions(grid, store.done_mask())
+        with ctx.timings.stage("plan"):
+            store.mark_active(grid.rows, grid.cols, grid.active)
+            store.update(rois=[*store.spec.get("rois", []), list(grid.roi)], status="running")
+            todo = undone_positions(grid, store.done_mask())
         n_done_before = grid.n_active - len(todo)
         yield Started(str(store.path), grid.n_regions, grid.n_active, n_done_before, grid.describe())
         if grid.n_active == 0:
@@ -454,8 +464,10 @@ def _events(ctx: _RunContext) -> Iterator:
             store.update(status="cancelled", timings=ctx.timings_dict(start))
             yield Cancelled(str(store.path), int(store.done_mask().sum()))
             return
-        _write_preview(store, ctx.pyramid)  # at the end, so that it delays neither the first result nor a cancel
-        merged = merge_duplicates(store.region_detections()).sorted()
+        with ctx.timings.stage("preview"):
+            _write_preview(store, ctx.pyramid)  # at the end, so that it delays neither the first result nor a cancel
+        with ctx.timings.stage("merge"):
+            merged = merge_duplicates(store.region_detections()).sorted()
         store.finish(merged, ctx.timings_dict(start), exports=ctx.options.exports)
         timings = store.spec["timings"]
         yield Finished(str(store.path), len(merged), timings["total"], timings)
@@ -487,10 +499,11 @@ def _pass1(ctx: _RunContext, todo: np.ndarray, keeper: FeatureKeeper):
     config = ctx.model.config.context_encoder
     n_tokens, width = config.tokens_per_region**2, config.width
     tokens = np.zeros((len(ctx.positions), n_tokens, width), dtype=np.float16)
-    cache = _token_cache(ctx, n_tokens, width)
+    with ctx.timings.stage("cache"):
+        cache = _token_cache(ctx, n_tokens, width)
+        cached = cache.lookup(ctx.positions) if cache is not None else None
     have = np.zeros(len(ctx.positions), dtype=bool)
     if cache is not None:
-        cached = cache.lookup(ctx.positions)
         if cached is None:  # the entry was corrupt and has been dropped
             cache = None
         else:
@@ -510,15 +523,17 @@ def _pass1(ctx: _RunContext, todo: np.ndarray, keeper: FeatureKeeper):
             encoded = encode(ctx.model, pixels, ctx.compute, want_tokens=True, pad_to=ctx.batch_size)
             indices = ctx.index_of(encoded.positions)
             tokens[indices] = encoded.tokens.float().cpu().numpy().astype(np.float16)
-        for k, i in enumerate(indices):
-            if to_predict[i]:
-                keeper.put(int(i), [f[k : k + 1].cpu().clone() for f in encoded.features])
+        with ctx.timings.stage("keep"):
+            for k, i in enumerate(indices):
+                if to_predict[i]:
+                    keeper.put(int(i), [f[k : k + 1].cpu().clone() for f in encoded.features])
         new.extend(int(i) for i in indices if not have[i])
         done = len(new) + n_cached
         yield Progress("encode", done, len(ctx.positions), time.perf_counter() - started, n_cached)
     if cache is not None and new:
-        cache.store(ctx.positions[new], tokens[new])
-        TokenCache.enforce_cap(cache.root, ctx.options.cache_max_bytes)
+        with ctx.timings.stage("cache"):
+            cache.store(ctx.positions[new], tokens[new])
+            TokenCache.enforce_cap(cache.root, ctx.options.cache_max_bytes)
     with ctx.timings.stage("context"):
         context = contextualise(ctx.model, tokens, ctx.positions, ctx.compute)
     yield Progress("context", len(ctx.positions), len(ctx.positions), time.perf_counter() - started, n_cached)
@@ -563,7 +578,8 @@ def _features(ctx: _RunContext, indices: np.ndarray, to_encode: np.ndarray, keep
     reader, whose next batch must be exactly ``to_encode``."""
     import torch
 
-    parts = {int(i): keeper.pop(int(i)) for i in indices if keeper.has(int(i))}
+    with ctx.timings.stage("keep"):
+        parts = {int(i): keeper.pop(int(i)) for i in indices if keeper.has(int(i))}
     if len(to_encode):
         pixels = next(reader)
         if not np.array_equal(pixels.positions, to_encode):

@@ -27,13 +27,17 @@ def label_dtype(n_classes: int) -> np.dtype:
     return np.dtype(np.uint8 if n_classes <= 255 else np.uint16)
 
 
+STAGES = ("open", "plan", "read_wait", "encode", "keep", "cache", "context", "decode", "write", "preview", "merge")
+"""The stages of a run, in order: opening the image and model, planning the regions (foreground mask, run
+directory), waiting for pixels, encoding, keeping features for pass 2, the token cache, context, decoding
+(with the detections' decoding), waiting for writes, the preview, merging detections; ``export`` follows."""
+
+
 @dataclass
 class Timings:
-    """Seconds spent in each named stage of a run."""
+    """Seconds spent in each named stage of a run (``STAGES``); what no stage holds is reported as ``other``."""
 
-    seconds: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(("read_wait", "encode", "context", "decode", "write"), 0.0)
-    )
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
     @contextlib.contextmanager
     def stage(self, name: str):
