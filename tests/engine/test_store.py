@@ -126,3 +126,16 @@ def test_a_run_directory_from_before_the_root_preview_gets_one_when_it_resumes(t
     run_to_end(sar_scene.pyramid(), tiny_sar_model(), out, RunOptions(**FAST))
     assert_valid_ngff(out)
     assert np.nanstd(zarr.open_group(str(out), mode="r")["0"][:]) > 0  # the preview shows the image (NaN: nodata)
+
+
+def test_regions_side_by_side_are_grouped_into_runs_in_reading_order():
+    from types import SimpleNamespace
+
+    from napari_xt.engine.store import side_by_side
+
+    def region(row, col, size=64):
+        return SimpleNamespace(row=row, col=col, box=(row * size, col * size, (row + 1) * size, (col + 1) * size))
+
+    batch = [region(0, 7), region(1, 0), region(0, 5), region(0, 6), region(1, 1), region(1, 3)]
+    runs = side_by_side(batch)
+    assert [[(r.row, r.col) for r in run] for run in runs] == [[(0, 5), (0, 6), (0, 7)], [(1, 0), (1, 1)], [(1, 3)]]
