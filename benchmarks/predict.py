@@ -111,11 +111,22 @@ def _predict(slide: Path, checkpoint: Path, out: Path, *extra: str) -> dict:
     command = [str(Path(sys.executable).with_name("napari-xt")), "predict", str(slide), "--checkpoint", str(checkpoint)]
     command += ["--out", str(out), "--json", "--quiet", *extra]
     start = time.perf_counter()
-    done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    done = subprocess.run(["/usr/bin/time", "-v", *command], check=True, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     record = json.loads(done.stdout.strip().splitlines()[-1])
     timings = record["timings"]
-    return {"wall": wall, "start_up": wall - timings["total"], "timings": timings, "status": record["status"]}
+    return {
+        "wall": wall,
+        "start_up": wall - timings["total"],
+        "peak_rss_gb": _peak_rss_gb(done.stderr),
+        "timings": timings,
+        "status": record["status"],
+    }
+
+
+def _peak_rss_gb(time_output: str) -> float | None:
+    found = re.search(r"Maximum resident set size \(kbytes\): (\d+)", time_output)
+    return int(found.group(1)) / 1e6 if found else None
 
 
 def _peer(peer: Path, slide: Path, regions: int) -> dict:
@@ -133,12 +144,11 @@ def _peer(peer: Path, slide: Path, regions: int) -> dict:
         env=env,
     )
     wall = time.perf_counter() - start
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", tia.stderr)
     bare_rate = re.search(r'"patches_per_s": ([\d.]+)', bare.stdout + bare.stderr)
     return {
         "wall": wall,
         "rc": tia.returncode,
-        "peak_rss_gb": int(rss.group(1)) / 1e6 if rss else None,
+        "peak_rss_gb": _peak_rss_gb(tia.stderr),
         "bare_patches_per_s": float(bare_rate.group(1)) if bare_rate else None,
         "result": [line for line in (tia.stdout + tia.stderr).splitlines() if "RESULT" in line][-1:],
         "bare_result": [line for line in (bare.stdout + bare.stderr).splitlines() if "RESULT" in line][-1:],
@@ -180,7 +190,8 @@ def main() -> None:
             r = row[key]
             stages = {k: v for k, v in r["timings"].items() if isinstance(v, float) and v >= 0.5 and k != "total"}
             print(
-                f"  {key:20s} {r['wall']:6.1f} s process, ratio {r['ratio_to_bare']:.2f}; start-up "
+                f"  {key:20s} {r['wall']:6.1f} s process, ratio {r['ratio_to_bare']:.2f}, peak RSS "
+                f"{r['peak_rss_gb']:.2f} GB; start-up "
                 f"{r['start_up']:.1f} s; " + ", ".join(f"{k} {v:.1f}" for k, v in stages.items())
             )
         if args.peer:
@@ -189,7 +200,8 @@ def main() -> None:
                 f"  TIAToolbox           {t['wall']:6.1f} s process ({n / t['wall']:.1f} patches/s), "
                 f"peak RSS {t['peak_rss_gb']} GB; its bare model {t['bare_patches_per_s']} patches/s"
             )
-            print(f"  napari-xt vs TIAToolbox whole run: {t['wall'] / row['predict_no_cache']['wall']:.2f}×")
+            for key in ("predict_no_cache", "predict_no_polygons"):
+                print(f"  napari-xt ({key}) vs TIAToolbox whole run: {t['wall'] / row[key]['wall']:.2f}×")
     write_results("predict", {"folder": str(folder), "rows": rows})
 
 

@@ -2,6 +2,8 @@
 H&E and SAR pixels it may lie on, classes differ from each other as much, detection rings stand out from
 everything under them, and napari's canvas shows exactly that (screenshots under Xvfb)."""
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -23,6 +25,7 @@ SAR_GREYS = {"black": (0, 0, 0), "mid grey": (128, 128, 128), "white": (255, 255
 SHIPPED_NAMES = sorted(p.stem for p in SHIPPED.glob("*.safetensors"))
 
 
+@functools.lru_cache(maxsize=2)
 def demo_backgrounds(kind: str) -> dict[str, tuple]:
     """The median display colour of each ground-truth class of the demo world, as napari shows the image."""
     world = synthetic_scene(kind, 8192, 7)
