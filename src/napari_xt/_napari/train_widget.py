@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import CheckBox, Container, FloatSpinBox, SpinBox
+from magicgui.widgets import Container, FloatSpinBox, SpinBox
 from qtpy.QtCore import QPointF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import (
@@ -35,7 +35,14 @@ from napari_xt._napari import checkpoints as catalogue
 from napari_xt._napari._napari_compat import main_window
 from napari_xt._napari.annotation_layers import annotation_layer_kwargs, annotations_from_layers, editable_copy
 from napari_xt._napari.run_layers import is_napari_xt_output, napari_xt_meta
-from napari_xt._napari.widget import STATUS_INTERVAL_S, pyramid_of_layer, restore_settings, run_widgets, visible_box
+from napari_xt._napari.widget import (
+    STATUS_INTERVAL_S,
+    check_box,
+    pyramid_of_layer,
+    restore_settings,
+    run_widgets,
+    visible_box,
+)
 from napari_xt.io import ImageReadError
 
 NEW_MODELS = {  # "start from" choices that build a new model (its architecture from a preset)
@@ -154,11 +161,10 @@ class TrainWidget(QWidget):
             max=24 * 60,
             tooltip="a time budget (0: none): as many steps as fit, the schedule fitted to them",
         )
-        self.freeze = CheckBox(
-            name="freeze",
-            label="",
-            text="keep the region encoder as it is",
-            tooltip="train the context and the heads only: faster, and safer with few annotations",
+        self.freeze = check_box(
+            "freeze",
+            "keep the region encoder as it is",
+            "train the context and the heads only: faster, and safer with few annotations",
         )
         self.options = Container(widgets=[self.steps, self.minutes, self.freeze])  # kept across sessions
         self.options.margins = (0, 0, 0, 0)

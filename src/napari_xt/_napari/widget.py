@@ -126,6 +126,11 @@ def model_description(config) -> str:
     )
 
 
+def check_box(name: str, text: str, tooltip: str) -> CheckBox:
+    """A magicgui check box whose text is its label (no second label beside it in the form)."""
+    return CheckBox(name=name, label="", text=text, tooltip=tooltip)
+
+
 def restore_settings(form, saved: dict) -> None:
     """Put the values kept from the last session back into a magicgui form; a value that no longer fits (of
     another type, a device that is gone, a choice since renamed) leaves that setting at its default."""
@@ -218,11 +223,10 @@ class XTWidget(QWidget):
             choices=ROI_CHOICES,
             tooltip="what to analyse: the part of the image in view, all of it, or a drawn rectangle",
         )
-        self.whole_context = CheckBox(
-            name="whole_context",
-            label="",
-            text="Use whole-image context",
-            tooltip="Off: context comes from the chosen region (fast). On: from every region of the image, so the "
+        self.whole_context = check_box(
+            "whole_context",
+            "Use whole-image context",
+            "Off: context comes from the chosen region (fast). On: from every region of the image, so the "
             "region gets the same predictions as a whole-image run; the first time this encodes the whole image "
             "(minutes on a CPU for a gigapixel image), later runs reuse the cached encodings.",
         )
@@ -236,24 +240,21 @@ class XTWidget(QWidget):
             tooltip="detections below this score are hidden (and left out of exports); no rerun",
         )
         self.threshold.changed.connect(self._apply_threshold)
-        self.probabilities = CheckBox(
-            name="probabilities",
-            label="",
-            text="Show class probabilities",
-            tooltip="also keep and show each class's probability (one channel per class)",
+        self.probabilities = check_box(
+            "probabilities",
+            "Show class probabilities",
+            "also keep and show each class's probability (one channel per class)",
         )
-        self.outlines = CheckBox(
-            name="outlines",
-            label="",
-            text="Segmentation as outlines",
-            tooltip="draw each class's border only, so that the tissue or scene under it stays visible",
+        self.outlines = check_box(
+            "outlines",
+            "Segmentation as outlines",
+            "draw each class's border only, so that the tissue or scene under it stays visible",
         )
         self.outlines.changed.connect(self._apply_outlines)
-        self.region_grid = CheckBox(
-            name="region_grid",
-            label="",
-            text="Show the region grid",
-            tooltip="Draw the borders of the regions xT analyses (one region each) in the ROI layer",
+        self.region_grid = check_box(
+            "region_grid",
+            "Show the region grid",
+            "Draw the borders of the regions xT analyses (one region each) in the ROI layer",
         )
         self.options = Container(
             widgets=[
