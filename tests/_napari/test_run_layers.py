@@ -128,3 +128,11 @@ def test_hovering_the_segmentation_shows_the_checkpoints_display_names(tmp_path)
     colours = kwargs["colormap"].color_dict
     np.testing.assert_allclose(colours[1], np.array([255, 200, 61, 255]) / 255)
     assert colours[0][3] == 0 and colours[2][:3].tolist() == pytest.approx([128 / 255] * 3)  # no colour: grey
+
+
+def test_the_legend_shows_hostile_class_names_as_text():
+    from napari_xt._napari.run_layers import legend_html
+
+    summary = {"classes": {"<img src=x>": {"area": 1.0}}, "detections": {}}
+    html = legend_html(summary, {"<img src=x>": "#'><b>x"}, {"<img src=x>": "<b>bold</b>"})
+    assert "<b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html and "<img" not in html

@@ -14,6 +14,7 @@ from napari_xt.model import (
     save_checkpoint,
 )
 from napari_xt.model.checkpoint import read_state_dict
+from napari_xt.model.config import XTConfig
 
 
 def test_save_and_load_round_trip_with_config_and_provenance(tmp_path):
@@ -117,3 +118,10 @@ def test_restyle_changes_colours_and_names_only_and_refuses_what_the_model_lacks
     with pytest.raises(CheckpointError, match="#rrggbb"):
         restyle_checkpoint(sar_checkpoint, out, {"a": "sand"})
     assert read_checkpoint_info(out).sha256 == digest  # a refused restyle leaves the file alone
+
+
+def test_colours_and_display_names_must_be_text(tmp_path):
+    config = preset_config("test_tiny_xl").to_dict()
+    config["heads"]["display_names"] = ["not", "a", "table"]
+    with pytest.raises(ValueError, match=r"heads\.display_names must map class names to text"):
+        XTConfig.from_dict(config)

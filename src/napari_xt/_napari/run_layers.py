@@ -8,6 +8,7 @@ and a finished run directory opened again.
 from __future__ import annotations
 
 import math
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,11 @@ def display_name(name: str, spec: dict | None = None) -> str:
     return str(given) if given else str(name).replace("_", " ").strip()
 
 
+def swatch(colour: str, text: str, mark: str = "■") -> str:
+    """Rich text of a class: a mark in its colour and its name, both escaped (they come from checkpoint files)."""
+    return f"<span style='color:{escape(str(colour)[:7])}'>{mark}</span> {escape(text)}"
+
+
 def legend_html(summary: dict, colours: dict[str, str], names: dict[str, str] | None = None) -> str:
     """The run's legend as rich text for the widget: a colour swatch, the class in words, its area (and share
     of the tissue) and, for detection classes, the count; the largest area first. ``names``: display names."""
@@ -204,12 +210,12 @@ def legend_html(summary: dict, colours: dict[str, str], names: dict[str, str] | 
         share = value.get("share_of_foreground")
         share_text = f" ({100 * share:.1f}%)" if isinstance(share, int | float) else ""
         rows.append(
-            f"<span style='color:{colours.get(name, '#cccccc')[:7]}'>■</span> {display_name(name, spec)}: "
+            f"{swatch(colours.get(name, '#cccccc'), display_name(name, spec))}: "
             f"{float(value.get('area') or 0):.4g} {area_unit}{share_text}"
         )
     for name, value in (summary.get("detections") or {}).items():
         rows.append(
-            f"<span style='color:{colours.get(name, '#ffff00')[:7]}'>○</span> {display_name(name, spec)}: "
+            f"{swatch(colours.get(name, '#ffff00'), display_name(name, spec), '○')}: "
             f"{int(value.get('count') or 0)} detected"
         )
     return "<br>".join(rows)

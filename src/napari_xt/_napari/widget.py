@@ -31,7 +31,14 @@ from napari_xt._napari import checkpoints as catalogue
 from napari_xt._napari._napari_compat import main_window
 from napari_xt._napari.geometry import clip_box, rectangle_box, view_box
 from napari_xt._napari.live import LiveRun
-from napari_xt._napari.run_layers import display_name, is_napari_xt_output, legend_html, napari_xt_meta, run_spec
+from napari_xt._napari.run_layers import (
+    display_name,
+    is_napari_xt_output,
+    legend_html,
+    napari_xt_meta,
+    run_spec,
+    swatch,
+)
 from napari_xt.engine.cache import default_cache_dir
 from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
 from napari_xt.engine.store import is_run_dir
@@ -383,7 +390,7 @@ class XTWidget(QWidget):
         self.config = config = info.config
         heads, context = config.heads, config.context_encoder
         swatches = " ".join(
-            f"<span style='color:{heads.colours.get(name, '#ccc')[:7]}'>■</span> {display_name(name, vars(heads))}"
+            swatch(heads.colours.get(name, "#ccc"), display_name(name, vars(heads)))
             for name in dict.fromkeys([*heads.segmentation_classes[1:], *heads.detection_classes])
         )
         self.summary.setText(f"{model_description(config)}<br>{swatches}")

@@ -179,6 +179,12 @@ class XTConfig:
             raise ValueError(f"heads.detection_stride must be 1, 2 or 4, not {self.heads.detection_stride!r}")
         if any(not isinstance(v, int | float) or not v > 0 for v in self.std):
             raise ValueError(f"std must hold positive numbers, not {self.std}")
+        for name in ("colours", "display_names"):
+            table = getattr(self.heads, name)
+            if not isinstance(table, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in table.items()
+            ):
+                raise ValueError(f"heads.{name} must map class names to text, not {table!r}"[:300])
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
