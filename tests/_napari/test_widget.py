@@ -1,6 +1,7 @@
 """The Run xT dock widget under Xvfb: runs, live layers, alignment, cancel, threshold, reopening, responsiveness."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 import zarr
 
 from napari_xt._napari.layers import image_layer_data
+from napari_xt._napari.run_layers import napari_xt_meta
 from napari_xt._napari.sample_data import world_layer_data
 from napari_xt._napari.widget import XTWidget, pyramid_of_layer
 from napari_xt.io import open_pyramid
@@ -429,3 +431,31 @@ def test_saved_settings_that_no_longer_fit_keep_their_defaults(qtbot):
     assert form.asdict() == {"device": "auto", "outlines": False, "threshold": 1.0, "steps": 10}
     restore_settings(form, {"device": "cpu", "outlines": True, "steps": 600})
     assert form.asdict() == {"device": "cpu", "outlines": True, "threshold": 1.0, "steps": 600}
+
+
+def test_whole_image_context_shows_a_first_look_then_replaces_it(make_napari_viewer, qtbot, sar_checkpoint):
+    """An ROI with context from the whole image is on screen first with context from the ROI alone; the
+    whole-image run's layers replace it with their first results, and the first look's layers are gone."""
+    viewer, widget = _viewer_with_scene(make_napari_viewer, size=2048)
+    _choose(widget, sar_checkpoint, roi="selected rectangle", level=1)
+    scale = np.asarray(viewer.layers["scene"].scale)
+    viewer.add_shapes([np.array([[0, 0], [0, 512], [512, 512], [512, 0]]) * scale], shape_type="rectangle")
+    widget.whole_context.value = True
+    seen = []  # (event, the segmentation layer's name and run directory) after each event
+    _after_each_event(
+        widget,
+        lambda event: seen.append(
+            (type(event).__name__, widget.layers["labels"].name, napari_xt_meta(widget.layers["labels"])["run_dir"])
+        ),
+    )
+    _run(qtbot, widget, timeout=240_000)
+    first, last = seen[0], seen[-1]
+    assert "first look" in first[1] and "__roi-" in first[2]  # context from the ROI: its own run directory
+    assert [name for name, *_ in seen].count("Finished") == 2  # the first look, then the whole-image run
+    assert "first look" not in last[1] and "__roi-" not in last[2] and last[0] == "Finished"
+    # the first look stays on screen until the whole-image run has results, then leaves the layer list
+    first_done = next(i for i, (name, *_) in enumerate(seen) if name == "Finished")
+    refined = next(i for i, (_, layer, _) in enumerate(seen) if "first look" not in layer)
+    assert all(name != "PartialResult" for name, *_ in seen[first_done + 1 : refined])
+    assert not any("first look" in layer.name for layer in viewer.layers)
+    assert widget.run_dir == Path(last[2]) and widget.done

@@ -315,7 +315,8 @@ def run_names(run_dir: str | Path, spec: dict) -> tuple[str, str]:
     image = image or Path(run_dir).name.split("__")[0]
     checkpoint = spec.get("checkpoint")
     model = image_stem(checkpoint) if checkpoint else (spec.get("config") or {}).get("name") or "xT"
-    return image, model.removesuffix(".safetensors")
+    model = model.removesuffix(".safetensors")
+    return image, f"{model}, {spec['name_note']}" if spec.get("name_note") else model
 
 
 def run_layers(run_dir: str | Path, threshold: float = 0.5) -> list[tuple]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,26 @@ def _same_kind(value, default) -> bool:
     return value is not None and isinstance(value, type(default))
 
 
+@dataclass(frozen=True)
+class _Launch:
+    """One run the widget starts: the image layer and what the engine needs for it."""
+
+    layer: object
+    pyramid: Pyramid
+    checkpoint: Path
+    options: object
+    grid: object
+    run_dir: Path
+    spec: dict
+
+
+def first_look_helps(config, options, grid) -> bool:
+    """Context from the whole image for a part of it: worth a first look with context from the part alone,
+    which is on screen in the time the part takes, while the whole image is encoded (minutes to hours)."""
+    uses_context = config.context_encoder.kind != "none"
+    return uses_context and options.context_scope == "image" and grid.n_regions < grid.shape[0] * grid.shape[1]
+
+
 class XTWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
@@ -173,6 +194,9 @@ class XTWidget(QWidget):
         self._worker_done = True  # no run in progress
         self.run_dir: Path | None = None
         self.live: LiveRun | None = None
+        self._refine = None  # the whole-image-context run that follows a first look, until it is launched
+        self._pending = None  # a launched run whose layers wait for its first results
+        self._finished = False  # the last run's worker ended with Finished
         self.config = None
         self._last_status = 0.0
         import pandas  # noqa: F401  (napari needs it for the detections' features: load it now, not mid-run)
@@ -500,9 +524,7 @@ class XTWidget(QWidget):
         Everything that can be checked without the model is checked here, so bad input gets its message at
         once and leaves no layers behind; what only the engine can find out arrives as a notification.
         """
-        from napari.qt.threading import create_worker
         from napari.utils.notifications import show_error, show_info
-        from qtpy.QtWidgets import QApplication
 
         from napari_xt.engine.runner import CancelToken, display_spec, plan
         from napari_xt.model import CheckpointError, check_fits_image
@@ -523,50 +545,73 @@ class XTWidget(QWidget):
         except (ImageReadError, CheckpointError, ValueError, OSError) as error:
             show_error(f"napari-xt: {error}")
             return
-        rois = [*self._earlier_rois(self.run_dir), list(grid.roi)]
         catalogue.remember(checkpoint)
         self._worker_done = False  # from here on a second Run is refused
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status.setText("starting…")
-        if self.live is not None:
-            self.live.remove()
         self.legend.setText("")
-        self.live = LiveRun(
-            self.viewer,
-            self.run_dir,
-            {
-                **display_spec(pyramid, self.config, grid),
-                "rois": rois,
-                "image_name": layer.name,
-                "checkpoint": str(checkpoint),
-            },
-            self.threshold.value,
-            probabilities=options.save_probabilities,
-            region_grid=self.region_grid.value,
-        )
-        self._apply_outlines()
-        self.viewer.layers.selection.active = layer
+        self.cancel_token = CancelToken()
+        self._refine = None
+        spec = {**display_spec(pyramid, self.config, grid), "image_name": layer.name, "checkpoint": str(checkpoint)}
+        run = _Launch(layer, pyramid, checkpoint, options, grid, self.run_dir, spec)
+        if first_look_helps(self.config, options, grid):
+            # the ROI in seconds with context from the ROI alone, then again with context from the whole image
+            from dataclasses import replace
+
+            look = replace(options, context_scope="roi")
+            look_grid = plan(pyramid, self.config, look, background=False)
+            look_dir = self._run_dir(layer, pyramid, checkpoint, look_grid, look)
+            self._refine = run
+            run = _Launch(layer, pyramid, checkpoint, look, look_grid, look_dir, {**spec, "name_note": "first look"})
+        self._launch(run, show_now=True)
+
+    def _launch(self, run: _Launch, show_now: bool) -> None:
+        """Start the worker of ``run``; its layers appear at once (``show_now``) or with its first results (a
+        refinement keeps the first look on screen until it has something better to show)."""
+        from napari.qt.threading import create_worker
+        from qtpy.QtWidgets import QApplication
+
+        self.run_dir = run.run_dir
+        self._pending = run
+        if show_now:
+            self._show_layers(run)
         self._started = False
         self._close_progress()
         from napari.utils import progress
 
-        self._progress = progress(total=max(1, grid.n_active), desc=f"xT on {layer.name}")
+        what = "xT on" if show_now else "whole-image context for"
+        self._progress = progress(total=max(1, run.grid.n_active), desc=f"{what} {run.layer.name}")
         # the new layers' first draw (their shaders are compiled then) belongs to the click, not to the run
         QApplication.processEvents()
-        self.cancel_token = CancelToken()
         self.worker = create_worker(
             _events,
-            pyramid,
-            str(checkpoint),
-            self.run_dir,
-            options,
+            run.pyramid,
+            str(run.checkpoint),
+            run.run_dir,
+            run.options,
             self.cancel_token,
-            layer.name,
+            run.layer.name,
             _start_thread=False,
             _connect={"yielded": self.on_event, "errored": self._on_error, "finished": self._on_worker_done},
         )
         self.worker.start()
+
+    def _show_layers(self, run: _Launch) -> None:
+        """Replace the layers on screen by ``run``'s (bound to its run directory, read from disk)."""
+        if self.live is not None:
+            self.live.remove()
+        self.live = LiveRun(
+            self.viewer,
+            run.run_dir,
+            {**run.spec, "rois": [*self._earlier_rois(run.run_dir), list(run.grid.roi)]},
+            self.threshold.value,
+            probabilities=run.options.save_probabilities,
+            region_grid=self.region_grid.value,
+        )
+        self._pending = None
+        self._apply_outlines()
+        self.viewer.layers.selection.active = run.layer
 
     def _run_dir(self, layer, pyramid: Pyramid, checkpoint: Path, grid, options) -> Path:
         """The run directory in napari-xt's cache, named by the engine's one rule (image, checkpoint, analysis
@@ -615,11 +660,16 @@ class XTWidget(QWidget):
 
         show_error(f"napari-xt could not run: {error}")
         self.status.setText(f"<span style='color:#e66'>{error}</span>")
-        if self.live is not None and not self._started:
+        if self.live is not None and not self._started and self._pending is None:  # (a first look stays)
             self.live.remove()
             self.live = None
 
     def _on_worker_done(self) -> None:
+        refine, self._refine = self._refine, None
+        if refine is not None and self._finished and not self.cancel_token.cancelled and not self.closed:
+            self.status.setText(f"{self.status.text()}; now with context from the whole image…")
+            self._launch(refine, show_now=False)
+            return
         self._worker_done = True
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
@@ -642,9 +692,12 @@ class XTWidget(QWidget):
     # -- events → layers ------------------------------------------------------------------------------------
 
     def on_event(self, event) -> None:
+        if self._pending is not None and isinstance(event, PartialResult | Finished):
+            self._show_layers(self._pending)  # the refinement's first results replace the first look
         live = self.live
         if isinstance(event, Started):
             self._started = True
+            self._finished = False
             self.progress.setRange(0, max(1, event.n_active))
             self.progress.setValue(event.n_done)
             self._progress_to(event.n_done, event.n_active)
@@ -658,6 +711,7 @@ class XTWidget(QWidget):
         elif isinstance(event, Finished):
             from napari.utils.notifications import show_info
 
+            self._finished = True
             live.finish()
             self._show_legend(event.run_dir)
             self.progress.setValue(self.progress.maximum())
