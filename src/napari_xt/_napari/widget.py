@@ -574,6 +574,7 @@ class XTWidget(QWidget):
 
         self.run_dir = run.run_dir
         self._pending = run
+        self._finished = False  # until this run's Finished (an error before its first event leaves it False)
         if show_now:
             self._show_layers(run)
         self._started = False
