@@ -66,9 +66,7 @@ def regions_per_second(device, precision: str, batch: int, batches: int, preset:
             return model.decode(features, context)
 
     step()  # warm-up (kernels chosen, memory pooled)
-    _peak_reset(device)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    _peak_reset(device)  # (synchronises)
     start = time.perf_counter()
     for _ in range(batches):
         step()

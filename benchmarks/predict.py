@@ -107,11 +107,10 @@ def _bare_job(slide: str, checkpoint: str, threads: int | None, queue) -> None:
 
 def _predict(slide: Path, checkpoint: Path, out: Path, *extra: str) -> dict:
     shutil.rmtree(out, ignore_errors=True)
-    env = dict(os.environ)
     command = [str(Path(sys.executable).with_name("napari-xt")), "predict", str(slide), "--checkpoint", str(checkpoint)]
     command += ["--out", str(out), "--json", "--quiet", *extra]
     start = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-v", *command], check=True, capture_output=True, text=True, env=env)
+    done = subprocess.run(["/usr/bin/time", "-v", *command], check=True, capture_output=True, text=True)
     wall = time.perf_counter() - start
     record = json.loads(done.stdout.strip().splitlines()[-1])
     timings = record["timings"]

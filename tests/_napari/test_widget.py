@@ -459,3 +459,4 @@ def test_whole_image_context_shows_a_first_look_then_replaces_it(make_napari_vie
     assert all(name != "PartialResult" for name, *_ in seen[first_done + 1 : refined])
     assert not any("first look" in layer.name for layer in viewer.layers)
     assert widget.run_dir == Path(last[2]) and widget.done
+    assert len(widget.layers["shapes"].data) == 1  # the ROI once, though the run has recorded it by then

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -170,7 +170,7 @@ class _Launch:
     options: object
     grid: object
     run_dir: Path
-    spec: dict
+    spec: dict  # display spec with the ROIs to draw
 
 
 def first_look_helps(config, options, grid) -> bool:
@@ -554,16 +554,20 @@ class XTWidget(QWidget):
         self.cancel_token = CancelToken()
         self._refine = None
         spec = {**display_spec(pyramid, self.config, grid), "image_name": layer.name, "checkpoint": str(checkpoint)}
-        run = _Launch(layer, pyramid, checkpoint, options, grid, self.run_dir, spec)
+
+        def launch(options, grid, run_dir, **more) -> _Launch:
+            # the ROIs the run directory holds are read now, before a run records this one
+            rois = [*self._earlier_rois(run_dir), list(grid.roi)]
+            return _Launch(layer, pyramid, checkpoint, options, grid, run_dir, {**spec, "rois": rois, **more})
+
+        run = launch(options, grid, self.run_dir)
         if first_look_helps(self.config, options, grid):
             # the ROI in seconds with context from the ROI alone, then again with context from the whole image
-            from dataclasses import replace
-
             look = replace(options, context_scope="roi")
             look_grid = plan(pyramid, self.config, look, background=False)
-            look_dir = self._run_dir(layer, pyramid, checkpoint, look_grid, look)
             self._refine = run
-            run = _Launch(layer, pyramid, checkpoint, look, look_grid, look_dir, {**spec, "name_note": "first look"})
+            look_dir = self._run_dir(layer, pyramid, checkpoint, look_grid, look)
+            run = launch(look, look_grid, look_dir, name_note="first look")
         self._launch(run, show_now=True)
 
     def _launch(self, run: _Launch, show_now: bool) -> None:
@@ -605,7 +609,7 @@ class XTWidget(QWidget):
         self.live = LiveRun(
             self.viewer,
             run.run_dir,
-            {**run.spec, "rois": [*self._earlier_rois(run.run_dir), list(run.grid.roi)]},
+            run.spec,
             self.threshold.value,
             probabilities=run.options.save_probabilities,
             region_grid=self.region_grid.value,
