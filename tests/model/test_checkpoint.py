@@ -8,7 +8,6 @@ from napari_xt.model import (
     check_fits_image,
     create_model,
     load_checkpoint,
-    load_official_xt,
     preset_config,
     read_checkpoint_info,
     save_checkpoint,
@@ -56,27 +55,6 @@ def test_plain_tensor_pickle_loads_weights_only(tmp_path):
     path = tmp_path / "ok.pth"
     torch.save({"model": {"module.a": torch.ones(3)}}, path)
     assert list(read_state_dict(path)) == ["a"]
-
-
-def test_official_xt_checkpoint_loads_through_the_key_filter(tmp_path):
-    config = preset_config("test_tiny_xl")
-    reference = create_model("test_tiny_xl")
-    official = {
-        "encoder.model." + k[len("region_encoder.backbone.") :]: v.clone() + 1.0
-        for k, v in reference.state_dict().items()
-        if k.startswith("region_encoder.backbone.") and v.is_floating_point()
-    }
-    official["decoder.cls.1.weight"] = torch.randn(2, 32)
-    official["decoder.cls.1.bias"] = torch.randn(2)
-    official["decoder.layers.0.attn.q_proj.weight"] = torch.randn(32, 32)  # reference-only structure
-    torch.save({"state_dict": official}, tmp_path / "xt_official.pth")
-    model, report = load_official_xt(tmp_path / "xt_official.pth", config)
-    assert report.loaded == len(official) - 1
-    assert report.unexpected == ["decoder.layers.0.attn.q_proj.weight"]
-    assert any(key.startswith("context_encoder.") for key in report.missing)
-    stem = "region_encoder.backbone.stem_0.weight"
-    torch.testing.assert_close(model.state_dict()[stem], reference.state_dict()[stem] + 1.0)
-    torch.testing.assert_close(model.classification.layers[1].bias, official["decoder.cls.1.bias"])
 
 
 def test_channel_mismatch_is_explained():

@@ -133,3 +133,36 @@ def test_hyper_context_is_reproducible_in_eval():
     x, positions = torch.randn(1, 200, 32), torch.rand(1, 200, 2) * 10
     with torch.no_grad():
         torch.testing.assert_close(model(x, positions), model(x, positions))
+
+
+def test_causal_hyper_recursion_is_exact_where_its_parts_are():
+    """With blocks of a quarter of the sequence, the halves and the lower-left quarter are below the exact
+    threshold: the recursion and its log-sum-exp merge must then give exact causal attention."""
+    from napari_xt.model.context.hyper_attention import causal_hyper_attention, exact_attention, gray_to_rank
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 67, 8) for _ in range(3))  # odd: the padded row path
+    projections, rank = torch.randn(8, 3), gray_to_rank(3)
+    out, lse = causal_hyper_attention(q, k, v, projections, rank, block=17, samples=8, exact_below=35)
+    exact, exact_lse = exact_attention(q, k, v, causal=True)
+    torch.testing.assert_close(out, exact, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, exact_lse, atol=1e-5, rtol=1e-5)
+    # the first token sees only itself
+    torch.testing.assert_close(out[:, :, 0], v[:, :, 0])
+
+
+def test_causal_hyper_attention_never_reads_future_keys_or_values():
+    """(Future queries may move the LSH partition of the sorted blocks, as in the official algorithm, but no
+    future key or value reaches an earlier token.)"""
+    from napari_xt.model.context.hyper_attention import causal_hyper_attention, gray_to_rank
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 1500, 16) for _ in range(3))
+    args = (torch.randn(16, 5), gray_to_rank(5), 64, 64, 0)
+    changed = [q.clone(), k.clone(), v.clone()]
+    for t in changed[1:]:
+        t[:, :, 1000:] = torch.randn(1, 2, 500, 16)
+    out, _ = causal_hyper_attention(q, k, v, *args, torch.Generator().manual_seed(1))
+    other, _ = causal_hyper_attention(*changed, *args, torch.Generator().manual_seed(1))
+    assert (out[:, :, :1000] - other[:, :, :1000]).abs().max() < 1e-5
+    assert (out[:, :, 1000:] - other[:, :, 1000:]).abs().max() > 1e-2

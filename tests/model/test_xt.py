@@ -4,7 +4,7 @@ import torch
 from napari_xt.model import XTModel, create_model, list_presets, preset_config
 from napari_xt.model.heads import decode_detections
 
-LARGE = [name for name in list_presets() if not name.startswith("test_")]
+LARGE = [name for name in list_presets() if not name.startswith(("test_", "xt_"))]  # xt_*: tests/model/test_official.py
 
 
 @pytest.mark.parametrize("kind", ["none", "xl", "hyper", "mamba"])

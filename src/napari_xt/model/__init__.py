@@ -7,11 +7,11 @@ from napari_xt.model.checkpoint import (
     CheckpointError,
     check_fits_image,
     load_checkpoint,
-    load_official_xt,
     read_checkpoint_info,
     save_checkpoint,
 )
 from napari_xt.model.config import ContextEncoderConfig, HeadsConfig, RegionEncoderConfig, XTConfig
+from napari_xt.model.official import convert_official, load_official_xt
 from napari_xt.model.presets import create_model, list_presets, preset_config
 from napari_xt.model.xt import XTModel
 
@@ -23,6 +23,7 @@ __all__ = [
     "XTConfig",
     "XTModel",
     "check_fits_image",
+    "convert_official",
     "create_model",
     "list_presets",
     "load_checkpoint",

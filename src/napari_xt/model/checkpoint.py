@@ -1,7 +1,7 @@
 """Checkpoints: one ``.safetensors`` file whose metadata carries the config and provenance.
 
-Foreign weights load through key filters: official xT classification checkpoints (``encoder.model.*`` and
-``decoder.*``) and timm weight files for the region encoder. Pickled files (``.ckpt``, ``.pth``, ``.pt``,
+Foreign weights: official xT checkpoints load through ``napari_xt.model.official``, timm weight files through
+the region encoder's ``weights`` setting. Pickled files (``.ckpt``, ``.pth``, ``.pt``,
 ``.bin``) are read only with ``torch.load(weights_only=True)``, which refuses to run code; there is no fallback
 to unsafe unpickling.
 """
@@ -35,18 +35,6 @@ class CheckpointInfo:
     sha256: str
     config: XTConfig
     provenance: dict = field(default_factory=dict)
-
-
-@dataclass
-class LoadReport:
-    """What a filtered load did: tensors loaded, and keys that did not find a home (both ways)."""
-
-    loaded: int
-    missing: list[str]
-    unexpected: list[str]
-
-    def summary(self) -> str:
-        return f"loaded {self.loaded} tensors; {len(self.missing)} missing, {len(self.unexpected)} unexpected"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -139,7 +127,7 @@ def read_checkpoint_info(path: str | Path, with_hash: bool = True) -> Checkpoint
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise CheckpointError(
             f"{path}: has no napari-xt config in its metadata (a bare weight file?); load foreign weights "
-            "with load_official_xt or the region encoder's `weights` setting"
+            "with `napari-xt convert` (official xT) or the region encoder's `weights` setting (timm)"
         )
     try:
         data = json.loads(metadata["config"])
@@ -249,42 +237,6 @@ def _tensors_of(loaded, path: Path) -> dict[str, torch.Tensor]:
         for key, value in loaded.items()
         if isinstance(value, torch.Tensor)
     }
-
-
-def official_xt_key(key: str) -> str | None:
-    """Our key for a key of an official xT checkpoint (None where ours has no counterpart)."""
-    if key.startswith("encoder.model."):
-        return "region_encoder.backbone." + key[len("encoder.model.") :]
-    if key.startswith("decoder.cls.0."):
-        return "classification.layers.0." + key[len("decoder.cls.0.") :]
-    if key.startswith("decoder.cls.1."):
-        return "classification.layers.1." + key[len("decoder.cls.1.") :]
-    return None
-
-
-def load_official_xt(path: str | Path, config: XTConfig):
-    """Build ``config``'s model and fill it from an official xT classification checkpoint.
-
-    The region encoder (``encoder.model.*``) and the classification layers (``decoder.cls.*``) map across;
-    the reference context decoder's layers have another structure and are reported as unexpected.
-
-    Returns:
-        ``(model, LoadReport)``.
-    """
-    from napari_xt.model.xt import XTModel
-
-    model = XTModel(config)
-    own = model.state_dict()
-    state = read_state_dict(path)
-    mapped, unexpected = {}, []
-    for key, value in state.items():
-        target = official_xt_key(key)
-        if target is None or target not in own or own[target].shape != value.shape:
-            unexpected.append(key)
-        else:
-            mapped[target] = value
-    result = model.load_state_dict(mapped, strict=False)
-    return model, LoadReport(len(mapped), sorted(result.missing_keys), sorted(unexpected))
 
 
 def check_fits_image(config: XTConfig, n_channels: int, source: str = "the image") -> None:

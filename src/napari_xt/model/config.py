@@ -7,6 +7,11 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 CONTEXT_KINDS = ("none", "xl", "hyper", "mamba")
+ORDERS = ("hilbert", "raster", "token_raster")
+LAYERS = ("pre_norm", "llama")
+POSITIONS = ("region", "mae")
+MAMBA_RESIDUALS = ("pre_norm", "normed")
+CLASSIFICATION_INPUTS = ("context", "cls_token", "features")
 
 
 @dataclass
@@ -39,8 +44,9 @@ class ContextEncoderConfig:
         heads: attention heads (``xl``/``hyper``); must divide ``width``.
         tokens_per_region: pooled tokens per region side (``2`` gives 2 × 2 = 4 tokens per region).
         order: the order in which the regions are read: ``hilbert`` (along a Hilbert curve of their global grid
-            positions, so windows and scans cover compact 2-D patches at any image width) or ``raster``
-            (row by row, as the reference xT code).
+            positions, so windows and scans cover compact 2-D patches at any image width), ``raster`` (region
+            by region, row by row, each region's tokens together) or ``token_raster`` (every token of the image
+            row by row over the stitched token grid, as the official xT code reads it).
         window: regions per window for ``xl`` (and chunk length for the ``mamba`` scan, in regions).
         memory: regions of memory ``xl`` carries from window to window.
         bidirectional: ``xl``: also run over the regions in reverse order and average, so every region sees
@@ -52,6 +58,17 @@ class ContextEncoderConfig:
         mlp_ratio: hidden width of the feed-forward layers relative to ``width``.
         d_state, d_conv, expand: Mamba block settings (mamba-ssm's defaults).
         grad_ratio: share of regions of a training crop that receive gradients through the region encoder.
+        layer: ``hyper``'s layer: ``pre_norm`` (LayerNorm, attention, LayerNorm, GELU MLP) or ``llama`` (the
+            official xT layer: RMSNorm, attention with one biased ``qkv`` projection, RMSNorm, gated MLP without
+            biases).
+        causal: ``hyper``: each token attends to itself and the tokens before it (the official xT setting).
+        cls_token: a learned token appended after the last region token (``hyper``, ``mamba``); the
+            classification head can read its output (``heads.classification_input = "cls_token"``).
+        positions: ``region`` (sin-cos of the regions' global grid positions, in region units) or ``mae`` (MAE's
+            2-D sin-cos over the token grid, counted from the first token of the image or crop, as official xT).
+        final_norm: a LayerNorm after the last layer (the official heads bring their own).
+        mamba_residual: ``pre_norm`` (``x + mixer(norm(x))``) or ``normed`` (``h = norm(x); h + mixer(h)``, as
+            the official xT Mamba block).
     """
 
     kind: str = "xl"
@@ -72,6 +89,12 @@ class ContextEncoderConfig:
     d_conv: int = 4
     expand: int = 2
     grad_ratio: float = 1.0
+    layer: str = "pre_norm"
+    causal: bool = False
+    cls_token: bool = False
+    positions: str = "region"
+    final_norm: bool = True
+    mamba_residual: str = "pre_norm"
 
 
 @dataclass
@@ -88,6 +111,11 @@ class HeadsConfig:
         decoder_channels: UNet decoder widths from fine (stride 4) to coarse.
         decoder_convs: 3 × 3 convolutions per decoder stage (2 as in UNet; 1 for light CPU models).
         detection_stride: output stride of the detection maps (≤ 4).
+        classification_input: what the classification head reads: ``context`` (the mean of all context
+            tokens), ``cls_token`` (the context encoder's cls token) or ``features`` (the mean of the region
+            encoder's deepest features over the image, as the official "naive" xT head).
+        classification_mlp_ratio: 0: LayerNorm and a linear layer; r > 0: linear to r × its input width, GELU,
+            LayerNorm, linear (the official "naive" head).
     """
 
     segmentation_classes: list[str] = field(default_factory=list)
@@ -98,6 +126,8 @@ class HeadsConfig:
     decoder_channels: list[int] = field(default_factory=lambda: [48, 96, 176, 256])
     decoder_convs: int = 2
     detection_stride: int = 4
+    classification_input: str = "context"
+    classification_mlp_ratio: int = 0
 
 
 def _ranges(config) -> list[tuple[str, object, float, float]]:
@@ -124,6 +154,7 @@ def _ranges(config) -> list[tuple[str, object, float, float]]:
         ("context_encoder.hyper_hash_bits", context.hyper_hash_bits, 1, 16),
         ("context_encoder.hyper_exact_below", context.hyper_exact_below, 0, 1 << 30),
         ("heads.decoder_convs", config.heads.decoder_convs, 1, 8),
+        ("heads.classification_mlp_ratio", config.heads.classification_mlp_ratio, 0, 16),
     ]
 
 
@@ -164,10 +195,25 @@ class XTConfig:
             raise ValueError(f"heads.decoder_channels must be widths from 1 to 4096, not {self.heads.decoder_channels}")
         if context.kind not in CONTEXT_KINDS:
             raise ValueError(f"context_encoder.kind must be one of {CONTEXT_KINDS}, not {context.kind!r}")
-        if context.order not in ("hilbert", "raster"):
-            raise ValueError(f"context_encoder.order must be 'hilbert' or 'raster', not {context.order!r}")
+        for name, value, allowed in (
+            ("context_encoder.order", context.order, ORDERS),
+            ("context_encoder.layer", context.layer, LAYERS),
+            ("context_encoder.positions", context.positions, POSITIONS),
+            ("context_encoder.mamba_residual", context.mamba_residual, MAMBA_RESIDUALS),
+            ("heads.classification_input", self.heads.classification_input, CLASSIFICATION_INPUTS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, not {value!r}")
         if context.kind in ("xl", "hyper") and context.width % context.heads:
             raise ValueError(f"context_encoder.heads ({context.heads}) must divide width ({context.width})")
+        if context.positions == "mae" and context.width % 4:
+            raise ValueError(f"context_encoder.positions 'mae' needs a width divisible by 4, not {context.width}")
+        if context.cls_token and context.kind not in ("hyper", "mamba"):
+            raise ValueError("context_encoder.cls_token needs a 'hyper' or 'mamba' context encoder (one pass)")
+        if (context.layer != "pre_norm" or context.causal) and context.kind != "hyper":
+            raise ValueError("context_encoder.layer 'llama' and causal are settings of the 'hyper' context encoder")
+        if self.heads.classification_input == "cls_token" and not context.cls_token:
+            raise ValueError("heads.classification_input 'cls_token' needs context_encoder.cls_token")
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
             raise ValueError(f"mean and std need {self.in_channels} values (one per input channel)")
         if self.region_size % self.region_encoder.input_size:

@@ -142,19 +142,27 @@ class DetectionHead(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """Logits ``(N, K)`` from the mean of context tokens ``(N, T, W)``.
+    """Logits ``(N, K)`` from the mean of tokens ``(N, T, W)`` (or from one summary ``(N, W)``).
 
-    Two uses: image-level classes from all context tokens of an image, and, in training only, each region's
-    class distribution from its own context tokens (deep supervision of the context encoder: a short path from
-    the labels to the context that does not pass through the decoder).
+    Two uses: image-level classes from all context tokens of an image (or its cls token, or its pooled features),
+    and, in training only, each region's class distribution from its own context tokens (deep supervision of the
+    context encoder: a short path from the labels to the context that does not pass through the decoder).
+
+    ``mlp_ratio`` 0: LayerNorm and a linear layer; r > 0: linear to ``r × width``, GELU, LayerNorm, linear.
     """
 
-    def __init__(self, width: int, n_classes: int):
+    def __init__(self, width: int, n_classes: int, mlp_ratio: int = 0):
         super().__init__()
-        self.layers = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_classes))
+        if mlp_ratio:
+            hidden = width * mlp_ratio
+            self.layers = nn.Sequential(
+                nn.Linear(width, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Linear(hidden, n_classes)
+            )
+        else:
+            self.layers = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, n_classes))
 
-    def forward(self, context_tokens: torch.Tensor) -> torch.Tensor:
-        return self.layers(context_tokens.mean(dim=1))
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.layers(tokens.mean(dim=1) if tokens.ndim == 3 else tokens)
 
 
 @dataclass

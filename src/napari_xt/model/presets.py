@@ -163,3 +163,38 @@ def _tiny(kind: str) -> Callable[[], XTConfig]:
 
 for _kind in ("none", "xl", "hyper", "mamba"):
     register_preset(_tiny(_kind))
+
+
+# The official xT releases (bair-climate-initiative/xT, iNaturalist-2018 Reptilia, 284 classes): the same
+# function as the official code, so their converted checkpoints load and `train --init` starts from them.
+# Region encoders: Swin-v2 window-16 at 256² (Swin-L: the 12-to-16 window model) and Hiera at 224²; context
+# width 768; Hyper: 2 causal LLaMA-style layers (the 1-layer releases: depth 1); Mamba: 4 blocks.
+OFFICIAL_ENCODERS = {
+    "swin_t": ("swinv2_tiny_window16_256", 256),
+    "swin_s": ("swinv2_small_window16_256", 256),
+    "swin_b": ("swinv2_base_window16_256", 256),
+    "swin_l": ("swinv2_large_window12to16_192to256", 256),
+    "hiera_b": ("hiera_base_224", 224),
+}
+OFFICIAL_HEADS = {"hyper": 2, "mamba": 4, "naive": 0}
+DEEPEST_CHANNELS = {"swin_t": 768, "swin_s": 768, "swin_b": 1024, "swin_l": 1536, "hiera_b": 768}
+
+
+def _official_preset(encoder: str, head: str) -> Callable[[], XTConfig]:
+    def build() -> XTConfig:
+        from napari_xt.model.official import official_config
+
+        timm_name, input_size = OFFICIAL_ENCODERS[encoder]
+        width = DEEPEST_CHANNELS[encoder] if head == "naive" else 768
+        return official_config(timm_name, head, OFFICIAL_HEADS[head], width, input_size=input_size)
+
+    build.__name__ = f"xt_{encoder}_{head}"
+    build.__doc__ = f"The official xT {encoder.replace('_', '-').title()} release with the {head} head (284 classes)."
+    return build
+
+
+for _encoder in OFFICIAL_ENCODERS:
+    for _head in OFFICIAL_HEADS:
+        if _encoder == "hiera_b" and _head == "mamba":  # no such release
+            continue
+        register_preset(_official_preset(_encoder, _head))

@@ -36,9 +36,16 @@ class XTModel(nn.Module):
         self.deepest_index = deepest
         self.token_grid = context.tokens_per_region
         self.token_pool = nn.AdaptiveAvgPool2d(self.token_grid)
-        self.token_proj = nn.Linear(self.region_encoder.channels[deepest], context.width)
-        self.context_encoder = build_context_encoder(context)
         heads = config.heads
+        feature_classifier = bool(heads.classification_classes) and heads.classification_input == "features"
+        wants_tokens = bool(heads.segmentation_classes or heads.detection_classes) or context.kind != "none"
+        # a classifier of pooled features alone (the official "naive" head) reads no tokens: no projection
+        self.token_proj = (
+            nn.Linear(self.region_encoder.channels[deepest], context.width)
+            if wants_tokens or not feature_classifier
+            else None
+        )
+        self.context_encoder = build_context_encoder(context)
         self.decoder = None
         if heads.segmentation_classes or heads.detection_classes:
             self.decoder = ContextUNetDecoder(
@@ -59,7 +66,11 @@ class XTModel(nn.Module):
             else None
         )
         self.classification = (
-            ClassificationHead(context.width, len(heads.classification_classes))
+            ClassificationHead(
+                self.region_encoder.channels[deepest] if feature_classifier else context.width,
+                len(heads.classification_classes),
+                heads.classification_mlp_ratio,
+            )
             if heads.classification_classes
             else None
         )
@@ -100,32 +111,65 @@ class XTModel(nn.Module):
 
     def region_tokens(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Features → ``(N, T, W)`` pooled tokens (T = tokens_per_region²), the region's summary for context."""
-        pooled = self.token_pool(features[self.deepest_index])  # (N, C, t, t)
-        return self.token_proj(pooled.flatten(2).transpose(1, 2))
+        pooled = self.token_pool(features[self.deepest_index]).flatten(2).transpose(1, 2)  # (N, t * t, C)
+        return pooled if self.token_proj is None else self.token_proj(pooled)
+
+    def token_grid_positions(self, region_positions: torch.Tensor) -> torch.Tensor:
+        """Region grid positions ``(..., M, 2)`` → integer ``(row, col)`` of their tokens on the image's token grid
+        ``(..., M * T, 2)``, each region's tokens row by row."""
+        t = self.token_grid
+        k = torch.arange(t, device=region_positions.device)
+        sub = torch.stack(torch.meshgrid(k, k, indexing="ij"), dim=-1).reshape(-1, 2)
+        return (region_positions.long()[..., :, None, :] * t + sub).flatten(-3, -2)
 
     def token_positions(self, region_positions: torch.Tensor) -> torch.Tensor:
-        """Region grid positions ``(..., M, 2)`` → token positions ``(..., M * T, 2)`` in region units."""
+        """Region grid positions ``(..., M, 2)`` → the positions the context encoder embeds ``(..., M * T, 2)``:
+        ``region``: region units, a token at its centre's place; ``mae``: token-grid units counted from the first
+        region of the sequence (the crop's or image's corner), as official xT."""
+        if self.config.context_encoder.positions == "mae":
+            origin = region_positions.long().amin(dim=-2, keepdim=True)
+            return self.token_grid_positions(region_positions.long() - origin).float()
         t = self.token_grid
         offsets = (torch.arange(t, device=region_positions.device, dtype=torch.float32) + 0.5) / t - 0.5
         sub = torch.stack(torch.meshgrid(offsets, offsets, indexing="ij"), dim=-1).reshape(-1, 2)
         positions = region_positions.float()[..., :, None, :] + sub
         return positions.flatten(-3, -2)
 
-    def contextualise(self, tokens: torch.Tensor, region_positions: torch.Tensor) -> torch.Tensor:
+    def sequence_order(self, region_positions: torch.Tensor) -> torch.Tensor | None:
+        """Permutation ``(B, M * T)`` of the tokens (each region's together, regions as given) into the
+        configured reading order; None: as given."""
+        order = self.config.context_encoder.order
+        t2 = self.token_grid**2
+        if order == "token_raster":
+            grid = self.token_grid_positions(region_positions)
+            key = grid[..., 0] * (int(grid[..., 1].max()) + 1 if grid.numel() else 1) + grid[..., 1]
+            return torch.argsort(key, dim=-1, stable=True)
+        regions = serial_order(region_positions, order)
+        if regions is None:
+            return None
+        return (regions[..., None] * t2 + torch.arange(t2, device=regions.device)).flatten(-2)
+
+    def contextualise(self, tokens: torch.Tensor, region_positions: torch.Tensor, with_summary: bool = False):
         """Tokens ``(B, M, T, W)`` of M regions at grid ``region_positions`` ``(B, M, 2)`` → context, same shape.
 
-        The regions are read in the configured order (``context_encoder.order``), whatever order they come in.
+        The tokens are read in the configured order (``context_encoder.order``), whatever order the regions come
+        in. With ``with_summary``, also the cls token's output ``(B, W)`` (None without a cls token).
         """
         b, m, t, w = tokens.shape
-        order = serial_order(region_positions, self.config.context_encoder.order)
+        sequence = tokens.reshape(b, m * t, w)
+        positions = self.token_positions(region_positions)
+        order = self.sequence_order(region_positions)
         if order is not None:
-            tokens = tokens.gather(1, order[..., None, None].expand(-1, -1, t, w))
-            region_positions = region_positions.gather(1, order[..., None].expand(-1, -1, 2))
-        mixed = self.context_encoder(tokens.reshape(b, m * t, w), self.token_positions(region_positions))
+            sequence = sequence.gather(1, order[..., None].expand(-1, -1, w))
+            positions = positions.gather(1, order[..., None].expand(-1, -1, 2))
+        mixed = self.context_encoder(sequence, positions)
+        summary = None
+        if self.config.context_encoder.cls_token:
+            mixed, summary = mixed[:, :-1], mixed[:, -1]
+        if order is not None:
+            mixed = torch.empty_like(mixed).scatter_(1, order[..., None].expand(-1, -1, w), mixed)
         mixed = mixed.reshape(b, m, t, w)
-        if order is None:
-            return mixed
-        return torch.empty_like(mixed).scatter_(1, order[..., None, None].expand(-1, -1, t, w), mixed)
+        return (mixed, summary) if with_summary else mixed
 
     def decode(self, features: list[torch.Tensor], context: torch.Tensor) -> dict:
         """Per-region outputs from features and the region's context ``(N, T, W)``."""
@@ -139,10 +183,16 @@ class XTModel(nn.Module):
             outputs["detection"] = self.detection(x)
         return outputs
 
-    def classify(self, context: torch.Tensor) -> torch.Tensor | None:
-        """Image-level logits from the context tokens ``(B, M, T, W)`` of all its regions."""
+    def classify(self, context=None, summary=None, features=None) -> torch.Tensor | None:
+        """Image-level logits from what ``heads.classification_input`` names: the context tokens ``(B, M, T, W)``
+        of all its regions, the cls token's output ``(B, W)``, or its regions' deepest features pooled ``(B, C)``."""
         if self.classification is None:
             return None
+        source = self.config.heads.classification_input
+        if source == "cls_token":
+            return self.classification(summary)
+        if source == "features":
+            return self.classification(features)
         return self.classification(context.flatten(1, 2))
 
     # -- whole images (training crops, small ROIs) ------------------------------------------------------------
@@ -175,17 +225,21 @@ class XTModel(nn.Module):
         b = images.shape[0]
         regions, grid = cut(self.normalise(images), self.config.region_size)
         features = self.encode_regions(regions)
-        tokens = self.region_tokens(features)
         m = grid[0] * grid[1]
-        positions = grid_positions(*grid, offset=grid_offset, device=images.device).expand(b, m, 2)
-        context = self.contextualise(tokens.view(b, m, *tokens.shape[1:]), positions)
-        per_region = self.decode(features, context.flatten(0, 1))
+        context = summary = None
+        if self.token_proj is not None:
+            tokens = self.region_tokens(features)
+            positions = grid_positions(*grid, offset=grid_offset, device=images.device).expand(b, m, 2)
+            context, summary = self.contextualise(tokens.view(b, m, *tokens.shape[1:]), positions, with_summary=True)
+        per_region = self.decode(features, context.flatten(0, 1)) if self.decoder is not None else {}
         outputs: dict = {}
         if "segmentation" in per_region:
             outputs["segmentation"] = uncut(per_region["segmentation"], grid)
         if "detection" in per_region:
             outputs["detection"] = {name: uncut(value, grid) for name, value in per_region["detection"].items()}
-        logits = self.classify(context)
+        deepest = features[self.deepest_index]
+        pooled = deepest.mean(dim=(-2, -1)).view(b, m, -1).mean(dim=1) if self.classification is not None else None
+        logits = self.classify(context, summary, pooled)
         if logits is not None:
             outputs["classification"] = logits
         if self.region_classes is not None:

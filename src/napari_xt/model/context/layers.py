@@ -1,4 +1,5 @@
-"""Building blocks shared by the attention context encoders: 2-D positions, feed-forward, pre-norm layers."""
+"""Building blocks shared by the context encoders: 2-D positions, feed-forward layers, attention, RMSNorm, the
+LLaMA-style layer of the official xT context encoder, and the cls token."""
 
 from __future__ import annotations
 
@@ -19,6 +20,50 @@ def sincos_2d(positions: torch.Tensor, width: int) -> torch.Tensor:
     angles = positions.float()[..., None] * frequencies  # (..., 2, quarter)
     rows, cols = angles[..., 0, :], angles[..., 1, :]
     return torch.cat([rows.sin(), rows.cos(), cols.sin(), cols.cos()], dim=-1)
+
+
+def add_positions(tokens: torch.Tensor, positions: torch.Tensor, kind: str) -> torch.Tensor:
+    """``tokens`` plus the 2-D embedding of their ``positions`` (``region``: (row, col) in region units; ``mae``:
+    (row, col) on the token grid, embedded as MAE does: the first half of the width encodes the column)."""
+    if kind == "mae":
+        positions = positions.flip(-1)
+    return tokens + sincos_2d(positions, tokens.shape[-1]).to(tokens.dtype)
+
+
+def cls_parameter(width: int) -> nn.Parameter:
+    """A learned token to append after the last token of a sequence; its output summarises the image."""
+    return nn.Parameter(nn.init.normal_(torch.empty(1, 1, width), std=1e-6))
+
+
+def append_token(x: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    return torch.cat([x, token.to(x.dtype).expand(x.shape[0], -1, -1)], dim=1)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Zhang & Sennrich 2019), computed in float32 as LLaMA does."""
+
+    def __init__(self, width: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+class GatedMLP(nn.Module):
+    """``down(act(gate(x)) · up(x))`` without biases; GELU as the official xT layer (LLaMA uses SiLU)."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(width, hidden, bias=False)
+        self.up_proj = nn.Linear(width, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.gelu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class FeedForward(nn.Sequential):

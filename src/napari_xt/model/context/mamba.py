@@ -5,6 +5,10 @@ Gu & Dao, "Mamba: Linear-Time Sequence Modeling with Selective State Spaces" (20
 ``x_proj``, ``dt_proj``, ``A_log``, ``D``, ``out_proj``), so one checkpoint loads into either. The scan uses
 mamba-ssm's fused kernel when it imports and the tensors are on CUDA with no carried state, and our pure
 PyTorch scan otherwise. The streaming state (``conv_state``, ``ssm_state``) is explicit, as in mamba-ssm.
+
+With the fused kernel a layer scans the whole sequence in one call (its memory is linear in the length); the
+PyTorch scan streams it in chunks, carrying the state. Two residuals: ``pre_norm`` (``x + mixer(norm(x))``) and
+``normed`` (``h = norm(x); h + mixer(h)``, the official xT block, whose residual stream is the normed signal).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from torch import nn
 
 from napari_xt.model.config import ContextEncoderConfig
 from napari_xt.model.context import selective_scan as scan
-from napari_xt.model.context.layers import sincos_2d
+from napari_xt.model.context.layers import add_positions, append_token, cls_parameter
 
 
 @dataclass
@@ -94,30 +98,43 @@ class MambaLayer(nn.Module):
         self.norm = nn.LayerNorm(config.width)
         self.mixer = Mamba(config.width, config.d_state, config.d_conv, config.expand)
         self.reverse = reverse
+        self.residual = config.mamba_residual
 
     def forward(self, x: torch.Tensor, chunk: int) -> torch.Tensor:
-        """The whole sequence, streamed through the block ``chunk`` tokens at a time in its direction."""
+        """The whole sequence through the block in its direction: in one fused scan on CUDA with mamba-ssm,
+        otherwise streamed ``chunk`` tokens at a time."""
         sequence = x.flip(1) if self.reverse else x
         normed = self.norm(sequence)
+        if normed.is_cuda and scan.fused_available():
+            chunk = normed.shape[1]
         outputs, state = [], None
         for start in range(0, sequence.shape[1], chunk):
             out, state = self.mixer(normed[:, start : start + chunk], state)
             outputs.append(out)
         mixed = torch.cat(outputs, dim=1)
-        return x + (mixed.flip(1) if self.reverse else mixed)
+        if self.residual == "normed":
+            mixed = normed + mixed
+        mixed = mixed.flip(1) if self.reverse else mixed
+        return mixed if self.residual == "normed" else x + mixed
 
 
 class MambaContext(nn.Module):
-    """Layers alternate scan direction (the first scans in reverse, as in xT) so every region sees both sides."""
+    """Layers alternate scan direction (the first scans in reverse, as in xT) so every region sees both sides.
+
+    With ``cls_token`` the output has one more token, the cls token's, last."""
 
     def __init__(self, config: ContextEncoderConfig):
         super().__init__()
+        self.config = config
         self.chunk = config.window * config.tokens_per_region**2
+        self.cls_token = cls_parameter(config.width) if config.cls_token else None
         self.layers = nn.ModuleList(MambaLayer(config, reverse=i % 2 == 0) for i in range(config.depth))
-        self.norm = nn.LayerNorm(config.width)
+        self.norm = nn.LayerNorm(config.width) if config.final_norm else nn.Identity()
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = tokens + sincos_2d(positions, tokens.shape[-1]).to(tokens.dtype)
+        x = add_positions(tokens, positions, self.config.positions)
+        if self.cls_token is not None:
+            x = append_token(x, self.cls_token)
         for layer in self.layers:
             x = layer(x, self.chunk)
         return self.norm(x)

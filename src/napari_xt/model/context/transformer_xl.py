@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from napari_xt.model.config import ContextEncoderConfig
-from napari_xt.model.context.layers import FeedForward, SelfAttention, sincos_2d
+from napari_xt.model.context.layers import FeedForward, SelfAttention, add_positions
 
 
 class XLLayer(nn.Module):
@@ -42,7 +42,7 @@ class TransformerXLContext(nn.Module):
         self.config = config
         self.tokens_per_region = config.tokens_per_region**2
         self.layers = nn.ModuleList(XLLayer(config.width, config.heads, config.mlp_ratio) for _ in range(config.depth))
-        self.norm = nn.LayerNorm(config.width)
+        self.norm = nn.LayerNorm(config.width) if config.final_norm else nn.Identity()
 
     @property
     def window_tokens(self) -> int:
@@ -78,7 +78,7 @@ class TransformerXLContext(nn.Module):
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Args: tokens ``(B, L, W)``; positions ``(B, L, 2)`` global (row, col) in region units."""
-        x = tokens + sincos_2d(positions, tokens.shape[-1]).to(tokens.dtype)
+        x = add_positions(tokens, positions, self.config.positions)
         forward = self._stream(x, reverse=False)
         if not self.config.bidirectional:
             return forward
