@@ -145,7 +145,6 @@ def compare(variant, workdir: Path, seed: int = 0) -> tuple[dict, dict]:
         "official_s": round(official_s, 2),
         "napari_xt_s": round(ours_s, 2),
     }
-    path.unlink()
     return row, {"name": name, "crop": crop, "input_size": input_size, "head": head, "shapes": shapes}
 
 
@@ -157,17 +156,22 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", help="variant names (default: all)")
     parser.add_argument("--fixture", type=Path, help="write the official key names and shapes here")
     parser.add_argument("--json", type=Path, help="write the comparison here")
+    parser.add_argument("--keep", type=Path, help="keep the official-format checkpoints in this folder")
     args = parser.parse_args()
     prepare_imports(args.official, args.site, args.mamba)
     rows, fixture = [], []
     with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.keep or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         for variant in VARIANTS:
             if args.only and variant[0] not in args.only:
                 continue
             if variant[4] == "mamba" and args.mamba is None:
                 print(f"{variant[0]}: skipped (no --mamba)")
                 continue
-            row, facts = compare(variant, Path(tmp))
+            row, facts = compare(variant, workdir)
+            if args.keep is None:
+                (workdir / f"{variant[0]}.pth").unlink()
             rows.append(row)
             fixture.append(facts)
             print(

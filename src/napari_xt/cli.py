@@ -341,6 +341,14 @@ def _train(args: argparse.Namespace) -> int:
     from napari_xt.train.trainer import TrainSettings, finish_checkpoint, model_for_data, train
 
     init_config, known = None, None
+    if args.init and _is_official_xt(args.init):
+        out = Path(args.init).with_suffix(".safetensors").name
+        print(
+            f"napari-xt: {args.init} is an official xT checkpoint; convert it once, then fine-tune from the "
+            f"result:\n  napari-xt convert {shlex.quote(args.init)} --out {out}\n  napari-xt train --init {out} …",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     if args.init and _is_backbone_file(args.init):  # a timm weight file: the region encoder of a new model
         if args.backbone_weights:
             print("napari-xt: give the backbone weights once (--init or --backbone-weights)", file=sys.stderr)
@@ -434,6 +442,21 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _is_official_xt(path: str) -> bool:
+    """True for an official xT checkpoint (a pickle of ``encoder.model.*`` and ``decoder.*`` tensors)."""
+    from napari_xt.model import CheckpointError
+    from napari_xt.model.checkpoint import PICKLE_SUFFIXES, read_state_dict
+    from napari_xt.model.official import is_official_xt
+
+    candidate = Path(path)
+    if candidate.suffix not in PICKLE_SUFFIXES or not candidate.is_file():
+        return False
+    try:
+        return is_official_xt(read_state_dict(candidate))
+    except CheckpointError:
+        return False
+
+
 def _is_backbone_file(path: str) -> bool:
     """True for weights that are no napari-xt checkpoint: a timm/PyTorch file (``.pth``, ``.bin``, ``.pt``), a
     bare ``.safetensors`` without napari-xt's config, or a Hugging Face folder."""
@@ -503,6 +526,50 @@ def _style(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     print(f"{args.out or args.checkpoint}: sha256 {digest} (weights unchanged)")
     return EXIT_OK
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from napari_xt.model import CheckpointError, convert_official
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_suffix(".safetensors")
+    try:
+        if out.resolve() == Path(args.checkpoint).resolve():
+            raise ValueError(f"--out {out} is the source file; give another name")
+        names = _class_names(args.classes)
+        command = "napari-xt convert " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["convert"] else ""
+        digest, report = convert_official(args.checkpoint, out, names, command)
+    except (ValueError, OSError, CheckpointError) as error:
+        print(f"napari-xt: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        print(json.dumps({"out": str(out), "sha256": digest, **report.provenance()}, indent=1))
+    else:
+        print(f"{args.checkpoint}: {report.summary()}")
+        print(f"{out}: sha256 {digest}")
+    return EXIT_OK
+
+
+def _class_names(text: str | None) -> list[str] | None:
+    """Class names from a text file (one per line), a JSON list or ``{index: name}`` file, or a comma list."""
+    if not text:
+        return None
+    path = Path(text)
+    if not path.is_file():
+        return [name.strip() for name in text.split(",") if name.strip()]
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):  # {"0": "name", ...} or {"name": 0, ...}
+            pairs = [(int(k), v) if str(k).isdigit() else (int(v), k) for k, v in data.items()]
+            return [name for _, name in sorted(pairs)]
+        return [str(name) for name in data]
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+CONVERT_EXAMPLES = """examples:
+  napari-xt convert swin-t-mamba-512-256-top1.ckpt --out swin-t-mamba.safetensors
+  napari-xt convert hiera-b-hyper-448-224.ckpt --classes reptilia.txt
+  napari-xt train --init swin-t-mamba.safetensors --image slide.svs --annotations slide.geojson --out model.safetensors
+"""
 
 
 STYLE_EXAMPLES = """examples:
@@ -703,6 +770,20 @@ def build_parser() -> argparse.ArgumentParser:
     style.add_argument("--name", action="append", metavar="CLASS=WORDS", help="a class's display name (repeat)")
     style.add_argument("--out", help="write the restyled checkpoint here (default: replace CHECKPOINT)")
     style.set_defaults(run=_style)
+
+    convert = commands.add_parser(
+        "convert",
+        help="turn an official xT checkpoint (.ckpt/.pth) into a napari-xt checkpoint with config and provenance",
+        formatter_class=_HelpFormatter,
+        epilog=CONVERT_EXAMPLES,
+    )
+    convert.add_argument("checkpoint", help="an official xT checkpoint (bair-climate-initiative/xT)")
+    convert.add_argument("--out", help="the .safetensors to write (default: CHECKPOINT with .safetensors)")
+    convert.add_argument(
+        "--classes", help="the classifier's class names: a text file (one per line), a JSON file or a comma list"
+    )
+    convert.add_argument("--json", action="store_true", help="print the detected architecture as JSON")
+    convert.set_defaults(run=_convert)
 
     demo = commands.add_parser(
         "demo", help="open a synthetic gigapixel scene in napari (headless under Xvfb when there is no display)"
