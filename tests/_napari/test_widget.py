@@ -460,3 +460,37 @@ def test_whole_image_context_shows_a_first_look_then_replaces_it(make_napari_vie
     assert not any("first look" in layer.name for layer in viewer.layers)
     assert widget.run_dir == Path(last[2]) and widget.done
     assert len(widget.layers["shapes"].data) == 1  # the ROI once, though the run has recorded it by then
+
+
+def test_browse_converts_an_official_checkpoint_in_the_background(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    from tests.model.official_files import official_state, save_official
+
+    monkeypatch.setenv("NAPARI_XT_MODELS", str(tmp_path / "models"))
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((512, 512, 3), np.uint8), rgb=True, name="photo")
+    widget = XTWidget(viewer)
+    source = save_official(tmp_path, official_state("swin-t-hyper-512-256", width=128), "swin-t-hyper.ckpt")
+    asked = []
+    monkeypatch.setattr(widget, "_ask", lambda title, question: asked.append(question) or True)
+    widget.open_checkpoint_file(source)
+    assert "models/swin-t-hyper.safetensors" in asked[0]
+    qtbot.waitUntil(
+        lambda: widget.checkpoint_path() == tmp_path / "models" / "swin-t-hyper.safetensors", timeout=60_000
+    )
+    assert widget.config.heads.classification_classes[:2] == ["class_000", "class_001"]
+    assert "classifies whole images into 284 classes" in widget.summary.text()
+    assert "swinv2_tiny_window16_256" in widget.summary.toolTip()
+    # declined: nothing written, the choice unchanged
+    monkeypatch.setattr(widget, "_ask", lambda title, question: False)
+    widget.open_checkpoint_file(source)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["swin-t-hyper.safetensors"]
+    # a file that is no xT checkpoint: an error, and the selected checkpoint stays
+    junk = tmp_path / "junk.pth"
+    torch.save({"weights": torch.zeros(3)}, junk)
+    errors = []
+    monkeypatch.setattr("napari.utils.notifications.show_error", errors.append)
+    monkeypatch.setattr(widget, "_ask", lambda title, question: True)
+    widget.open_checkpoint_file(junk)
+    qtbot.waitUntil(lambda: bool(errors), timeout=30_000)
+    assert "not an official xT checkpoint" in errors[0]
+    assert widget.checkpoint_path() == tmp_path / "models" / "swin-t-hyper.safetensors"

@@ -8,7 +8,6 @@ causal softmax attention, gated GELU MLP, the Mamba recurrence), reading the off
 names; the comparison with the official code itself is ``scripts/official_parity.py``.
 """
 
-import json
 import math
 from pathlib import Path
 
@@ -21,9 +20,8 @@ import torch.nn.functional as F
 from napari_xt.model import CheckpointError, XTModel, convert_official, load_checkpoint, load_official_xt
 from napari_xt.model.official import plan_official
 from napari_xt.model.presets import preset_config
+from tests.model.official_files import VARIANTS, official_state, save_official, shapes_of
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "official_xt_keys.json").read_text())
-VARIANTS = FIXTURE["variants"]
 EXPECTED = {  # variant → (family, size, head, depth, the preset that is the same architecture)
     "swin-t-nonxl-256": ("swinv2", "T", "naive", 0, "xt_swin_t_naive"),
     "swin-t-hyper-512-256": ("swinv2", "T", "hyper", 2, "xt_swin_t_hyper"),
@@ -37,11 +35,6 @@ EXPECTED = {  # variant → (family, size, head, depth, the preset that is the s
     "hiera-b-nonxl-224": ("hiera", "B", "naive", 0, "xt_hiera_b_naive"),
     "hiera-b-hyper-448-224": ("hiera", "B", "hyper", 2, "xt_hiera_b_hyper"),
 }
-
-
-def shapes_of(name: str) -> dict:
-    variant = VARIANTS[name]
-    return {k: tuple(v) for k, v in {**FIXTURE["encoders"][variant["encoder"]], **variant["decoder"]}.items()}
 
 
 def test_the_fixture_covers_every_official_variant():
@@ -79,47 +72,6 @@ def test_unknown_heads_and_encoders_are_refused_naming_them():
 
 
 # -- a real file, loaded, against a reference written from the equations -------------------------------------
-
-
-def official_state(name: str, seed: int = 0, width: int | None = None) -> dict:
-    """Random tensors with the official names and shapes (optionally a narrower context, to keep tests fast)."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in shapes_of(name).items():
-        if width is not None and key.startswith("decoder."):
-            shape = narrowed(key, shape, width)
-        tensor = torch.randn(shape, generator=generator) * 0.05
-        if key.endswith(("norm.weight", "layernorm.weight", "cls.0.weight", "layers.2.weight")):
-            tensor += 1.0
-        if key.endswith("A_log"):
-            tensor = torch.log(torch.arange(1, shape[1] + 1, dtype=torch.float32)).expand(shape).clone()
-        state[key] = tensor
-    return state
-
-
-def narrowed(key: str, shape: tuple, width: int) -> tuple:
-    """``shape`` of an official context tensor at context width ``width`` instead of 768: the widths built from it
-    (qkv ×3, MLP ×4, Mamba inner ×2 and its dt rank ⌈width / 16⌉) likewise; the classes (284) and the encoder's
-    channels going into ``input_proj`` keep theirs."""
-    rank, d_state = 48, 16
-    if key == "decoder.input_proj.weight":
-        return (width, shape[1])
-    if key.endswith("x_proj.weight"):
-        return (math.ceil(width / 16) + 2 * d_state, 2 * width)
-    if key.endswith("dt_proj.weight"):
-        return (2 * width, math.ceil(width / 16))
-    dims = []
-    for dim in shape:
-        factor = next((f for f in (1, 2, 3, 4) if dim == 768 * f), None)
-        dims.append(width * factor if factor else dim)
-    assert rank not in dims or key.endswith("A_log"), key
-    return tuple(dims)
-
-
-def save_official(tmp_path, state, name="official.ckpt"):
-    path = tmp_path / name
-    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, path)
-    return path
 
 
 def mae_sincos(width: int, rows: int, cols: int) -> torch.Tensor:

@@ -85,6 +85,18 @@ def available_checkpoints() -> list[tuple[str, Path]]:
     return found
 
 
+def conversion_target(source: str | Path) -> Path:
+    """Where the widget writes the conversion of a foreign checkpoint: ``<models folder>/<stem>.safetensors``,
+    with ``-2``, ``-3``, … when that name is taken by another file."""
+    stem = Path(source).stem
+    out = models_folder() / f"{stem}.safetensors"
+    number = 2
+    while out.exists():
+        out = models_folder() / f"{stem}-{number}.safetensors"
+        number += 1
+    return out
+
+
 def demo_checkpoint(kind: str, context: str = "xl") -> Path | None:
     path = SHIPPED / f"{kind}_{context}.safetensors"
     return path if path.exists() else None

@@ -128,6 +128,11 @@ def model_description(config) -> str:
         finds.append(f"maps {len(heads.segmentation_classes) - 1} classes")
     if heads.detection_classes:
         finds.append(f"detects {len(heads.detection_classes)} kinds of object")
+    if not finds and heads.classification_classes:
+        finds.append(
+            f"classifies whole images into {len(heads.classification_classes)} classes; it maps and detects nothing "
+            "until fine-tuned on your annotations (Train xT)"
+        )
     return (
         f"For {bands} images at {size}; {CONTEXT_WORDS.get(config.context_encoder.kind, config.context_encoder.kind)}"
         + (f"; {' and '.join(finds)}" if finds else "")
@@ -190,6 +195,7 @@ class XTWidget(QWidget):
         claim_readers()  # slides, scenes and run directories open with napari-xt without asking (preferences.py)
         self.viewer = napari_viewer
         self.worker = None
+        self.conversion = None  # the background conversion of an official checkpoint (Browse…)
         self.cancel_token = None
         self._worker_done = True  # no run in progress
         self.run_dir: Path | None = None
@@ -227,7 +233,9 @@ class XTWidget(QWidget):
         self.checkpoint_combo.setToolTip("the trained xT model (a checkpoint): shipped, in the models folder, recent")
         self.checkpoint_combo.currentIndexChanged.connect(self._checkpoint_changed)
         browse = QPushButton("Browse…")
-        browse.setToolTip("open a napari-xt checkpoint (.safetensors) from disk")
+        browse.setToolTip(
+            "open a napari-xt checkpoint (.safetensors) from disk, or an official xT checkpoint (.ckpt/.pth) to convert"
+        )
         browse.clicked.connect(self._browse)
         row = QHBoxLayout()
         row.addWidget(self.checkpoint_combo, 1)
@@ -389,10 +397,63 @@ class XTWidget(QWidget):
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Choose an xT checkpoint", str(catalogue.models_folder()), "napari-xt checkpoints (*.safetensors)"
+            self,
+            "Choose an xT checkpoint",
+            str(catalogue.models_folder()),
+            "xT checkpoints (*.safetensors *.ckpt *.pth *.pt);;napari-xt checkpoints (*.safetensors);;"
+            "official xT checkpoints (*.ckpt *.pth *.pt)",
         )
         if path:
-            self.set_checkpoint(path)
+            self.open_checkpoint_file(path)
+
+    def open_checkpoint_file(self, path: str | Path) -> None:
+        """Select a napari-xt checkpoint; an official xT checkpoint (``.ckpt``/``.pth``) is offered for conversion
+        into the models folder first (in the background: a Swin-L file takes a while to read)."""
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            out = catalogue.conversion_target(path)
+            question = (
+                f"{path.name} is not a napari-xt checkpoint. If it is an official xT checkpoint, napari-xt can "
+                f"convert it (every tensor checked) into\n{out}\nand select it. Convert it?"
+            )
+            if self._ask("Convert an official xT checkpoint?", question):
+                self._convert(path, out)
+            return
+        self.set_checkpoint(path)
+
+    def _ask(self, title: str, question: str) -> bool:
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(self, title, question, QMessageBox.Yes | QMessageBox.No, QMessageBox.Yes)
+        return answer == QMessageBox.Yes
+
+    def _convert(self, path: Path, out: Path) -> None:
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error, show_info
+
+        from napari_xt.model.official import convert_official
+
+        self.summary.setText(f"<i>Converting {path.name}…</i>")
+
+        def done(result) -> None:
+            _digest, report = result
+            show_info(f"napari-xt: {report.summary()}; saved as {out.name}")
+            catalogue.remember(out)
+            self.set_checkpoint(out)
+
+        def failed(error) -> None:
+            show_error(f"napari-xt could not convert {path.name}: {error}")
+            self._checkpoint_changed()
+
+        self.conversion = create_worker(
+            convert_official,
+            path,
+            out,
+            command=f"napari-xt widget: convert {path.name}",
+            _start_thread=False,
+            _connect={"returned": done, "errored": failed},
+        )
+        self.conversion.start()
 
     def checkpoint_path(self) -> Path | None:
         data = self.checkpoint_combo.currentData()

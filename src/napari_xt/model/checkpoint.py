@@ -240,7 +240,16 @@ def _tensors_of(loaded, path: Path) -> dict[str, torch.Tensor]:
 
 
 def check_fits_image(config: XTConfig, n_channels: int, source: str = "the image") -> None:
-    """Refuse an image whose channel count the model was not built for, saying what would fit."""
+    """Refuse an image whose channel count the model was not built for, saying what would fit; and a model with
+    nothing to show over an image (an image classifier, such as a converted official xT checkpoint)."""
+    heads = config.heads
+    if not heads.segmentation_classes and not heads.detection_classes:
+        raise CheckpointError(
+            f"the checkpoint ({config.name or 'unnamed'}) classifies whole images into "
+            f"{len(heads.classification_classes)} classes and has no segmentation or detection head, so it has "
+            "nothing to map or detect; fine-tune it on your annotations first (napari-xt train --init CHECKPOINT, "
+            "or the Train xT widget), which keeps its region and context encoders"
+        )
     if n_channels != config.in_channels:
         raise CheckpointError(
             f"the checkpoint expects {config.in_channels}-channel images but {source} has {n_channels} "

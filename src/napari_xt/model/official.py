@@ -373,5 +373,6 @@ def convert_official(
     from napari_xt.model.checkpoint import save_checkpoint
 
     model, report = load_official_xt(path, class_names)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     provenance = {**report.provenance(), "napari_xt": __version__, "command": command or "convert_official"}
     return save_checkpoint(model, out, provenance), report
