@@ -99,3 +99,29 @@ def test_pure_torch_scan_matches_mamba_ssm_kernel():
     ours, our_state = scan.selective_scan(**inputs, return_last_state=True)
     torch.testing.assert_close(ours, fused, atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(our_state, fused_state, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.gpu
+def test_fused_layers_scan_the_whole_sequence_as_the_streamed_scan_does():
+    """On CUDA with mamba-ssm a layer scans all tokens in one fused call; the result is the CPU scan's, streamed
+    chunk by chunk with its carried state, for both residuals."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    pytest.importorskip("mamba_ssm", reason="install napari-xt[mamba] on a CUDA machine")
+    calls = []
+    original = scan.fused_selective_scan
+    for residual in ("pre_norm", "normed"):
+        torch.manual_seed(0)
+        config = ContextEncoderConfig(kind="mamba", width=64, depth=2, window=4, tokens_per_region=2)
+        config.mamba_residual = residual
+        model = MambaContext(config).eval()
+        x, positions = torch.randn(2, 3000, 64), torch.rand(2, 3000, 2) * 50
+        with torch.no_grad():
+            streamed = model(x, positions)
+            scan.fused_selective_scan = lambda *a, **k: calls.append(a[0].shape[-1]) or original(*a, **k)
+            try:
+                fused = model.cuda()(x.cuda(), positions.cuda()).cpu()
+            finally:
+                scan.fused_selective_scan = original
+        torch.testing.assert_close(fused, streamed, atol=3e-3, rtol=3e-3)
+    assert calls and set(calls) == {3000}  # one call per layer, over every token
