@@ -164,3 +164,30 @@ def test_style_gives_a_checkpoint_colours_and_names_and_explains_bad_pairs(tmp_p
     assert "expected CLASS=VALUE" in capsys.readouterr().err
     assert main(["style", str(out)]) == EXIT_BAD_INPUT
     assert "nothing to change" in capsys.readouterr().err
+
+
+def test_convert_an_official_checkpoint_and_fine_tune_from_it(tmp_path, capsys):
+    import json
+
+    from napari_xt.model import read_checkpoint_info
+    from tests.model.official_files import official_state, save_official
+
+    source = save_official(tmp_path, official_state("swin-t-hyper-512-256", width=128), "swin-t-hyper-top1.ckpt")
+    (tmp_path / "names.txt").write_text("\n".join(f"species {i}" for i in range(284)))
+    assert main(["convert", str(source), "--classes", str(tmp_path / "names.txt")]) == 0
+    out = tmp_path / "swin-t-hyper-top1.safetensors"
+    assert "loaded all 242 tensors" in capsys.readouterr().out
+    info = read_checkpoint_info(out)
+    assert info.config.heads.classification_classes[3] == "species 3"
+    assert info.provenance["architecture"]["timm_name"] == "swinv2_tiny_window16_256"
+    assert info.provenance["source_sha256"] and info.provenance["converted_from"] == source.name
+    assert main(["convert", str(source), "--out", str(tmp_path / "b.safetensors"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["architecture"]["head"] == "hyper" and report["tensors"] == 242
+    # the official file itself is not a starting point for training: the message says how to convert it
+    assert main(["train", "--init", str(source), "--out", str(tmp_path / "m.safetensors")]) == EXIT_BAD_INPUT
+    assert "napari-xt convert" in capsys.readouterr().err
+    assert main(["convert", str(source), "--out", str(source)]) == EXIT_BAD_INPUT
+    assert "is the source file" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "names.txt")]) == EXIT_BAD_INPUT
+    assert "unknown weight file type" in capsys.readouterr().err

@@ -103,3 +103,13 @@ def test_colours_and_display_names_must_be_text(tmp_path):
     config["heads"]["display_names"] = ["not", "a", "table"]
     with pytest.raises(ValueError, match=r"heads\.display_names must map class names to text"):
         XTConfig.from_dict(config)
+
+
+def test_a_classifier_alone_is_refused_over_an_image_with_what_to_do():
+    from napari_xt.model.official import official_config
+
+    config = official_config("swinv2_tiny_window16_256", "hyper", width=128, classes=5)
+    with pytest.raises(CheckpointError, match=r"classifies whole images into 5 classes.*train --init"):
+        check_fits_image(config, 3, "slide.svs")
+    config.heads.segmentation_classes = ["background", "tumour"]
+    check_fits_image(config, 3, "slide.svs")
