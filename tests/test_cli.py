@@ -60,6 +60,10 @@ def test_predict_exit_2_for_checkpoint_problems(tmp_path, sar_zarr, ome_zarr_v05
     bad.write_bytes(b"not a checkpoint")
     assert main(["predict", str(sar_zarr), "--checkpoint", str(bad), "--out", str(tmp_path)]) == EXIT_BAD_INPUT
     assert "not a readable .safetensors" in capsys.readouterr().err
+    pickle = tmp_path / "swin-t-hyper.ckpt"
+    pickle.write_bytes(b"an official checkpoint")
+    assert main(["predict", str(sar_zarr), "--checkpoint", str(pickle), "--out", str(tmp_path)]) == EXIT_BAD_INPUT
+    assert "napari-xt convert swin-t-hyper.ckpt" in capsys.readouterr().err
     rgb = ["predict", str(ome_zarr_v05), "--checkpoint", str(sar_checkpoint), "--out", str(tmp_path)]
     assert main(rgb) == EXIT_BAD_INPUT
     assert "expects 1-channel images" in capsys.readouterr().err

@@ -119,6 +119,12 @@ def read_checkpoint_info(path: str | Path, with_hash: bool = True) -> Checkpoint
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
+    if path.suffix in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path}: a PyTorch pickle, not a napari-xt checkpoint (.safetensors); an official xT checkpoint "
+            f"converts with `napari-xt convert {path.name}`, timm backbone weights initialise a region encoder "
+            "(train --backbone-weights)"
+        )
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
