@@ -550,19 +550,16 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _class_names(text: str | None) -> list[str] | None:
-    """Class names from a text file (one per line), a JSON list or ``{index: name}`` file, or a comma list."""
-    if not text:
-        return None
-    path = Path(text)
-    if not path.is_file():
-        return [name.strip() for name in text.split(",") if name.strip()]
-    if path.suffix == ".json":
-        data = json.loads(path.read_text())
-        if isinstance(data, dict):  # {"0": "name", ...} or {"name": 0, ...}
-            pairs = [(int(k), v) if str(k).isdigit() else (int(v), k) for k, v in data.items()]
-            return [name for _, name in sorted(pairs)]
-        return [str(name) for name in data]
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    """Class names from a JSON list or ``{index: name}`` file, or as ``_label_names`` reads them (a text file
+    with one per line, or a comma list)."""
+    path = Path(text) if text else None
+    if path is None or not (path.is_file() and path.suffix == ".json"):
+        return _label_names(text)
+    data = json.loads(path.read_text())
+    if isinstance(data, dict):  # {"0": "name", ...} or {"name": 0, ...}
+        pairs = [(int(k), v) if str(k).isdigit() else (int(v), k) for k, v in data.items()]
+        return [str(name) for _, name in sorted(pairs)]
+    return [str(name) for name in data]
 
 
 CONVERT_EXAMPLES = """examples:
