@@ -83,3 +83,24 @@ def test_simplifying_never_cuts_small_objects():
         assert sum(p.area for p in mine) == pytest.approx(sizes.sum(), rel=0.02)
     singles = [p.geometry for p in found if p.geometry.area == 1]
     assert singles and all(len(p.exterior.coords) == 5 for p in singles)  # squares, not triangles
+
+
+def test_finished_components_are_forgotten_row_by_row(monkeypatch):
+    """Memory is one row of border pieces: the id tables do not keep every component of the image."""
+    from napari_xt.engine import polygons as module
+
+    made = []
+
+    class Recorded(module._Pieces):
+        def __init__(self):
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(module, "_Pieces", Recorded)
+    rng = np.random.default_rng(0)
+    labels = (rng.random((640, 640)) < 0.3).astype(np.uint8)  # thousands of speckle components
+    labels[:, 300:310] = 1  # and one that crosses every row of tiles
+    found = list(polygons(labels, 2, tile=64, simplify=0))
+    assert len(found) == ndi.label(labels == 1)[1] > 5000
+    assert sum(p.geometry.area for p in found) == labels.sum()
+    assert made[0]._next > 5000 and len(made[0]._class) < 200

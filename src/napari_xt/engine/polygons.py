@@ -94,6 +94,7 @@ def polygons(
                 yield ClassPolygon(label, geometry)
         still_open = pieces.roots(below) if y1 < height else set()
         closed = list(pieces.close_all_but(still_open))
+        pieces.forget_all_but(below)
         for (label, _), geometry in zip(closed, simplified([g for _, g in closed], simplify)):
             yield ClassPolygon(label, geometry)
         above = below
@@ -148,6 +149,19 @@ class _Pieces:
 
     def roots(self, ids: np.ndarray) -> set[int]:
         return {self._find(i) for i in np.unique(ids[ids > 0]).tolist()}
+
+    def forget_all_but(self, border: np.ndarray) -> None:
+        """Drop the bookkeeping of every component that is finished: only ids on ``border`` (the row the next
+        tile row joins) and the kept pieces can still matter. Without this, the class and parent tables grow with
+        every component of the image (millions on a noisy 100k² segmentation)."""
+        live = set(np.unique(border[border > 0]).tolist()) | set(self._kept)
+        parent, classes = {}, {}
+        for i in live:
+            root = self._find(i)
+            if root != i:
+                parent[i] = root
+            classes[i], classes[root] = self._class[i], self._class[root]
+        self._parent, self._class = parent, classes
 
     def close_all_but(self, still_open: set[int]):
         """Merge and yield ``(class, polygon)`` for every kept component whose root is not ``still_open``."""
