@@ -188,6 +188,10 @@ def test_convert_an_official_checkpoint_and_fine_tune_from_it(tmp_path, capsys):
     assert main(["convert", str(source), "--out", str(tmp_path / "b.safetensors"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["architecture"]["head"] == "hyper" and report["tensors"] == 242
+    pooled = tmp_path / "pooled.safetensors"
+    assert main(["convert", str(source), "--out", str(pooled), "--tokens-per-region", "2"]) == 0
+    assert read_checkpoint_info(pooled).config.context_encoder.tokens_per_region == 2
+    capsys.readouterr()
     # the official file itself is not a starting point for training: the message says how to convert it
     assert main(["train", "--init", str(source), "--out", str(tmp_path / "m.safetensors")]) == EXIT_BAD_INPUT
     assert "napari-xt convert" in capsys.readouterr().err

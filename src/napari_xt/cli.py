@@ -537,7 +537,7 @@ def _convert(args: argparse.Namespace) -> int:
             raise ValueError(f"--out {out} is the source file; give another name")
         names = _class_names(args.classes)
         command = "napari-xt convert " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["convert"] else ""
-        digest, report = convert_official(args.checkpoint, out, names, command)
+        digest, report = convert_official(args.checkpoint, out, names, command, args.tokens_per_region)
     except (ValueError, OSError, CheckpointError) as error:
         print(f"napari-xt: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -778,6 +778,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", help="the .safetensors to write (default: CHECKPOINT with .safetensors)")
     convert.add_argument(
         "--classes", help="the classifier's class names: a text file (one per line), a JSON file or a comma list"
+    )
+    convert.add_argument(
+        "--tokens-per-region",
+        type=int,
+        help="pool each region to N × N context tokens (official: every stride-32 pixel, 8 × 8 at 256²); 2 keeps a "
+        "whole slide's token memory small for fine-tuning",
     )
     convert.add_argument("--json", action="store_true", help="print the detected architecture as JSON")
     convert.set_defaults(run=_convert)

@@ -364,15 +364,30 @@ def _check_derived(model, state: dict, plan: OfficialPlan, path) -> None:
 
 
 def convert_official(
-    path: str | Path, out: str | Path, class_names=None, command: str = ""
+    path: str | Path, out: str | Path, class_names=None, command: str = "", tokens_per_region: int | None = None
 ) -> tuple[str, OfficialLoad]:
     """Write ``out`` (``.safetensors``): the napari-xt checkpoint of official xT checkpoint ``path``, with its
     config and provenance (source file and sha256, the detected architecture). Returns ``out``'s sha256 and the
-    load report."""
+    load report.
+
+    ``tokens_per_region``: pool each region's feature grid to this many tokens per side instead of every feature
+    pixel (the official 8 × 8); the pooling has no weights, so every tensor still loads, and the engine's token
+    memory on a whole slide shrinks by (8 / n)²."""
+    import copy
+
     from napari_xt import __version__
     from napari_xt.model.checkpoint import save_checkpoint
+    from napari_xt.model.xt import XTModel
 
     model, report = load_official_xt(path, class_names)
+    if tokens_per_region and tokens_per_region != model.config.context_encoder.tokens_per_region:
+        config = copy.deepcopy(model.config)
+        config.context_encoder.tokens_per_region = tokens_per_region
+        pooled = XTModel(config)
+        pooled.load_state_dict(model.state_dict(), strict=True)
+        model = pooled.eval()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     provenance = {**report.provenance(), "napari_xt": __version__, "command": command or "convert_official"}
+    if tokens_per_region:
+        provenance["tokens_per_region"] = tokens_per_region
     return save_checkpoint(model, out, provenance), report
