@@ -80,7 +80,8 @@ class OfficialPlan:
     architecture: OfficialArchitecture
     config: XTConfig
     keys: dict[str, str]  # official key → napari-xt key
-    derived: list[str] = field(default_factory=list)  # official keys of computed buffers (checked, not loaded)
+    # official keys of computed buffers (checked, not loaded) → our key (None: no counterpart)
+    derived: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -171,19 +172,26 @@ def plan_official(shapes: dict[str, tuple[int, ...]], path="the checkpoint", cla
     architecture = OfficialArchitecture(family, size, timm_name, input_size, in_channels, head, width, depth, classes)
     config = _config(architecture, shapes, path, class_names)
     own = model_shapes(config)
-    keys, derived, unplaced = {}, [], []
-    for key in shapes:
-        if key.rsplit(".", 1)[-1] in DERIVED:
-            derived.append(key)
-            continue
+    keys, derived, unplaced = {}, {}, []
+    for key, shape in shapes.items():
         target = _our_key(key, head, encoder_prefix)
-        if target is None or target not in own:
+        if key.rsplit(".", 1)[-1] in DERIVED:
+            derived[key] = target
+        elif target is None or target not in own:
             unplaced.append(key)
+        elif own[target] != tuple(shape):
+            raise CheckpointError(f"{path}: {key} has shape {tuple(shape)} but {target} is {own[target]}")
         else:
             keys[key] = target
     if unplaced:
         raise CheckpointError(
             f"{path}: {len(unplaced)} tensors napari-xt cannot place in {architecture.describe()} (e.g. {unplaced[:5]})"
+        )
+    missing = sorted(set(own) - set(keys.values()))
+    if missing:
+        raise CheckpointError(
+            f"{path}: {len(missing)} tensors of {architecture.describe()} are not in the file "
+            f"(e.g. {missing[:5]}); it is not a complete official checkpoint"
         )
     return OfficialPlan(architecture, config, keys, derived)
 
@@ -323,35 +331,17 @@ def load_official_xt(path: str | Path, class_names=None, device: str | torch.dev
             "checkpoint loads with load_checkpoint, a timm backbone with the region encoder's weights setting"
         )
     plan = plan_official({k: tuple(v.shape) for k, v in state.items()}, path, class_names)
-    model = XTModel(plan.config)
-    own = model.state_dict()
-    mapped = {}
-    for key, target in plan.keys.items():
-        if target not in own:
-            raise CheckpointError(f"{path}: {key} has no counterpart {target} in {plan.architecture.describe()}")
-        if tuple(own[target].shape) != tuple(state[key].shape):
-            raise CheckpointError(
-                f"{path}: {key} has shape {tuple(state[key].shape)} but {target} is {tuple(own[target].shape)}"
-            )
-        mapped[target] = state[key]
-    missing = sorted(set(own) - set(mapped))
-    if missing:
-        raise CheckpointError(
-            f"{path}: {len(missing)} tensors of {plan.architecture.describe()} are not in the file "
-            f"(e.g. {missing[:5]}); it is not a complete official checkpoint"
-        )
-    model.load_state_dict(mapped, strict=True)
+    model = XTModel(plan.config)  # the plan checked every key and shape against this very architecture
+    model.load_state_dict({target: state[key] for key, target in plan.keys.items()}, strict=True)
     _check_derived(model, state, plan, path)
-    report = OfficialLoad(str(path), file_sha256(path), plan.architecture, len(mapped), len(plan.derived))
+    report = OfficialLoad(str(path), file_sha256(path), plan.architecture, len(plan.keys), len(plan.derived))
     return model.to(device).eval(), report
 
 
 def _check_derived(model, state: dict, plan: OfficialPlan, path) -> None:
     buffers = dict(model.named_buffers())
-    prefix = "region_encoder.backbone." + ("model." if plan.architecture.family == "hiera" else "")
-    for key in plan.derived:
-        ours = buffers.get(prefix + key[len("encoder.model.") :]) if key.startswith("encoder.model.") else None
-        theirs = state[key]
+    for key, target in plan.derived.items():
+        ours, theirs = buffers.get(target) if target else None, state[key]
         if ours is None:
             if theirs.numel() and theirs.abs().max() > 0 and not key.endswith("attn_mask"):
                 raise CheckpointError(f"{path}: buffer {key} has no counterpart in {plan.architecture.describe()}")
