@@ -135,10 +135,13 @@ def exact_attention(q, k, v, causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.softmax(scores, dim=-1) @ v, torch.logsumexp(scores, dim=-1)
 
 
-def causal_hyper_attention(q, k, v, projections, rank, block, samples, exact_below, generator=None):
-    """Causal ``hyper_attention``: output and log-sum-exp ``(B, H, L)``; exact below ``exact_below`` tokens."""
+def causal_hyper_attention(q, k, v, projections, rank, block, samples, exact_below, generator=None, with_lse=True):
+    """Causal ``hyper_attention``: output and (``with_lse``) log-sum-exp ``(B, H, L)``; exact below
+    ``exact_below`` tokens (without ``with_lse`` through SDPA, no score matrix materialised)."""
     b, h, length, d = q.shape
     if length <= max(exact_below, 2 * block):
+        if not with_lse:
+            return nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         return exact_attention(q, k, v, causal=True)
     odd = length % 2
     if odd:  # a zero row at the end: seen by no real query
@@ -155,9 +158,10 @@ def causal_hyper_attention(q, k, v, projections, rank, block, samples, exact_bel
         torch.exp(diagonal_lse[:, :, half:] - lower_lse)[..., None] * diagonal[:, :, half:]
         + torch.exp(below_lse - lower_lse)[..., None] * below
     )
-    out = torch.cat([diagonal[:, :, :half], lower], dim=2)
-    lse = torch.cat([diagonal_lse[:, :, :half], lower_lse], dim=2)
-    return out[:, :, :length], lse[:, :, :length]
+    out = torch.cat([diagonal[:, :, :half], lower], dim=2)[:, :, :length]
+    if not with_lse:
+        return out
+    return out, torch.cat([diagonal_lse[:, :, :half], lower_lse], dim=2)[:, :, :length]
 
 
 class _Hashing(nn.Module):
@@ -181,10 +185,8 @@ class _Hashing(nn.Module):
             generator = torch.Generator(device=q.device).manual_seed(self.seed)
         c = self.config
         args = (q, k, v, self.projections.to(q.dtype), self.rank, c.hyper_block, c.hyper_samples, c.hyper_exact_below)
-        if causal and q.shape[2] <= max(c.hyper_exact_below, 2 * c.hyper_block):  # exact: no scores materialised
-            return nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         if causal:
-            return causal_hyper_attention(*args, generator)[0]
+            return causal_hyper_attention(*args, generator, with_lse=False)
         return hyper_attention(*args, generator)
 
 
