@@ -52,17 +52,20 @@ def _preset_job(name: str, device: str, batch: int, queue) -> None:
     import torch
 
     from napari_xt.model import create_model
+    from napari_xt.model.tokenization import neighbour_table
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = create_model(name).to(device).eval()
     size = model.config.region_size
     regions = torch.rand(batch, model.config.in_channels, size, size, device=device) * 255
 
+    table = neighbour_table(1, batch)  # the batch as a row of neighbours, decoded with their halo
+
     def run():
         with torch.no_grad():
             features = model.encode(model.normalise(regions))
             context = model.region_tokens(features)
-            model.decode(features, context)
+            model.decode_neighbourhoods(features, context, table)
 
     seconds, peak = _measure(run, device)
     params = sum(p.numel() for p in model.parameters())

@@ -65,7 +65,7 @@ def _bare_job(slide: str, checkpoint: str, threads: int | None, queue) -> None:
     import torch
 
     from napari_xt.model import load_checkpoint
-    from napari_xt.model.tokenization import cut
+    from napari_xt.model.tokenization import cut, neighbour_table
 
     if threads:
         torch.set_num_threads(threads)
@@ -77,9 +77,10 @@ def _bare_job(slide: str, checkpoint: str, threads: int | None, queue) -> None:
     regions, grid = cut(image, size)
     rows, cols = grid
     positions = torch.stack(torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij"), -1).reshape(-1, 2)
+    table = neighbour_table(rows, cols)
     with torch.inference_mode():
         warm = model.encode(model.normalise(regions[:BATCH]))
-        model.decode(warm, model.region_tokens(warm))
+        model.decode_neighbourhoods(warm, model.region_tokens(warm), neighbour_table(1, BATCH))
         start = time.perf_counter()
         features, tokens = [], []
         for i in range(0, len(regions), BATCH):
@@ -89,8 +90,9 @@ def _bare_job(slide: str, checkpoint: str, threads: int | None, queue) -> None:
         encoded = time.perf_counter()
         context = model.contextualise(torch.cat(tokens)[None], positions[None])[0]
         contextualised = time.perf_counter()
-        for k, f in enumerate(features):
-            out = model.decode(f, context[k * BATCH : (k + 1) * BATCH])
+        features = [torch.cat(level) for level in zip(*features)]
+        for i in range(0, len(regions), BATCH):  # each region decoded with its neighbours, as predict does
+            out = model.decode_neighbourhoods(features, context, table[i : i + BATCH])
             out["segmentation"].max(dim=1)
         done = time.perf_counter()
     queue.put(

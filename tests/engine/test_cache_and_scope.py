@@ -42,8 +42,9 @@ def test_token_cache_reuses_encodings_for_another_roi(tmp_path, sar_scene):
     assert isinstance(result, Finished)
     grid_regions = zarr.open_group(str(tmp_path / "b.xt.zarr"))["regions/active"][:].sum()
     assert first >= grid_regions  # the first run encoded the whole image for context
-    # the second only its own 2 × 2 regions (their features are needed to decode): one batch, padded to 8
-    assert counts == [8]
+    # the second only the features it decodes with: its own 2 × 2 regions and the ring of 12 neighbours
+    # around them (the decoder's halo), 16 regions in two batches of 8; the rest of the context is cached
+    assert counts == [8, 8]
     # the cache is safe to delete: a third run simply encodes again
     import shutil
 
@@ -63,3 +64,24 @@ def test_cache_size_cap_drops_the_oldest(tmp_path):
     size = sum(f.stat().st_size for f in (tmp_path / "new.zarr").rglob("*") if f.is_file())
     TokenCache.enforce_cap(tmp_path, max_bytes=int(size * 2.5))
     assert sorted(p.name for p in tmp_path.glob("*.zarr")) == ["mid.zarr", "new.zarr"]
+
+
+def test_roi_without_context_equals_the_whole_run_at_its_edges(tmp_path, sar_scene):
+    """Without a context encoder an ROI's regions are decoded with the ring of neighbours around it (their
+    features, the decoder's halo), so its edge regions are the whole run's, not a region decoded alone."""
+    model = tiny_sar_model("none")
+    whole = tmp_path / "whole.xt.zarr"
+    run_to_end(sar_scene.pyramid(), model, whole, RunOptions(level=1, cache_dir=""))
+    part = tmp_path / "part.xt.zarr"
+    counts = _count_encoded(model)
+    options = RunOptions(level=1, roi=(256, 256, 768, 640), cache_dir="", batch_size=4)
+    assert isinstance(run_to_end(sar_scene.pyramid(), model, part, options), Finished)
+    a = zarr.open_group(str(whole))["labels/segmentation/0"][128:384, 128:320]
+    b = zarr.open_group(str(part))["labels/segmentation/0"][128:384, 128:320]
+    np.testing.assert_array_equal(a, b)
+    # 4 × 3 regions and the ring of 6 × 5 around them, each encoded once (the neighbours when a batch first
+    # needs them), always in model batches of exactly 4, so that no result depends on its batch
+    ring = int(zarr.open_group(str(whole))["regions/active"][1:7, 1:6].sum())
+    assert set(counts) == {4}
+    decode_batches = 3
+    assert ring <= sum(counts) and len(counts) <= -(-ring // 4) + decode_batches

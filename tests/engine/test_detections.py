@@ -18,7 +18,7 @@ def _oracle(model):
     model.region_tokens = lambda features: torch.zeros(features[0].shape[0], 4, 32)
     model.contextualise = lambda tokens, positions: tokens
 
-    def decode(features, context):
+    def decode(features, context, halo=0):
         pooled = F.avg_pool2d(features[0][:, :1], 4)
         n, _, h, w = pooled.shape
         return {
@@ -31,6 +31,7 @@ def _oracle(model):
         }
 
     model.decode = decode
+    model.halo = 0  # the oracle decodes each region alone
     return model
 
 

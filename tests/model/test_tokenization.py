@@ -66,3 +66,53 @@ def test_hilbert_order_is_global_and_windows_are_compact():
     assert serial_order(crop[None], "raster") is None
     with pytest.raises(ValueError, match="must lie in"):
         hilbert_index(torch.tensor([[-1, 0]]))
+
+
+def test_halo_windows_are_the_stitched_map_padded_with_zeros():
+    from napari_xt.model.tokenization import halo_windows, neighbour_table
+
+    torch.manual_seed(0)
+    features = torch.randn(2 * 3 * 4, 5, 8, 8)  # two images of 3 × 4 regions, maps of 8 cells
+    table = neighbour_table(3, 4, images=2)
+    windows = halo_windows(features, table, 3)
+    assert windows.shape == (24, 5, 14, 14)
+    stitched = torch.nn.functional.pad(uncut(features, (3, 4)), (3, 3, 3, 3))  # (2, 5, 24 + 6, 32 + 6)
+    for index in range(24):
+        image, rest = divmod(index, 12)
+        r, c = divmod(rest, 4)
+        expected = stitched[image, :, r * 8 : r * 8 + 14, c * 8 : c * 8 + 14]
+        torch.testing.assert_close(windows[index], expected)
+    torch.testing.assert_close(halo_windows(features, table, 0), features)
+
+
+def test_absent_neighbours_are_zeros_in_windows_and_their_edge_in_context():
+    from napari_xt.model.tokenization import CENTRE, context_neighbourhoods, halo_windows
+
+    features = torch.ones(2, 1, 4, 4)
+    table = torch.full((1, 9), -1)
+    table[0, CENTRE], table[0, 5] = 0, 1  # the right neighbour only
+    window = halo_windows(features, table, 2)[0, 0]
+    assert window[2:6, 2:8].eq(1).all() and window[:2].eq(0).all() and window[:, :2].eq(0).all()
+    tokens = torch.arange(8.0).view(2, 4, 1)  # 2 regions of 2 × 2 tokens, width 1
+    grid = context_neighbourhoods(tokens, table)[0, 0]
+    assert grid.shape == (6, 6)
+    torch.testing.assert_close(grid[2:4, 2:4], torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
+    torch.testing.assert_close(grid[2:4, 4:6], torch.tensor([[4.0, 5.0], [6.0, 7.0]]))  # the neighbour
+    torch.testing.assert_close(grid[0, 2:4], torch.tensor([0.0, 1.0]))  # above: the top row repeated
+    torch.testing.assert_close(grid[2:4, 0], torch.tensor([0.0, 2.0]))  # left: the left column repeated
+
+
+def test_context_neighbourhoods_are_windows_of_the_image_token_grid():
+    from napari_xt.model.tokenization import context_neighbourhoods, neighbour_table
+
+    torch.manual_seed(1)
+    tokens = torch.randn(3 * 4, 4, 6)  # 3 × 4 regions of 2 × 2 tokens, width 6
+    grids = context_neighbourhoods(tokens, neighbour_table(3, 4))
+    whole = uncut(tokens.transpose(1, 2).reshape(12, 6, 2, 2), (3, 4))[0]  # (6, 6 rows, 8 cols of tokens)
+    torch.testing.assert_close(grids[5], whole[:, 0:6, 0:6])  # region (1, 1): every neighbour present
+    torch.testing.assert_close(grids[6], whole[:, 0:6, 2:8])  # region (1, 2)
+    # at the image's edge, the neighbourhood is the window of the image grid padded by replication
+    padded = torch.nn.functional.pad(whole[None], (2, 2, 2, 2), mode="replicate")[0]
+    for index in range(12):
+        r, c = divmod(index, 4)
+        torch.testing.assert_close(grids[index], padded[:, 2 * r : 2 * r + 6, 2 * c : 2 * c + 6])

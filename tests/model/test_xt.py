@@ -119,16 +119,53 @@ def test_context_does_not_depend_on_the_order_regions_arrive_in(kind):
         assert not torch.allclose(raster.contextualise(tokens, positions), context)  # the order is a real choice
 
 
-def test_regions_share_nothing_through_normalisation_in_training():
-    """Without context, a region's output depends on that region alone, in training too: the decoder's
-    normalisation must not pool statistics over the batch (the regions of one crop)."""
+def test_regions_share_nothing_beyond_their_neighbours_in_training():
+    """Without context, a region's output depends on its 3 × 3 neighbourhood alone (the decoder's halo), in
+    training too: the decoder's normalisation must not pool statistics over the batch (the regions of one
+    crop), and a region two regions away must change nothing."""
     torch.manual_seed(0)
     model = create_model("test_tiny_none").train()
-    image = torch.rand(1, 3, 128, 128) * 255  # 2 × 2 regions
+    image = torch.rand(1, 3, 64, 192) * 255  # 1 × 3 regions
     changed = image.clone()
-    changed[:, :, 64:, 64:] = torch.rand(1, 3, 64, 64) * 255
+    changed[:, :, :, 128:] = torch.rand(1, 3, 64, 64) * 255
     first, second = model(image), model(changed)
-    torch.testing.assert_close(first["segmentation"][..., :64, :64], second["segmentation"][..., :64, :64])
+    torch.testing.assert_close(first["segmentation"][..., :64], second["segmentation"][..., :64])
+    assert not torch.allclose(first["segmentation"][..., 64:128], second["segmentation"][..., 64:128])
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(image)["segmentation"], first["segmentation"].detach())  # train = eval
+
+
+def test_context_field_is_continuous_across_region_borders():
+    """The context added at every decoder stage is one field over the image: the windows of two neighbours
+    give the same values where they overlap, so no step appears at the border between them."""
+    from napari_xt.model.tokenization import context_neighbourhoods, neighbour_table
+
+    torch.manual_seed(0)
+    model = create_model("test_tiny_xl").eval()
+    decoder, halo = model.decoder, model.halo
+    tokens = torch.randn(2 * 3, 4, model.config.context_encoder.width)  # 2 × 3 regions
+    grids = context_neighbourhoods(tokens, neighbour_table(2, 3))
+    for stride in decoder.strides:
+        m, h = model.config.region_size // stride, halo // stride
+        zeros = torch.zeros(6, decoder.context_proj[str(stride)].out_channels, m + 2 * h, m + 2 * h)
+        field = decoder._with_context(zeros, grids, stride, halo)
+        left, right = field[0], field[1]  # regions (0, 0) and (0, 1)
+        # columns of the image that both windows cover: left's window from m - h + ... , right's from -h
+        torch.testing.assert_close(left[:, :, m : m + 2 * h], right[:, :, 0 : 2 * h], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        alone = model.decode([f[:1] for f in model.encode(torch.zeros(1, 3, 64, 64))], tokens[:1])
+    assert alone["segmentation"].shape == (1, 3, 64, 64)  # a region alone (no halo) still decodes
+
+
+def test_decoder_halo_must_fit_the_encoder_and_the_region():
+    from napari_xt.model.xt import decoder_halo
+
+    assert decoder_halo(None, 128, 32) == 32
+    assert decoder_halo(None, 256, 32) == 32
+    assert decoder_halo(None, 448, 32) == 64
+    assert decoder_halo(None, 64, 32) == 0  # one deepest cell would be half the region
+    assert decoder_halo(0, 256, 32) == 0
+    for bad in (16, -32, 192):
+        with pytest.raises(ValueError, match="decoder_halo"):
+            decoder_halo(bad, 256, 32)

@@ -11,6 +11,7 @@ resample, region size, weights hash), so that another ROI on the same pixels reu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -45,6 +46,7 @@ class FeatureKeeper:
         self.memory: dict[int, list] = {}
         self.on_disk: dict[int, list[str]] = {}
         self.memory_used = self.disk_used = 0
+        self.disk_sizes: dict[int, int] = {}
         self.scratch = None
         if disk_budget > 0:
             self.scratch = Path(tempfile.mkdtemp(prefix=f"{self.PREFIX}{os.getpid()}-", dir=scratch))
@@ -71,6 +73,7 @@ class FeatureKeeper:
                 np.save(path, feature.numpy())
                 files.append(str(path))
             self.on_disk[index] = files
+            self.disk_sizes[index] = size
             self.disk_used += size
             return True
         return False
@@ -78,20 +81,30 @@ class FeatureKeeper:
     def has(self, index: int) -> bool:
         return index in self.memory or index in self.on_disk
 
-    def pop(self, index: int) -> list | None:
+    def get(self, index: int) -> list | None:
+        """The features of region ``index`` (they stay kept), or None."""
         import torch
 
         if index in self.memory:
+            return self.memory[index]
+        if index in self.on_disk:
+            return [torch.from_numpy(np.load(path)) for path in self.on_disk[index]]
+        return None
+
+    def drop(self, index: int) -> None:
+        """Let region ``index``'s features go."""
+        if index in self.memory:
             features = self.memory.pop(index)
             self.memory_used -= sum(f.numel() * f.element_size() for f in features)
-            return features
-        if index in self.on_disk:
-            features = []
-            for path in self.on_disk.pop(index):
-                features.append(torch.from_numpy(np.load(path)))
+        for path in self.on_disk.pop(index, []):
+            with contextlib.suppress(OSError):
                 os.remove(path)
-            return features
-        return None
+        self.disk_used -= self.disk_sizes.pop(index, 0)
+
+    def pop(self, index: int) -> list | None:
+        features = self.get(index)
+        self.drop(index)
+        return features
 
     def close(self) -> None:
         self.memory.clear()

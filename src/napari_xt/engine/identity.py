@@ -25,6 +25,7 @@ IDENTITY_KEYS = (
     "context_from",
     "roi_scope",
     "store_threshold",
+    "decoding",
 )
 """Keys of a run's spec that must agree for a run directory to be resumed, extended or skipped."""
 
@@ -43,6 +44,7 @@ IDENTITY_HINTS = {
     "context_from": "its context came from another scope (ROI vs whole image)",
     "roi_scope": "its context came from another ROI",
     "store_threshold": "it kept detections from another score threshold",
+    "decoding": "its regions were decoded another way (alone, or with another halo of neighbours)",
     "save_probabilities": "it was started without class probabilities",
 }
 

@@ -34,8 +34,10 @@ from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, 
 from napari_xt.engine.exports import ExportSettings
 from napari_xt.engine.grid import RegionGrid, active_regions, choose_level, make_grid, undone_positions
 from napari_xt.engine.identity import image_key_of, roi_scope
+from napari_xt.engine.neighbours import FeaturePool, Present, key, neighbourhood
 from napari_xt.engine.stages import (
     Compute,
+    Neighbourhood,
     ResultSettings,
     Timings,
     chunks,
@@ -269,10 +271,17 @@ def run_spec(pyramid: Pyramid, model, grid: RegionGrid, weights_sha: str, checkp
         "context_from": scope,
         "roi_scope": roi_scope(scope, grid.roi),
         "store_threshold": options.store_threshold,
+        "decoding": decoding_spec(model),
         "save_probabilities": options.save_probabilities,
         "versions": {"napari_xt": napari_xt.__version__, "torch": torch.__version__},
         "rois": [],
     }
+
+
+def decoding_spec(model) -> dict:
+    """How regions are decoded (part of a run's identity): each with ``halo`` pixels of its neighbours'
+    features and the context field of its neighbourhood."""
+    return {"neighbourhood": "3x3", "halo": int(getattr(model, "halo", 0)), "context": "field"}
 
 
 @dataclass
@@ -288,6 +297,7 @@ class PreparedRun:
     options: RunOptions
     device: object
     seconds: float = 0.0  # opening and checking everything (the run's "open" stage)
+    neighbour_grid: RegionGrid | None = None  # the regions that count as neighbours (None: context_grid)
 
 
 def prepare(
@@ -329,8 +339,29 @@ def prepare(
     if image_name:
         spec["image_name"] = image_name
     return PreparedRun(
-        pyramid, model, weights_sha, grid, context_grid, spec, options, device, time.perf_counter() - started
+        pyramid,
+        model,
+        weights_sha,
+        grid,
+        context_grid,
+        spec,
+        options,
+        device,
+        time.perf_counter() - started,
+        _neighbour_grid(pyramid, model.config, options, grid, context_grid, uses_context),
     )
+
+
+def _neighbour_grid(pyramid, config, options, grid: RegionGrid, context_grid: RegionGrid, uses_context: bool):
+    """The regions that count as neighbours when decoding: those giving context; without a context encoder,
+    the run's regions with a ring of one region around an ROI (so that an ROI's results are the whole image's)."""
+    if uses_context or options.roi is None:
+        return context_grid
+    ry, rx = (grid.region_size * d for d in grid.downsample)
+    y0, x0, y1, x1 = options.roi
+    h0, w0 = pyramid.shape[:2]
+    ring = (max(0.0, y0 - ry), max(0.0, x0 - rx), min(float(h0), y1 + ry), min(float(w0), x1 + rx))
+    return plan(pyramid, config, options, roi=ring)
 
 
 def start(prepared: PreparedRun, out: str | Path, cancel: CancelToken | None = None) -> Iterator:
@@ -352,6 +383,7 @@ def start(prepared: PreparedRun, out: str | Path, cancel: CancelToken | None = N
         weights_sha=prepared.weights_sha,
         cache_root=cache_root,
         uses_context=prepared.model.config.context_encoder.kind != "none",
+        neighbour_grid=prepared.neighbour_grid or prepared.context_grid,
     )
     context.timings.seconds["open"] = prepared.seconds
     return _events(context)
@@ -395,14 +427,23 @@ class _RunContext:
     weights_sha: str
     cache_root: Path | None
     uses_context: bool
+    neighbour_grid: RegionGrid
     timings: Timings = field(default_factory=Timings)
     batch_size: int = 1
     positions: np.ndarray = field(init=False)  # regions that give context, global (row, col)
+    present: Present = field(init=False)  # regions that count as neighbours
     _index: dict = field(init=False)
 
     def __post_init__(self):
         self.positions = self.context_grid.positions()
         self._index = {(int(r), int(c)): i for i, (r, c) in enumerate(self.positions)}
+        self.present = Present(self.neighbour_grid.positions())
+
+    @property
+    def with_neighbour_features(self) -> bool:
+        """Whether a region's decoding needs its neighbours' features: for the halo, or, without a context
+        encoder, for their tokens (the context field)."""
+        return bool(getattr(self.model, "halo", 0)) or not self.uses_context
 
     def index_of(self, positions: np.ndarray) -> np.ndarray:
         return np.array([self._index[(int(r), int(c))] for r, c in positions], dtype=np.int64)
@@ -456,8 +497,11 @@ def _events(ctx: _RunContext) -> Iterator:
             store.update(batch_size=ctx.batch_size)
             keeper = _keeper(ctx)
             try:
-                context = yield from _pass1(ctx, todo, keeper)
-                finished = context is not _CANCELLED and (yield from _pass2(ctx, todo, context, keeper, n_done_before))
+                decoding = _DecodePlan.of(ctx, todo)
+                context = yield from _pass1(ctx, decoding, keeper)
+                finished = context is not _CANCELLED and (
+                    yield from _pass2(ctx, decoding, context, keeper, n_done_before)
+                )
             finally:
                 keeper.close()
         if not finished:
@@ -491,9 +535,32 @@ _NO_FOREGROUND = (
 )
 
 
-def _pass1(ctx: _RunContext, todo: np.ndarray, keeper: FeatureKeeper):
+@dataclass
+class _DecodePlan:
+    """Pass 2's batches, each with the regions it is decoded with (``local``: the batch's, then its present
+    neighbours') and their table, the regions whose features it needs, and how often each region is needed."""
+
+    batches: list
+    locals: list
+    tables: list
+    needs: list
+    uses: dict
+
+    @classmethod
+    def of(cls, ctx: _RunContext, todo: np.ndarray) -> _DecodePlan:
+        batches = chunks(todo, ctx.batch_size)
+        locals_, tables = zip(*(neighbourhood(batch, ctx.present) for batch in batches)) if batches else ((), ())
+        needs = list(locals_) if ctx.with_neighbour_features else list(batches)
+        uses: dict[int, int] = {}
+        for positions in needs:
+            for r, c in positions:
+                uses[key(r, c)] = uses.get(key(r, c), 0) + 1
+        return cls(batches, list(locals_), list(tables), needs, uses)
+
+
+def _pass1(ctx: _RunContext, decoding: _DecodePlan, keeper: FeatureKeeper):
     """Encode the regions that give context and return their context (or ``None`` without a context encoder,
-    ``_CANCELLED`` when cancelled); features of regions in ``todo`` are kept for pass 2."""
+    ``_CANCELLED`` when cancelled); the features pass 2 needs (``decoding.needs``) are kept for it."""
     if not ctx.uses_context:
         return None
     config = ctx.model.config.context_encoder
@@ -510,9 +577,10 @@ def _pass1(ctx: _RunContext, todo: np.ndarray, keeper: FeatureKeeper):
             have, cached_tokens = cached
             tokens[have] = cached_tokens[have]
     n_cached = int(have.sum())
-    to_predict = np.zeros(len(ctx.positions), dtype=bool)
-    to_predict[ctx.index_of(todo)] = True
-    need = np.flatnonzero(~have | to_predict)
+    to_keep = np.zeros(len(ctx.positions), dtype=bool)
+    for positions in decoding.needs:
+        to_keep[ctx.index_of(positions)] = True
+    need = np.flatnonzero(~have | to_keep)
     started = time.perf_counter()
     new = []
     batches = chunks(ctx.positions[need], ctx.batch_size)
@@ -524,9 +592,9 @@ def _pass1(ctx: _RunContext, todo: np.ndarray, keeper: FeatureKeeper):
             indices = ctx.index_of(encoded.positions)
             tokens[indices] = encoded.tokens.float().cpu().numpy().astype(np.float16)
         with ctx.timings.stage("keep"):
-            for k, i in enumerate(indices):
-                if to_predict[i]:
-                    keeper.put(int(i), [f[k : k + 1].cpu().clone() for f in encoded.features])
+            for k, (i, (r, c)) in enumerate(zip(indices, encoded.positions)):
+                if to_keep[i]:
+                    keeper.put(key(r, c), [f[k : k + 1].cpu().clone() for f in encoded.features])
         new.extend(int(i) for i in indices if not have[i])
         done = len(new) + n_cached
         yield Progress("encode", done, len(ctx.positions), time.perf_counter() - started, n_cached)
@@ -540,8 +608,10 @@ def _pass1(ctx: _RunContext, todo: np.ndarray, keeper: FeatureKeeper):
     return context
 
 
-def _pass2(ctx: _RunContext, todo: np.ndarray, context, keeper: FeatureKeeper, done_before: int):
-    """Decode and write the regions in ``todo`` batch by batch; True unless cancelled."""
+def _pass2(ctx: _RunContext, decoding: _DecodePlan, context, keeper: FeatureKeeper, done_before: int):
+    """Decode and write the regions of ``decoding`` batch by batch, each with its neighbours; True unless
+    cancelled. Features not kept from pass 1 are encoded when a batch first needs them (a row ahead, for the
+    neighbours below) and kept until their last use."""
     heads = ctx.model.config.heads
     settings = ResultSettings(
         heads.detection_stride,
@@ -549,22 +619,41 @@ def _pass2(ctx: _RunContext, todo: np.ndarray, context, keeper: FeatureKeeper, d
         bool(ctx.store.spec.get("save_probabilities")),
         max(1, len(heads.segmentation_classes)),
     )
-    batches = chunks(todo, ctx.batch_size)
-    indices = [ctx.index_of(batch) for batch in batches]
-    unkept = [batch[[not keeper.has(int(i)) for i in idx]] for batch, idx in zip(batches, indices)]
-    reader = read_batches(ctx.pyramid, ctx.grid, [u for u in unkept if len(u)], ctx.options.prefetch, ctx.timings)
+    # what each batch encodes first (not kept from pass 1), in model batches of the run's batch size
+    seen = {k for k in decoding.uses if keeper.has(k)}
+    first = []
+    for positions in decoding.needs:
+        new = [p for p in positions if key(*p) not in seen]
+        seen.update(key(*p) for p in new)
+        first.append(chunks(np.array(new, dtype=np.int64).reshape(-1, 2), ctx.batch_size) if new else [])
+    reader = read_batches(
+        ctx.pyramid, ctx.neighbour_grid, [c for f in first for c in f], ctx.options.prefetch, ctx.timings
+    )
+    pool = FeaturePool(4 * ctx.options.feature_memory_budget)
+    uses = dict(decoding.uses)
     started = time.perf_counter()
-    done, total = done_before, len(todo) + done_before
+    done, total = done_before, sum(len(b) for b in decoding.batches) + done_before
     pending = None  # the batch being written while the next one computes
     with ThreadPoolExecutor(max_workers=1) as writer, contextlib.closing(reader):
-        for batch, idx, to_encode in zip(batches, indices, unkept):
+        for batch, local, table, needs, to_encode in zip(
+            decoding.batches, decoding.locals, decoding.tables, decoding.needs, first
+        ):
             if ctx.cancel.cancelled:
                 break
-            features = _features(ctx, idx, to_encode, keeper, reader)
+            features = _gather(ctx, needs, to_encode, uses, keeper, pool, reader)
             with ctx.timings.stage("decode"):
-                region_context = context[idx] if context is not None else None
-                outputs = decode(ctx.model, features, region_context, ctx.compute, pad_to=ctx.batch_size)
+                local_context = context[ctx.index_of(local)] if context is not None else None
+                outputs = decode(
+                    ctx.model, Neighbourhood(features, local_context, table), ctx.compute, pad_to=ctx.batch_size
+                )
                 results = region_results(ctx.grid, batch, outputs, settings)
+            with ctx.timings.stage("keep"):
+                for r, c in needs:
+                    k = key(r, c)
+                    uses[k] -= 1
+                    if uses[k] == 0:
+                        pool.drop(k)
+                        keeper.drop(k)
             if pending is not None:
                 done = yield from _written(ctx, *pending, done, total, started, done_before)
             pending = (writer.submit(ctx.store.write_batch, results), batch, results)
@@ -573,24 +662,47 @@ def _pass2(ctx: _RunContext, todo: np.ndarray, context, keeper: FeatureKeeper, d
     return not ctx.cancel.cancelled
 
 
-def _features(ctx: _RunContext, indices: np.ndarray, to_encode: np.ndarray, keeper: FeatureKeeper, reader) -> list:
-    """Features of a batch: kept from pass 1 (popped, so memory stays per batch), the rest encoded now from the
-    reader, whose next batch must be exactly ``to_encode``."""
+def _gather(ctx: _RunContext, needs, to_encode, uses: dict, keeper: FeatureKeeper, pool: FeaturePool, reader):
+    """Features ``[(M, C, m, m)]`` of the regions ``needs``, in order: from the pool, the keeper (pass 1), or
+    encoded now (``to_encode``, the reader's next batches; anything else missing is read and encoded here)."""
     import torch
 
-    with ctx.timings.stage("keep"):
-        parts = {int(i): keeper.pop(int(i)) for i in indices if keeper.has(int(i))}
-    if len(to_encode):
-        pixels = next(reader)
-        if not np.array_equal(pixels.positions, to_encode):
-            raise RuntimeError("pass 2 read regions out of step with its batches")
+    from napari_xt.engine.reading import read_batch
+    from napari_xt.engine.stages import PixelBatch
+
+    def encoded_now(pixels):
         with ctx.timings.stage("encode"):
             encoded = encode(ctx.model, pixels, ctx.compute, want_tokens=False, pad_to=ctx.batch_size)
-        for k, i in enumerate(ctx.index_of(to_encode)):
-            parts[int(i)] = [f[k : k + 1] for f in encoded.features]
-    levels = len(parts[int(indices[0])])
+        with ctx.timings.stage("keep"):
+            for k_, (r, c) in enumerate(pixels.positions):
+                features = [f[k_ : k_ + 1].cpu() for f in encoded.features]
+                pool.put(key(r, c), features)
+                if uses.get(key(r, c), 0) > 1:  # needed again later: keep it beyond the pool
+                    keeper.put(key(r, c), [f.clone() for f in features])
+
+    for positions in to_encode:
+        pixels = next(reader)
+        if not np.array_equal(pixels.positions, positions):
+            raise RuntimeError("pass 2 read regions out of step with its batches")
+        encoded_now(pixels)
+    parts = []
+    for r, c in needs:
+        k = key(r, c)
+        with ctx.timings.stage("keep"):
+            features = pool.get(k)
+            if features is None:
+                features = keeper.get(k)
+                if features is not None:
+                    pool.put(k, features)
+        if features is None:  # let go by both the pool and the keeper's budgets: encode again
+            position = np.array([[r, c]], dtype=np.int64)
+            with ctx.timings.stage("read_wait"):
+                pixels = PixelBatch(position, read_batch(ctx.pyramid, ctx.neighbour_grid, position))
+            encoded_now(pixels)
+            features = pool.get(k)
+        parts.append(features)
     device = ctx.compute.device
-    return [torch.cat([parts[int(i)][level].to(device) for i in indices]) for level in range(levels)]
+    return [torch.cat([p[level] for p in parts]).to(device) for level in range(len(parts[0]))]
 
 
 def _written(ctx, future, batch, results, done: int, total: int, started: float, done_before: int):
@@ -623,7 +735,7 @@ def _auto_batch_size(ctx: _RunContext) -> int:
 
 
 def _keeper(ctx: _RunContext) -> FeatureKeeper:
-    if not ctx.uses_context:
+    if not ctx.uses_context and not ctx.with_neighbour_features:
         return FeatureKeeper(0, 0)
     scratch = ctx.store.path.parent
     FeatureKeeper.clean_stale(scratch)

@@ -166,16 +166,35 @@ def contextualise(model, tokens: np.ndarray, positions: np.ndarray, compute: Com
 
 
 @_inference
-def decode(model, features: list, context, compute: Compute, pad_to: int = 0) -> dict:
-    """The heads' outputs for a batch of regions; without a context encoder, context is the regions' own tokens.
+def decode(model, neighbourhood, compute: Compute, pad_to: int = 0) -> dict:
+    """The heads' outputs for a batch of regions, each decoded with its neighbours (a ``Neighbourhood``).
 
     ``pad_to``: as for ``encode``.
     """
-    n = features[0].shape[0]
-    features = [_padded(f, pad_to) for f in features]
+    import torch
+
+    device = compute.device
+    table = torch.from_numpy(neighbourhood.table).to(device)
+    features = [f.to(device) for f in neighbourhood.features]
+    n = table.shape[0]
     with compute.autocast():
-        context = model.region_tokens(features) if context is None else _padded(context, pad_to)
-        return _first_rows(model.decode(features, context), n)
+        # without a context encoder, the field is made of the regions' own tokens
+        context = neighbourhood.context
+        context = model.region_tokens(features) if context is None else torch.as_tensor(context).to(device)
+        # the table padded (its last row repeated), so that the decoder's batch has ``pad_to`` rows
+        outputs = model.decode_neighbourhoods(features, context.float(), _padded(table, pad_to))
+        return _first_rows(outputs, n)
+
+
+@dataclass
+class Neighbourhood:
+    """What decoding a batch of N regions needs: the features ``[(M, C, m, m)]`` and (with a context encoder)
+    the context ``(M, T, W)`` of M regions, the batch's and its neighbours', and ``table`` ``(N, 9)`` int64, each
+    batch region's 3 × 3 neighbourhood as indices into them (-1: absent)."""
+
+    features: list
+    context: object
+    table: np.ndarray
 
 
 def _first_rows(outputs, n: int):

@@ -116,6 +116,9 @@ class HeadsConfig:
             encoder's deepest features over the image, as the official "naive" xT head).
         classification_mlp_ratio: 0: LayerNorm and a linear layer; r > 0: linear to r × its input width, GELU,
             LayerNorm, linear (the official "naive" head).
+        decoder_halo: pixels of the neighbours' features each region is decoded with (a multiple of the
+            encoder's deepest stride, at most half a region); None: the deepest stride, or more up to an eighth
+            of the region; 0: each region decoded alone (seams at region borders).
     """
 
     segmentation_classes: list[str] = field(default_factory=list)
@@ -128,6 +131,7 @@ class HeadsConfig:
     detection_stride: int = 4
     classification_input: str = "context"
     classification_mlp_ratio: int = 0
+    decoder_halo: int | None = None
 
 
 def _ranges(config) -> list[tuple[str, object, float, float]]:

@@ -7,6 +7,12 @@ grid, are projected and upsampled onto the feature map after each decoder stage 
 context reaches the classifiers directly instead of through three stages of local features (where trained
 decoders learn to ignore it).
 
+Seams: a region decoded alone has zeros beyond its borders and a context that stops at them, so its labels
+break along every region border. The decoder therefore takes a window: the region's features with a halo of
+its neighbours' (``halo`` pixels each side), and the context tokens of its 3 × 3 neighbourhood, interpolated
+into one continuous field across the image (the same values whichever region's window computes them). The
+output is cropped back to the region.
+
 Normalisation is per region (GroupNorm), not BatchNorm: a training batch is the regions of one crop, and
 BatchNorm's batch statistics would pass crop-wide information between regions in training that is gone at
 inference (running statistics), so a model learns to lean on a channel it does not have when it is used.
@@ -78,17 +84,26 @@ class ContextUNetDecoder(nn.Module):
             self.stages[str(stride)] = nn.Sequential(*blocks)
         self.out_channels = widths[4]
 
-    def forward(self, features: list[torch.Tensor], context: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor], context: torch.Tensor | None, halo: int = 0) -> torch.Tensor:
+        """``features``: the region's maps, or windows with ``halo`` pixels of neighbours' maps each side;
+        ``context``: the region's tokens ``(N, T, W)`` (only without a halo), or its neighbourhood's token grid
+        ``(N, W, 3t, 3t)`` (``tokenization.context_neighbourhoods``), which becomes a field continuous across
+        region borders. Returns the map at stride 4 over the window."""
         x = features[self.deepest_index]
         top = self.strides[-1]
         if self.deepest_stride > top:  # encoders deeper than the decoder: bring the map up to its top stride
             x = F.interpolate(x, scale_factor=self.deepest_stride // top, mode="nearest")
-        grid = None
+        grid, field = None, False
         if self.context_proj is not None and context is not None:
-            n, t, w = context.shape
-            side = round(t**0.5)
-            grid = context.transpose(1, 2).reshape(n, w, side, side).to(x.dtype)
-        x = self._with_context(self.entry(x), grid, top)
+            if context.ndim == 4:
+                grid, field = context.to(x.dtype), True
+            else:
+                if halo:
+                    raise ValueError("a decoder window with a halo needs the neighbourhood's context grid")
+                n, t, w = context.shape
+                side = round(t**0.5)
+                grid = context.transpose(1, 2).reshape(n, w, side, side).to(x.dtype)
+        x = self._with_context(self.entry(x), grid, top, halo if field else None)
         for stride in reversed(self.strides[:-1]):
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             if stride in self.by_stride:
@@ -96,13 +111,21 @@ class ContextUNetDecoder(nn.Module):
                 if skip.shape[-2:] != x.shape[-2:]:
                     skip = F.interpolate(skip, size=x.shape[-2:], mode="nearest")
                 x = torch.cat([x, skip], dim=1)
-            x = self._with_context(self.stages[str(stride)](x), grid, stride)
+            x = self._with_context(self.stages[str(stride)](x), grid, stride, halo if field else None)
         return x
 
-    def _with_context(self, x: torch.Tensor, grid: torch.Tensor | None, stride: int) -> torch.Tensor:
+    def _with_context(self, x: torch.Tensor, grid: torch.Tensor | None, stride: int, halo: int | None) -> torch.Tensor:
         if grid is None:
             return x
-        return x + F.interpolate(self.context_proj[str(stride)](grid), size=x.shape[-2:], mode="bilinear")
+        projected = self.context_proj[str(stride)](grid)
+        if halo is None:  # the region's own tokens, spread over the region
+            return x + F.interpolate(projected, size=x.shape[-2:], mode="bilinear")
+        # the neighbourhood's grid spread over three regions, then the window cut out: every window samples
+        # the same image-wide field, so the context is continuous across region borders
+        h = halo // stride
+        m = x.shape[-1] - 2 * h
+        field = F.interpolate(projected, size=(3 * m, 3 * m), mode="bilinear")
+        return x + field[..., m - h : 2 * m + h, m - h : 2 * m + h]
 
 
 class SegmentationHead(nn.Module):

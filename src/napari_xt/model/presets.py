@@ -153,6 +153,7 @@ def _tiny(kind: str) -> Callable[[], XTConfig]:
                 detection_classes=["a", "b"],
                 classification_classes=["x", "y"],
                 decoder_channels=[8, 16, 24, 32],
+                decoder_halo=32,  # half a region: every neighbour's features reach the region's decoder
             ),
         )
 

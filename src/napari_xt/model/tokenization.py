@@ -83,3 +83,100 @@ def serial_order(positions: torch.Tensor, order: str) -> torch.Tensor | None:
     if order == "hilbert":
         return torch.argsort(hilbert_index(positions), dim=-1, stable=True)
     raise ValueError(f"unknown region order {order!r} (hilbert or raster)")
+
+
+# -- decoding with neighbours: halo windows and the context field -------------------------------------------------
+
+NEIGHBOURS = [(dr, dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+"""Offsets of a region's 3 × 3 neighbourhood, row-major; index 4 is the region itself."""
+CENTRE = 4
+
+
+def neighbour_table(rows: int, cols: int, images: int = 1, device=None) -> torch.Tensor:
+    """``(images * rows * cols, 9)`` index of each region's neighbours among the regions of ``images`` grids of
+    ``rows × cols`` (row-major, as ``cut`` gives them); -1 outside its own grid."""
+    r = torch.arange(rows, device=device).view(rows, 1, 1)
+    c = torch.arange(cols, device=device).view(1, cols, 1)
+    dr = torch.tensor([d[0] for d in NEIGHBOURS], device=device).view(1, 1, 9)
+    dc = torch.tensor([d[1] for d in NEIGHBOURS], device=device).view(1, 1, 9)
+    nr, nc = r + dr, c + dc
+    inside = (nr >= 0) & (nr < rows) & (nc >= 0) & (nc < cols)
+    table = torch.where(inside, nr * cols + nc, -1).reshape(rows * cols, 9)
+    per_image = torch.arange(images, device=device).view(images, 1, 1) * rows * cols
+    return torch.where(table >= 0, table + per_image, -1).reshape(images * rows * cols, 9)
+
+
+def _spans(m: int, halo: int) -> list[tuple[slice, slice]]:
+    """For neighbour offsets -1, 0, 1 along one axis: (slice of the neighbour's map, slice of the window)."""
+    return [
+        (slice(m - halo, m), slice(0, halo)),
+        (slice(0, m), slice(halo, halo + m)),
+        (slice(0, halo), slice(halo + m, m + 2 * halo)),
+    ]
+
+
+def halo_windows(features: torch.Tensor, table: torch.Tensor, halo: int) -> torch.Tensor:
+    """Each region's feature map with ``halo`` cells of its neighbours' maps around it.
+
+    Args:
+        features: ``(M, C, m, m)`` maps of M regions.
+        table: ``(N, 9)`` indices into ``features`` of N regions' neighbourhoods (``NEIGHBOURS``); -1 where a
+            neighbour is absent (outside the image, background, not analysed): its cells are zeros, as the
+            padding a region decoded alone has.
+
+    Returns:
+        ``(N, C, m + 2 halo, m + 2 halo)``.
+    """
+    m = features.shape[-1]
+    if halo == 0:
+        return features[table[:, CENTRE]]
+    if not 0 < halo <= m:
+        raise ValueError(f"a halo of {halo} cells does not fit maps of {m} cells")
+    n = table.shape[0]
+    window = features.new_zeros(n, features.shape[1], m + 2 * halo, m + 2 * halo)
+    spans = _spans(m, halo)
+    for k, (dr, dc) in enumerate(NEIGHBOURS):
+        present = table[:, k] >= 0
+        if not bool(present.any()):
+            continue
+        (src_r, dst_r), (src_c, dst_c) = spans[dr + 1], spans[dc + 1]
+        strips = features[:, :, src_r, src_c][table[present, k]]
+        window[present, :, dst_r, dst_c] = strips
+    return window
+
+
+def context_neighbourhoods(tokens: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Each region's context tokens with its neighbours', on their token grid: ``(N, W, 3t, 3t)``.
+
+    ``tokens``: ``(M, t * t, W)``; ``table`` as for ``halo_windows``. Absent neighbours are filled as the image's
+    token grid padded by replication is (so the field is flat towards the image's edge and every window near
+    the edge samples the same field), never with zeros, which the model has not seen as context: an absent
+    side neighbour repeats the region's edge tokens; an absent corner repeats the edge of the side neighbour
+    beside it in the same row (or, absent that, in the same column; absent both, the region's corner).
+    """
+    m, n_tokens, width = tokens.shape
+    t = round(n_tokens**0.5)
+    grids = tokens.transpose(1, 2).reshape(m, width, t, t)
+    out = torch.nn.functional.pad(grids[table[:, CENTRE]], (t, t, t, t), mode="replicate")
+    for k, (dr, dc) in enumerate(NEIGHBOURS):
+        present = table[:, k] >= 0
+        if k == CENTRE or not bool(present.any()):
+            continue
+        r0, c0 = (dr + 1) * t, (dc + 1) * t
+        out[present, :, r0 : r0 + t, c0 : c0 + t] = grids[table[present, k]]
+    for k, (dr, dc) in enumerate(NEIGHBOURS):
+        if not (dr and dc):
+            continue
+        r0, c0 = (dr + 1) * t, (dc + 1) * t
+        absent = table[:, k] < 0
+        beside_in_row = absent & (table[:, NEIGHBOURS.index((0, dc))] >= 0)
+        beside_in_column = absent & ~beside_in_row & (table[:, NEIGHBOURS.index((dr, 0))] >= 0)
+        if bool(beside_in_row.any()):  # the row neighbour's top (or bottom) row, repeated outwards
+            edge = t if dr < 0 else 2 * t - 1
+            row = out[beside_in_row, :, edge : edge + 1, c0 : c0 + t]
+            out[beside_in_row, :, r0 : r0 + t, c0 : c0 + t] = row.expand(-1, -1, t, -1)
+        if bool(beside_in_column.any()):
+            edge = t if dc < 0 else 2 * t - 1
+            column = out[beside_in_column, :, r0 : r0 + t, edge : edge + 1]
+            out[beside_in_column, :, r0 : r0 + t, c0 : c0 + t] = column.expand(-1, -1, -1, t)
+    return out

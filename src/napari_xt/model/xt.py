@@ -22,7 +22,15 @@ from napari_xt.model.heads import (
     SegmentationHead,
 )
 from napari_xt.model.region_encoder import RegionEncoder
-from napari_xt.model.tokenization import cut, grid_positions, serial_order, uncut
+from napari_xt.model.tokenization import (
+    context_neighbourhoods,
+    cut,
+    grid_positions,
+    halo_windows,
+    neighbour_table,
+    serial_order,
+    uncut,
+)
 
 
 class XTModel(nn.Module):
@@ -77,6 +85,7 @@ class XTModel(nn.Module):
         self.region_classes = (
             ClassificationHead(context.width, len(heads.segmentation_classes)) if heads.segmentation_classes else None
         )
+        self.halo = decoder_halo(heads.decoder_halo, config.region_size, max(self.region_encoder.reductions))
         self._initialise_decoder()
         self.register_buffer("mean", torch.tensor(config.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, -1, 1, 1), persistent=False)
@@ -171,17 +180,47 @@ class XTModel(nn.Module):
         mixed = mixed.reshape(b, m, t, w)
         return (mixed, summary) if with_summary else mixed
 
-    def decode(self, features: list[torch.Tensor], context: torch.Tensor) -> dict:
-        """Per-region outputs from features and the region's context ``(N, T, W)``."""
+    def decode(self, features: list[torch.Tensor], context: torch.Tensor, halo: int = 0) -> dict:
+        """Per-region outputs from features and context.
+
+        Without ``halo``: the regions' own features and context tokens ``(N, T, W)``. With it (pixels, as
+        ``self.halo``): windows of the features with ``halo`` pixels of the neighbours' each side
+        (``neighbourhood_windows``) and the neighbourhoods' context grids ``(N, W, 3t, 3t)``; the outputs are
+        cropped to the regions either way.
+        """
         outputs: dict = {}
         if self.decoder is None:
             return outputs
-        x = self.decoder(features, context)
+        x = self.decoder(features, context, halo)
+        size = self.config.region_size
         if self.segmentation is not None:
-            outputs["segmentation"] = self.segmentation(x, self.config.region_size)
+            logits = self.segmentation(x, size + 2 * halo)
+            outputs["segmentation"] = logits[..., halo : halo + size, halo : halo + size] if halo else logits
         if self.detection is not None:
-            outputs["detection"] = self.detection(x)
+            maps = self.detection(x)
+            if halo:
+                cells = size // self.config.heads.detection_stride
+                h = halo // self.config.heads.detection_stride
+                maps = {name: value[..., h : h + cells, h : h + cells] for name, value in maps.items()}
+            outputs["detection"] = maps
         return outputs
+
+    def decode_neighbourhoods(self, features: list[torch.Tensor], context: torch.Tensor, table: torch.Tensor) -> dict:
+        """Outputs of N regions, each decoded with its neighbours: ``features`` ``[(M, C, m, m)]`` and ``context``
+        ``(M, T, W)`` of M regions (without a context encoder: their own tokens), ``table`` ``(N, 9)`` each
+        region's 3 × 3 neighbourhood among them (``tokenization.neighbour_table`` for whole grids)."""
+        windows = self.neighbourhood_windows(features, table)
+        return self.decode(windows, self.neighbourhood_context(context, table), self.halo)
+
+    def neighbourhood_windows(self, features: list[torch.Tensor], table: torch.Tensor) -> list[torch.Tensor]:
+        """Decoder windows of N regions: ``features`` ``[(M, C, m, m)]`` of M regions, ``table`` ``(N, 9)`` the
+        indices of each region's 3 × 3 neighbourhood among them (-1: absent, zeros)."""
+        reductions = self.region_encoder.reductions
+        return [halo_windows(f, table, self.halo // s) for f, s in zip(features, reductions)]
+
+    def neighbourhood_context(self, context: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        """Context grids ``(N, W, 3t, 3t)`` of N regions' neighbourhoods from the context ``(M, T, W)`` of M."""
+        return context_neighbourhoods(context, table)
 
     def classify(self, context=None, summary=None, features=None) -> torch.Tensor | None:
         """Image-level logits from what ``heads.classification_input`` names: the context tokens ``(B, M, T, W)``
@@ -231,7 +270,12 @@ class XTModel(nn.Module):
             tokens = self.region_tokens(features)
             positions = grid_positions(*grid, offset=grid_offset, device=images.device).expand(b, m, 2)
             context, summary = self.contextualise(tokens.view(b, m, *tokens.shape[1:]), positions, with_summary=True)
-        per_region = self.decode(features, context.flatten(0, 1)) if self.decoder is not None else {}
+        per_region = {}
+        if self.decoder is not None:
+            # each region decoded with its neighbours in the image (as the engine does over whole images)
+            table = neighbour_table(*grid, images=b, device=images.device)
+            tokens = context.flatten(0, 1) if context is not None else self.region_tokens(features)
+            per_region = self.decode_neighbourhoods(features, tokens, table)
         outputs: dict = {}
         if "segmentation" in per_region:
             outputs["segmentation"] = uncut(per_region["segmentation"], grid)
@@ -245,3 +289,19 @@ class XTModel(nn.Module):
         if self.region_classes is not None:
             outputs["region_classes"] = self.region_classes(context.flatten(0, 1)).view(b, *grid, -1)
         return outputs
+
+
+def decoder_halo(requested: int | None, region_size: int, deepest_stride: int) -> int:
+    """The halo (pixels) a model decodes its regions with; ``requested`` None: the deepest stride, or its
+    smallest multiple that reaches an eighth of the region, but no more than a quarter of it (0 when even one
+    deepest cell is more)."""
+    if requested is None:
+        quarter = (region_size // 4) // deepest_stride * deepest_stride
+        wanted = -(-region_size // 8 // deepest_stride) * deepest_stride
+        return min(wanted, quarter)
+    if requested < 0 or requested % deepest_stride or requested > region_size // 2:
+        raise ValueError(
+            f"heads.decoder_halo must be a multiple of the encoder's deepest stride ({deepest_stride}) from 0 "
+            f"to half a region ({region_size // 2}), not {requested}"
+        )
+    return requested

@@ -88,3 +88,43 @@ def detection_scores(
         tp_k = int((m >= 0).sum())
         result[k] = _scores(tp_k, int(mine_p.sum()) - tp_k, int(mine_t.sum()) - tp_k).as_dict()
     return result
+
+
+def seam_score(values: np.ndarray, region_size: int, valid: np.ndarray | None = None, origin=(0, 0)) -> dict:
+    """How much more a map changes across region borders than across lines inside regions.
+
+    ``values``: labels (disagreement of neighbouring pixels counts) or probabilities (their absolute difference
+    counts), ``(H, W)``; region borders lie at ``origin + k × region_size`` in both axes. The same is measured
+    across lines a quarter, half and three quarters into each region. Only pairs with both pixels ``valid``
+    count. A map without seams scores a ``ratio`` near 1 (its borders are like any other line); each region
+    decoded alone scores above.
+
+    Returns:
+        ``border`` and ``inside`` (mean change per pixel pair across each kind of line), their ``ratio`` and the
+        number of pairs of each.
+    """
+    values = np.asarray(values)
+    ok = np.ones(values.shape, bool) if valid is None else np.asarray(valid, bool)
+    if values.shape != ok.shape or values.ndim != 2:
+        raise ValueError(f"seam_score: values {values.shape} and valid {ok.shape} must be the same 2-D shape")
+    continuous = np.issubdtype(values.dtype, np.floating)
+    sums = {"border": 0.0, "inside": 0.0}
+    counts = {"border": 0, "inside": 0}
+    for axis in (0, 1):
+        n = values.shape[axis]
+        start = origin[axis] % region_size
+        for kind, offsets in (("border", [0]), ("inside", [region_size // 4, region_size // 2, 3 * region_size // 4])):
+            lines = np.array(
+                sorted(p for o in offsets for p in range(start + o, n, region_size) if 0 < p < n), dtype=np.int64
+            )
+            if not len(lines):
+                continue
+            a, b = np.take(values, lines - 1, axis=axis), np.take(values, lines, axis=axis)
+            both = np.take(ok, lines - 1, axis=axis) & np.take(ok, lines, axis=axis)
+            change = np.abs(a.astype(np.float64) - b) if continuous else (a != b).astype(np.float64)
+            sums[kind] += float(change[both].sum())
+            counts[kind] += int(both.sum())
+    border = sums["border"] / counts["border"] if counts["border"] else float("nan")
+    inside = sums["inside"] / counts["inside"] if counts["inside"] else float("nan")
+    ratio = border / inside if inside > 0 else float("nan")
+    return {"border": border, "inside": inside, "ratio": ratio, "pairs": counts}
