@@ -169,3 +169,16 @@ def test_decoder_halo_must_fit_the_encoder_and_the_region():
     for bad in (16, -32, 192):
         with pytest.raises(ValueError, match="decoder_halo"):
             decoder_halo(bad, 256, 32)
+
+
+def test_window_interpolation_is_bilinear_upsampling_cut_to_the_window():
+    import torch.nn.functional as F
+
+    from napari_xt.model.heads import window_interpolation
+
+    torch.manual_seed(0)
+    grid = torch.randn(2, 5, 6, 6)
+    for m, h in ((16, 8), (8, 2), (4, 1), (2, 0)):
+        full = F.interpolate(grid, size=(3 * m, 3 * m), mode="bilinear")[..., m - h : 2 * m + h, m - h : 2 * m + h]
+        weights = window_interpolation(6, 3 * m, m - h, m + 2 * h, grid.device, grid.dtype)
+        torch.testing.assert_close(torch.einsum("ir,ncrs,js->ncij", weights, grid, weights), full)

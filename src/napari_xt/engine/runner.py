@@ -497,7 +497,8 @@ def _events(ctx: _RunContext) -> Iterator:
             store.update(batch_size=ctx.batch_size)
             keeper = _keeper(ctx)
             try:
-                decoding = _DecodePlan.of(ctx, todo)
+                with ctx.timings.stage("plan"):
+                    decoding = _DecodePlan.of(ctx, todo)
                 context = yield from _pass1(ctx, decoding, keeper)
                 finished = context is not _CANCELLED and (
                     yield from _pass2(ctx, decoding, context, keeper, n_done_before)

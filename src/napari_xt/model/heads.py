@@ -20,6 +20,7 @@ inference (running statistics), so a model learns to lean on a channel it does n
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -120,12 +121,33 @@ class ContextUNetDecoder(nn.Module):
         projected = self.context_proj[str(stride)](grid)
         if halo is None:  # the region's own tokens, spread over the region
             return x + F.interpolate(projected, size=x.shape[-2:], mode="bilinear")
-        # the neighbourhood's grid spread over three regions, then the window cut out: every window samples
-        # the same image-wide field, so the context is continuous across region borders
+        # the neighbourhood's grid spread bilinearly over three regions and the window cut out (as one
+        # separable product, without the 3 × 3 regions in between): every window samples the same image-wide
+        # field, so the context is continuous across region borders
         h = halo // stride
         m = x.shape[-1] - 2 * h
-        field = F.interpolate(projected, size=(3 * m, 3 * m), mode="bilinear")
-        return x + field[..., m - h : 2 * m + h, m - h : 2 * m + h]
+        weights = window_interpolation(grid.shape[-1], 3 * m, m - h, m + 2 * h, x.device, projected.dtype)
+        return x + torch.einsum("ir,ncrs,js->ncij", weights, projected, weights)
+
+
+@functools.lru_cache(maxsize=64)
+def _interpolation_matrix(size_in: int, size_out: int, start: int, length: int) -> torch.Tensor:
+    rows = torch.zeros(length, size_in, dtype=torch.float64)
+    scale = size_in / size_out
+    for k in range(length):
+        source = max((start + k + 0.5) * scale - 0.5, 0.0)  # as F.interpolate(bilinear, align_corners=False)
+        low = min(int(source), size_in - 1)
+        high = min(low + 1, size_in - 1)
+        weight = source - low
+        rows[k, low] += 1.0 - weight
+        rows[k, high] += weight
+    return rows
+
+
+def window_interpolation(size_in: int, size_out: int, start: int, length: int, device, dtype) -> torch.Tensor:
+    """``(length, size_in)``: the rows ``start … start + length`` of bilinear upsampling from ``size_in`` to
+    ``size_out`` samples (``F.interpolate``'s ``align_corners=False`` weights, edges clamped)."""
+    return _interpolation_matrix(size_in, size_out, start, length).to(device=device, dtype=dtype)
 
 
 class SegmentationHead(nn.Module):

@@ -107,7 +107,8 @@ def neighbour_table(rows: int, cols: int, images: int = 1, device=None) -> torch
 
 
 def _spans(m: int, halo: int) -> list[tuple[slice, slice]]:
-    """For neighbour offsets -1, 0, 1 along one axis: (slice of the neighbour's map, slice of the window)."""
+    """For neighbour offsets -1, 0, 1 along one axis: (slice of the neighbour's map, slice of the window), the
+    window's pieces in order."""
     return [
         (slice(m - halo, m), slice(0, halo)),
         (slice(0, m), slice(halo, halo + m)),
@@ -132,17 +133,20 @@ def halo_windows(features: torch.Tensor, table: torch.Tensor, halo: int) -> torc
         return features[table[:, CENTRE]]
     if not 0 < halo <= m:
         raise ValueError(f"a halo of {halo} cells does not fit maps of {m} cells")
-    n = table.shape[0]
-    window = features.new_zeros(n, features.shape[1], m + 2 * halo, m + 2 * halo)
+    # one zero map after the M maps stands for every absent neighbour; each piece of the window is gathered
+    # from views of the strips it needs (only they are copied), then the pieces are put together
+    padded = torch.cat([features, features.new_zeros(1, *features.shape[1:])])
+    index = torch.where(table >= 0, table, features.shape[0])
     spans = _spans(m, halo)
-    for k, (dr, dc) in enumerate(NEIGHBOURS):
-        present = table[:, k] >= 0
-        if not bool(present.any()):
-            continue
-        (src_r, dst_r), (src_c, dst_c) = spans[dr + 1], spans[dc + 1]
-        strips = features[:, :, src_r, src_c][table[present, k]]
-        window[present, :, dst_r, dst_c] = strips
-    return window
+    rows = []
+    for dr in (-1, 0, 1):
+        pieces = []
+        for dc in (-1, 0, 1):
+            k = NEIGHBOURS.index((dr, dc))
+            source_rows, source_cols = spans[dr + 1][0], spans[dc + 1][0]
+            pieces.append(padded[:, :, source_rows, source_cols].index_select(0, index[:, k]))
+        rows.append(torch.cat(pieces, dim=-1))
+    return torch.cat(rows, dim=-2)
 
 
 def context_neighbourhoods(tokens: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
