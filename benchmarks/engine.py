@@ -39,7 +39,7 @@ def _model():
     return create_model("demo_sar_xl").eval()
 
 
-def _rss_job(side: int, queue) -> None:
+def _rss_job(side: int, polygons: bool, queue) -> None:
     import psutil
 
     from napari_xt.data.synthetic import SarScene
@@ -51,7 +51,10 @@ def _rss_job(side: int, queue) -> None:
     folder = tempfile.mkdtemp(prefix="napari-xt-bench-")
     start = time.perf_counter()
     last = run_to_end(
-        scene.pyramid(), model, Path(folder) / "run.xt.zarr", RunOptions(level=LEVEL, cache_dir="", background="none")
+        scene.pyramid(),
+        model,
+        Path(folder) / "run.xt.zarr",
+        RunOptions(level=LEVEL, cache_dir="", background="none", export_polygons=polygons),
     )
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -127,18 +130,25 @@ def _throughput(n_side: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="sizes up to 16,384² and a smaller throughput run")
+    parser.add_argument("--sides", type=int, nargs="+", help=f"image sides of the memory runs (default {SIDES})")
+    parser.add_argument("--no-polygons", action="store_true", help="memory runs without the polygon export")
+    parser.add_argument("--memory-only", action="store_true", help="skip the throughput run")
     args = parser.parse_args()
-    sides = SIDES[:3] if args.quick else SIDES
-    print(f"whole-image runs at level {LEVEL}, demo_sar_xl, regions of 256²")
+    sides = args.sides or (SIDES[:3] if args.quick else SIDES)
+    polygons = not args.no_polygons
+    print(f"whole-image runs at level {LEVEL}, demo_sar_xl, regions of 256², polygons {'on' if polygons else 'off'}")
     print(f"{'image':>10}{'regions':>9}{'seconds':>10}{'peak RSS MB':>13}")
     rows = []
     for side in sides:
-        row = in_fresh_process(_rss_job, side)
+        row = in_fresh_process(_rss_job, side, polygons)
         rows.append(row)
         print(f"{side:>9}²{row['regions']:>9}{row['seconds']:>10.1f}{row['peak_rss_mb']:>13.0f}")
     peaks = [r["peak_rss_mb"] for r in rows]
     growth = max(peaks) / min(peaks) - 1
     print(f"peak RSS growth from smallest to largest: {growth * 100:.1f}% (aim: within 25%)")
+    if args.memory_only:
+        write_results("engine_memory", {"memory": rows, "rss_growth": growth, "polygons": polygons})
+        return
     throughput = _throughput(6 if args.quick else 12)
     print(
         f"\nengine {throughput['engine_regions_per_s']:.1f} regions/s vs bare encoder "

@@ -200,3 +200,24 @@ def test_the_api_refuses_an_output_holding_another_image(tmp_path, sar_scene):
     image[:100] = 0
     with pytest.raises(OutputExistsError, match="image_signature: the image's pixels changed"):
         run(image, model, out, RunOptions(level=1, cache_dir=""))
+
+
+def test_a_run_decoded_another_way_is_not_resumed(tmp_path, sar_scene):
+    """A run directory whose regions were decoded alone (napari-xt before the neighbourhood) or with another
+    halo is refused, naming the decoding, instead of being finished with regions decoded differently."""
+    model = tiny_sar_model()
+    options = {"level": 1, "cache_dir": "", "batch_size": 8}
+    out = tmp_path / "a.xt.zarr"
+    events = run(sar_scene.pyramid(), model, out, RunOptions(**options), cancel=(token := CancelToken()))
+    for event in events:
+        if type(event).__name__ == "PartialResult":
+            token.cancel()
+    group = zarr.open_group(str(out), mode="r+")
+    spec = dict(group.attrs["napari_xt"])
+    del spec["decoding"]  # as a run directory written by an older napari-xt
+    group.attrs["napari_xt"] = spec
+    with pytest.raises(OutputExistsError, match="decoded another way"):
+        run_to_end(sar_scene.pyramid(), model, out, RunOptions(**options))
+    model.halo = 0  # the same weights decoded without a halo are another run, too
+    assert isinstance(run_to_end(sar_scene.pyramid(), model, out, RunOptions(**options, overwrite=True)), Finished)
+    assert zarr.open_group(str(out), mode="r").attrs["napari_xt"]["decoding"]["halo"] == 0

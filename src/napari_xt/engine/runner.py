@@ -94,9 +94,11 @@ class RunOptions:
             it is recorded with them (the widget's default threshold).
         export_circles: detections in ``detections.geojson`` as circles of their size instead of points.
         export_polygons: write the segmentation as polygons (QuPath annotations; map layers for GeoTIFFs).
-        feature_memory_budget, feature_disk_budget: bytes for keeping pass-1 features for pass 2: in memory
-            first, then as files (the same dtype) in a scratch folder beside the output; past both, a region is
-            encoded again in pass 2. Results do not depend on these budgets.
+        feature_memory_budget, feature_disk_budget: bytes for keeping features until pass 2 has decoded every
+            region that needs them (the region and its neighbours): in memory first, then as files (the same
+            dtype) in a scratch folder beside the output; past both, a region is encoded again. Pass 2 also
+            holds the features it used last in memory, up to ``feature_memory_budget``. Results do not depend
+            on these budgets.
         cache_dir: token cache folder; None: the default (``$NAPARI_XT_CACHE`` or ``~/.cache/napari-xt``); "": off.
         cache_max_bytes: size cap of the token cache.
         save_probabilities: also store class probabilities (float16, one map per class).
@@ -630,7 +632,7 @@ def _pass2(ctx: _RunContext, decoding: _DecodePlan, context, keeper: FeatureKeep
     reader = read_batches(
         ctx.pyramid, ctx.neighbour_grid, [c for f in first for c in f], ctx.options.prefetch, ctx.timings
     )
-    pool = FeaturePool(4 * ctx.options.feature_memory_budget)
+    pool = FeaturePool(ctx.options.feature_memory_budget)  # beyond it, features wait in the keeper (on disk)
     uses = dict(decoding.uses)
     started = time.perf_counter()
     done, total = done_before, sum(len(b) for b in decoding.batches) + done_before
@@ -676,10 +678,10 @@ def _gather(ctx: _RunContext, needs, to_encode, uses: dict, keeper: FeatureKeepe
             encoded = encode(ctx.model, pixels, ctx.compute, want_tokens=False, pad_to=ctx.batch_size)
         with ctx.timings.stage("keep"):
             for k_, (r, c) in enumerate(pixels.positions):
-                features = [f[k_ : k_ + 1].cpu() for f in encoded.features]
+                features = [f[k_ : k_ + 1].cpu().clone() for f in encoded.features]  # not views of the batch
                 pool.put(key(r, c), features)
                 if uses.get(key(r, c), 0) > 1:  # needed again later: keep it beyond the pool
-                    keeper.put(key(r, c), [f.clone() for f in features])
+                    keeper.put(key(r, c), features)
 
     for positions in to_encode:
         pixels = next(reader)
