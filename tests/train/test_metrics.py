@@ -33,3 +33,25 @@ def test_detection_scores_by_hand():
     assert scores["all"]["precision"] == pytest.approx(2 / 3) and scores["all"]["recall"] == pytest.approx(2 / 3)
     assert scores[0]["true_positives"] == 1 and scores[0]["false_positives"] == 1 and scores[0]["recall"] == 1.0
     assert scores[1]["true_positives"] == 0 and scores[1]["f1"] == 0.0 and scores[1]["false_negatives"] == 2
+
+
+def test_seam_score_tells_region_borders_from_lines_inside_regions():
+    import numpy as np
+
+    from napari_xt.train.metrics import seam_score
+
+    at_border = np.zeros((32, 32), np.uint8)
+    at_border[:, 8:] = 1  # the label changes where two regions of 8 meet
+    score = seam_score(at_border, 8)
+    assert score["border"] == pytest.approx(32 / (2 * 3 * 32)) and score["inside"] == 0 and score["ratio"] == np.inf
+    inside = np.zeros((32, 32), np.uint8)
+    inside[:, 12:] = 1  # halfway into a region
+    score = seam_score(inside, 8)
+    assert score["border"] == 0 and score["inside"] == pytest.approx(32 / (2 * 12 * 32)) and score["ratio"] == 0
+    ramp = np.tile(np.linspace(0, 1, 32, dtype=np.float32), (32, 1))  # probabilities: a smooth ramp has no seam
+    assert seam_score(ramp, 8)["ratio"] == pytest.approx(1.0)
+    valid = np.ones((32, 32), bool)
+    valid[:, 7] = False  # the only changing pair is not valid
+    assert seam_score(at_border, 8, valid)["border"] == 0
+    with pytest.raises(ValueError, match="same 2-D shape"):
+        seam_score(at_border, 8, valid[:16])
