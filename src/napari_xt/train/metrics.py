@@ -126,8 +126,7 @@ def seam_score(values: np.ndarray, region_size: int, valid: np.ndarray | None = 
             counts[kind] += int(both.sum())
     border = sums["border"] / counts["border"] if counts["border"] else float("nan")
     inside = sums["inside"] / counts["inside"] if counts["inside"] else float("nan")
-    if inside > 0:
-        ratio = border / inside
-    else:  # nothing changes inside regions: any change at a border is an infinite seam
-        ratio = float("inf") if border > 0 else float("nan")
+    # when nothing changes inside regions, any change at a border is an infinite seam
+    infinite = float("inf") if border > 0 else float("nan")
+    ratio = border / inside if inside > 0 else infinite
     return {"border": border, "inside": inside, "ratio": ratio, "pairs": counts}
