@@ -61,16 +61,6 @@ def neighbourhood(batch: np.ndarray, present: Present) -> tuple[np.ndarray, np.n
     return np.array(local, dtype=np.int64).reshape(-1, 2), table
 
 
-def uses(batches: list[np.ndarray], present: Present, with_neighbours: bool) -> dict[int, int]:
-    """How many batches need each region's features (so that they can be let go after their last use)."""
-    counts: dict[int, int] = {}
-    for batch in batches:
-        local = neighbourhood(batch, present)[0] if with_neighbours else batch
-        for r, c in local:
-            counts[key(r, c)] = counts.get(key(r, c), 0) + 1
-    return counts
-
-
 class FeaturePool:
     """Features of recently used regions in memory, least recently used out first beyond ``budget`` bytes."""
 

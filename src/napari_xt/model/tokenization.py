@@ -106,14 +106,10 @@ def neighbour_table(rows: int, cols: int, images: int = 1, device=None) -> torch
     return torch.where(table >= 0, table + per_image, -1).reshape(images * rows * cols, 9)
 
 
-def _spans(m: int, halo: int) -> list[tuple[slice, slice]]:
-    """For neighbour offsets -1, 0, 1 along one axis: (slice of the neighbour's map, slice of the window), the
-    window's pieces in order."""
-    return [
-        (slice(m - halo, m), slice(0, halo)),
-        (slice(0, m), slice(halo, halo + m)),
-        (slice(0, halo), slice(halo + m, m + 2 * halo)),
-    ]
+def _spans(m: int, halo: int) -> list[slice]:
+    """For neighbour offsets -1, 0, 1 along one axis: the slice of the neighbour's map that goes into a window,
+    the window's pieces in order."""
+    return [slice(m - halo, m), slice(0, m), slice(0, halo)]
 
 
 def halo_windows(features: torch.Tensor, table: torch.Tensor, halo: int) -> torch.Tensor:
@@ -133,8 +129,8 @@ def halo_windows(features: torch.Tensor, table: torch.Tensor, halo: int) -> torc
         return features[table[:, CENTRE]]
     if not 0 < halo <= m:
         raise ValueError(f"a halo of {halo} cells does not fit maps of {m} cells")
-    # one zero map after the M maps stands for every absent neighbour; each piece of the window is gathered
-    # from views of the strips it needs (only they are copied), then the pieces are put together
+    # the maps with one zero map after them, which stands for every absent neighbour; each of the window's nine
+    # pieces gathers only the strips it needs, then the pieces are put together
     padded = torch.cat([features, features.new_zeros(1, *features.shape[1:])])
     index = torch.where(table >= 0, table, features.shape[0])
     spans = _spans(m, halo)
@@ -143,7 +139,7 @@ def halo_windows(features: torch.Tensor, table: torch.Tensor, halo: int) -> torc
         pieces = []
         for dc in (-1, 0, 1):
             k = NEIGHBOURS.index((dr, dc))
-            source_rows, source_cols = spans[dr + 1][0], spans[dc + 1][0]
+            source_rows, source_cols = spans[dr + 1], spans[dc + 1]
             pieces.append(padded[:, :, source_rows, source_cols].index_select(0, index[:, k]))
         rows.append(torch.cat(pieces, dim=-1))
     return torch.cat(rows, dim=-2)
