@@ -33,6 +33,11 @@ def default_cache_dir() -> Path:
     return Path(base).expanduser()
 
 
+def feature_bytes(features: list) -> int:
+    """Bytes of one region's multi-scale features (a list of tensors)."""
+    return sum(f.numel() * f.element_size() for f in features)
+
+
 class FeatureKeeper:
     """Features of regions between the two passes, in memory and then on disk, within budgets.
 
@@ -61,7 +66,7 @@ class FeatureKeeper:
 
     def put(self, index: int, features: list) -> bool:
         """Keep ``features`` (CPU tensors) of region ``index``; False when both budgets are spent."""
-        size = sum(f.numel() * f.element_size() for f in features)
+        size = feature_bytes(features)
         if self.memory_used + size <= self.memory_budget:
             self.memory[index] = features
             self.memory_used += size
@@ -95,7 +100,7 @@ class FeatureKeeper:
         """Let region ``index``'s features go."""
         if index in self.memory:
             features = self.memory.pop(index)
-            self.memory_used -= sum(f.numel() * f.element_size() for f in features)
+            self.memory_used -= feature_bytes(features)
         for path in self.on_disk.pop(index, []):
             with contextlib.suppress(OSError):
                 os.remove(path)

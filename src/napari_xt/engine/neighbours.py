@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from napari_xt.engine.cache import feature_bytes
 from napari_xt.model.tokenization import NEIGHBOURS
 
 OFFSETS = np.array(NEIGHBOURS, dtype=np.int64)
@@ -69,10 +70,6 @@ class FeaturePool:
         self.items: OrderedDict[int, list] = OrderedDict()
         self.used = 0
 
-    @staticmethod
-    def _size(features: list) -> int:
-        return sum(f.numel() * f.element_size() for f in features)
-
     def get(self, k: int) -> list | None:
         features = self.items.get(k)
         if features is not None:
@@ -82,12 +79,12 @@ class FeaturePool:
     def put(self, k: int, features: list) -> None:
         self.drop(k)
         self.items[k] = features
-        self.used += self._size(features)
+        self.used += feature_bytes(features)
         while self.used > self.budget and len(self.items) > 1:
             _, old = self.items.popitem(last=False)
-            self.used -= self._size(old)
+            self.used -= feature_bytes(old)
 
     def drop(self, k: int) -> None:
         old = self.items.pop(k, None)
         if old is not None:
-            self.used -= self._size(old)
+            self.used -= feature_bytes(old)
