@@ -42,9 +42,10 @@ def test_token_cache_reuses_encodings_for_another_roi(tmp_path, sar_scene):
     assert isinstance(result, Finished)
     grid_regions = zarr.open_group(str(tmp_path / "b.xt.zarr"))["regions/active"][:].sum()
     assert first >= grid_regions  # the first run encoded the whole image for context
-    # the second only the features it decodes with: its own 2 × 2 regions and the ring of 12 neighbours
-    # around them (the decoder's halo), 16 regions in two batches of 8; the rest of the context is cached
-    assert counts == [8, 8]
+    # the second only the features it decodes with: its own 2 × 2 regions, the ring of 12 whose windows its
+    # blend takes, and the ring of 20 around that (their halo): 36 regions, in five model batches of 8 (the
+    # last padded); the rest of the context is cached
+    assert counts == [8, 8, 8, 8, 8]
     # the cache is safe to delete: a third run simply encodes again
     import shutil
 
@@ -67,8 +68,9 @@ def test_cache_size_cap_drops_the_oldest(tmp_path):
 
 
 def test_roi_without_context_equals_the_whole_run_at_its_edges(tmp_path, sar_scene):
-    """Without a context encoder an ROI's regions are decoded with the ring of neighbours around it (their
-    features, the decoder's halo), so its edge regions are the whole run's, not a region decoded alone."""
+    """Without a context encoder an ROI's regions are decoded with the rings of neighbours around it (the
+    first ring's windows for the blend, the second's features for their halo), so its edge regions are the
+    whole run's, not a region decoded alone."""
     model = tiny_sar_model("none")
     whole = tmp_path / "whole.xt.zarr"
     run_to_end(sar_scene.pyramid(), model, whole, RunOptions(level=1, cache_dir=""))
@@ -79,9 +81,11 @@ def test_roi_without_context_equals_the_whole_run_at_its_edges(tmp_path, sar_sce
     a = zarr.open_group(str(whole))["labels/segmentation/0"][128:384, 128:320]
     b = zarr.open_group(str(part))["labels/segmentation/0"][128:384, 128:320]
     np.testing.assert_array_equal(a, b)
-    # 4 × 3 regions and the ring of 6 × 5 around them, each encoded once (the neighbours when a batch first
-    # needs them), always in model batches of exactly 4, so that no result depends on its batch
-    ring = int(zarr.open_group(str(whole))["regions/active"][1:7, 1:6].sum())
+    # 4 × 3 regions and the rings of 6 × 5 and 8 × 7 around them, each encoded once (when a batch first needs
+    # them), always in model batches of exactly 4, so that no result depends on its batch; the inner ring is
+    # decoded too (its windows), in batches of 4 with the ROI's regions
+    active = zarr.open_group(str(whole))["regions/active"]
+    rings, decoded = int(active[0:8, 0:7].sum()), int(active[1:7, 1:6].sum())
     assert set(counts) == {4}
-    decode_batches = 3
-    assert ring <= sum(counts) and len(counts) <= -(-ring // 4) + decode_batches
+    decode_batches = -(-decoded // 4)
+    assert rings <= sum(counts) and len(counts) <= -(-rings // 4) + decode_batches

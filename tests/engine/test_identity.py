@@ -203,9 +203,10 @@ def test_the_api_refuses_an_output_holding_another_image(tmp_path, sar_scene):
 
 
 def test_a_run_decoded_another_way_is_not_resumed(tmp_path, sar_scene):
-    """A run directory whose regions were decoded alone (napari-xt before the neighbourhood) or with another
-    halo is refused, naming the decoding, instead of being finished with regions decoded differently."""
+    """A run directory whose regions were decoded alone (napari-xt before the neighbourhood), with another
+    halo or without blending is refused, naming the decoding, instead of being finished with regions decoded differently."""
     model = tiny_sar_model()
+    halo = model.halo
     options = {"level": 1, "cache_dir": "", "batch_size": 8}
     out = tmp_path / "a.xt.zarr"
     events = run(sar_scene.pyramid(), model, out, RunOptions(**options), cancel=(token := CancelToken()))
@@ -221,3 +222,8 @@ def test_a_run_decoded_another_way_is_not_resumed(tmp_path, sar_scene):
     model.halo = 0  # the same weights decoded without a halo are another run, too
     assert isinstance(run_to_end(sar_scene.pyramid(), model, out, RunOptions(**options, overwrite=True)), Finished)
     assert zarr.open_group(str(out), mode="r").attrs["napari_xt"]["decoding"]["halo"] == 0
+    model.halo = halo
+    assert isinstance(run_to_end(sar_scene.pyramid(), model, out, RunOptions(**options, overwrite=True)), Finished)
+    model.config.heads.decoder_blend = False  # the same halo, each region cropped from its own window: another run
+    with pytest.raises(OutputExistsError, match="decoded another way"):
+        run_to_end(sar_scene.pyramid(), model, out, RunOptions(**options))

@@ -2,8 +2,8 @@ import numpy as np
 import torch
 
 from napari_xt.engine.cache import FeatureKeeper
-from napari_xt.engine.neighbours import FeaturePool, Present, key, neighbourhood
-from napari_xt.model.tokenization import CENTRE
+from napari_xt.engine.neighbours import Blender, FeaturePool, Present, decode_set, key, neighbourhood
+from napari_xt.model.tokenization import CENTRE, NEIGHBOURS, blend_windows
 
 
 def test_neighbourhood_lists_the_batch_then_its_present_neighbours():
@@ -46,3 +46,54 @@ def test_keeper_get_keeps_and_drop_frees_memory_and_disk(tmp_path):
     assert keeper.disk_used == 0 and keeper.memory_used == 0
     assert not list(keeper.scratch.iterdir())
     keeper.close()
+
+
+def test_decode_set_adds_the_present_neighbours_whose_windows_a_blend_takes():
+    present = Present(np.array([(r, c) for r in range(4) for c in range(5) if (r, c) != (0, 0)]))
+    targets = np.array([[1, 1], [1, 2]])
+    decoded = decode_set(targets, present, blends=True)
+    expected = sorted((r, c) for r in range(3) for c in range(4) if (r, c) != (0, 0))  # (0, 0) is absent
+    assert [tuple(p) for p in decoded] == expected  # row-major, each once
+    np.testing.assert_array_equal(decode_set(targets, present, blends=False), targets)
+
+
+def test_blender_gives_the_whole_image_blend_as_regions_complete():
+    """Windows added batch by batch, row-major, give each target region the blend of ``blend_windows`` over the
+    whole grid, once its last present neighbour's window has come, and nothing earlier."""
+    torch.manual_seed(0)
+    rows, cols, size, halo, stride = 4, 5, 16, 4, 4
+    absent = {(0, 3), (2, 2)}
+    positions = np.array([(r, c) for r in range(rows) for c in range(cols) if (r, c) not in absent])
+    present = Present(positions)
+    windows = {
+        "segmentation": torch.randn(len(positions), 3, size + 2 * halo, size + 2 * halo),
+        "detection": {
+            "heatmap": torch.randn(len(positions), 1, (size + 2 * halo) // stride, (size + 2 * halo) // stride)
+        },
+    }
+    index = {tuple(p): i for i, p in enumerate(positions)}
+    table = torch.tensor(
+        [[index.get((r + dr, c + dc), -1) for dr, dc in NEIGHBOURS] for r, c in positions], dtype=torch.long
+    )
+    expected = blend_windows(windows["segmentation"], table, halo)
+    expected_heat = blend_windows(windows["detection"]["heatmap"], table, halo // stride)
+    targets = positions[positions[:, 0] >= 1]  # rows 1-3 written; row 0 decoded for its windows only
+    blender = Blender(targets, present, halo, stride)
+    seen = {}
+    for start in range(0, len(positions), 3):
+        batch = slice(start, start + 3)
+        part = {
+            "segmentation": windows["segmentation"][batch],
+            "detection": {"heatmap": windows["detection"]["heatmap"][batch]},
+        }
+        done, outputs = blender.add(positions[batch], part)
+        decoded_so_far = {tuple(p) for p in positions[: start + 3]}
+        for k, (r, c) in enumerate(done):
+            assert (r, c) not in seen and r >= 1
+            needed = {(r + dr, c + dc) for dr, dc in NEIGHBOURS} & set(index)
+            assert needed <= decoded_so_far  # complete only once every present neighbour has been decoded
+            seen[(r, c)] = (outputs["segmentation"][k], outputs["detection"]["heatmap"][k])
+    assert sorted(seen) == sorted(map(tuple, targets)) and blender.pending == 0
+    for (r, c), (segmentation, heat) in seen.items():
+        torch.testing.assert_close(segmentation, expected[index[(r, c)]])
+        torch.testing.assert_close(heat, expected_heat[index[(r, c)]])

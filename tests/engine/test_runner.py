@@ -137,7 +137,7 @@ def test_full_disk_mid_run_fails_clearly_and_resumes_to_the_same_result(
     assert isinstance(last, Failed) and "disk is full" in last.message and "resume" in last.message
     group = zarr.open_group(str(out), mode="r")
     assert group.attrs["napari_xt"]["status"] == "failed"
-    assert group["regions/done"][:].sum() == 16  # two batches of 8 are safe on disk
+    assert calls[0] > 0 and group["regions/done"][:].sum() == sum(calls[:2])  # what the first two writes held
     monkeypatch.setattr(OutputStore, "write_batch", original)
     assert isinstance(run_to_end(sar_scene.pyramid(), sar_checkpoint, out, RunOptions(**FAST)), Finished)
     np.testing.assert_array_equal(_labels(out), _labels(reference))

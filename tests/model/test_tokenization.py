@@ -116,3 +116,51 @@ def test_context_neighbourhoods_are_windows_of_the_image_token_grid():
     for index in range(12):
         r, c = divmod(index, 4)
         torch.testing.assert_close(grids[index], padded[:, 2 * r : 2 * r + 6, 2 * c : 2 * c + 6])
+
+
+def test_blend_weights_of_two_neighbours_sum_to_one_across_their_border():
+    from napari_xt.model.tokenization import blend_weights
+
+    size, halo = 16, 4
+    w = blend_weights(size, halo)
+    assert w.shape == (size + 2 * halo,) and float(w.min()) > 0
+    # a neighbour's window starts ``size`` cells after the region's: over the 2 × halo cells both cover
+    torch.testing.assert_close(w[size : size + 2 * halo] + w[: 2 * halo], torch.ones(2 * halo))
+    assert torch.all(w[2 * halo : size] == 1)  # the region's middle is its own window's alone
+
+
+def test_blending_windows_cut_from_one_map_gives_back_the_map():
+    from napari_xt.model.tokenization import blend_windows, halo_windows, neighbour_table
+
+    torch.manual_seed(0)
+    grid, size, halo = (3, 4), 8, 3
+    regions = torch.randn(2 * 12, 5, size, size)  # two images of 3 × 4 regions
+    table = neighbour_table(*grid, images=2)
+    windows = halo_windows(regions, table, halo)  # each window: the map around the region
+    torch.testing.assert_close(blend_windows(windows, table, halo), regions)
+    torch.testing.assert_close(blend_windows(windows, table, 0), windows)  # no halo: the windows as they are
+
+
+def test_blended_outputs_are_continuous_where_the_windows_disagree():
+    """Windows of a constant value each (the most a region's own prediction can differ from its neighbour's):
+    cropped, the map steps by the whole difference at every border; blended, by at most one cell's share of
+    it, and a region beside absent neighbours keeps its own value there."""
+    from napari_xt.model.tokenization import blend_windows, neighbour_table
+
+    torch.manual_seed(0)
+    rows, cols, size, halo = 3, 4, 8, 2
+    values = torch.randn(rows * cols)
+    windows = values.view(-1, 1, 1, 1).expand(-1, 1, size + 2 * halo, size + 2 * halo).contiguous()
+    table = neighbour_table(rows, cols)
+    blended = uncut(blend_windows(windows, table, halo), (rows, cols))[0, 0]
+    cropped = uncut(windows[..., halo:-halo, halo:-halo], (rows, cols))[0, 0]
+    steps = (values.view(rows, cols)[:, 1:] - values.view(rows, cols)[:, :-1]).abs()
+    border = torch.arange(1, cols) * size
+    middle = slice(size // 2, None, size)  # a row of each region that only its side neighbours' windows reach
+    torch.testing.assert_close((cropped[:, border] - cropped[:, border - 1]).abs()[middle], steps)
+    blended_steps = (blended[:, border] - blended[:, border - 1]).abs()[middle]
+    torch.testing.assert_close(blended_steps, steps / (2 * halo))  # the weights move by 1 / (2 halo) a cell
+    # the image's outer edge has no neighbour: there the region's own value stands
+    torch.testing.assert_close(blended[0, 0], values[0])
+    alone = blend_windows(windows, torch.tensor([[-1, -1, -1, -1, 5, -1, -1, -1, -1]]), halo)
+    torch.testing.assert_close(alone, torch.full((1, 1, size, size), float(values[5])))

@@ -120,20 +120,29 @@ def test_context_does_not_depend_on_the_order_regions_arrive_in(kind):
 
 
 def test_regions_share_nothing_beyond_their_neighbours_in_training():
-    """Without context, a region's output depends on its 3 × 3 neighbourhood alone (the decoder's halo), in
-    training too: the decoder's normalisation must not pool statistics over the batch (the regions of one
-    crop), and a region two regions away must change nothing."""
+    """Without context, a region's output depends on the regions up to two away alone (its neighbours' features
+    in its window, and its neighbours' windows in the blend), in training too: the decoder's normalisation
+    must not pool statistics over the batch (the regions of one crop), and a region three away changes
+    nothing; decoded without blending, two away changes nothing either."""
     torch.manual_seed(0)
     model = create_model("test_tiny_none").train()
-    image = torch.rand(1, 3, 64, 192) * 255  # 1 × 3 regions
-    changed = image.clone()
-    changed[:, :, :, 128:] = torch.rand(1, 3, 64, 64) * 255
-    first, second = model(image), model(changed)
+    image = torch.rand(1, 3, 64, 256) * 255  # 1 × 4 regions
+    far, two_away = image.clone(), image.clone()
+    far[:, :, :, 192:] = torch.rand(1, 3, 64, 64) * 255
+    two_away[:, :, :, 128:192] = torch.rand(1, 3, 64, 64) * 255
+    first, second, third = model(image), model(far), model(two_away)
     torch.testing.assert_close(first["segmentation"][..., :64], second["segmentation"][..., :64])
     assert not torch.allclose(first["segmentation"][..., 64:128], second["segmentation"][..., 64:128])
+    # the blend reaches two regions away, and only the band next to the neighbour it takes a window from
+    band = model.halo
+    assert not torch.allclose(first["segmentation"][..., 64 - band : 64], third["segmentation"][..., 64 - band : 64])
+    torch.testing.assert_close(first["segmentation"][..., : 64 - band], third["segmentation"][..., : 64 - band])
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(image)["segmentation"], first["segmentation"].detach())  # train = eval
+        model.config.heads.decoder_blend = False
+        cropped, cropped_two_away = model(image), model(two_away)
+    torch.testing.assert_close(cropped["segmentation"][..., :64], cropped_two_away["segmentation"][..., :64])
 
 
 def test_context_field_is_continuous_across_region_borders():

@@ -88,3 +88,118 @@ class FeaturePool:
         old = self.items.pop(k, None)
         if old is not None:
             self.used -= feature_bytes(old)
+
+
+def decode_set(targets: np.ndarray, present: Present, blends: bool) -> np.ndarray:
+    """The regions pass 2 decodes, row-major: the ``targets`` it writes and, when outputs are blended, their
+    present neighbours too (a region's blend needs its neighbours' windows: those of an ROI's ring, or of
+    regions a resumed run has already written, are decoded again and not written)."""
+    targets = np.asarray(targets, dtype=np.int64).reshape(-1, 2)
+    if not blends:
+        return targets
+    keys = {key(r, c) for r, c in targets}
+    extra = {
+        (int(r + dr), int(c + dc))
+        for r, c in targets
+        for dr, dc in OFFSETS
+        if (r + dr, c + dc) in present and key(r + dr, c + dc) not in keys
+    }
+    every = np.concatenate([targets, np.array(sorted(extra), dtype=np.int64).reshape(-1, 2)])
+    return every[np.lexsort((every[:, 1], every[:, 0]))]
+
+
+class Blender:
+    """Blends pass 2's decoded windows into region outputs (``tokenization.window_share``) as they come.
+
+    A target region is complete once its own window and those of all its present neighbours have been added:
+    with row-major batches, about a row of regions after its own. Until then its sums wait here (a row of
+    regions' outputs: for 128² regions and 6 classes, 64 KiB per class and region).
+    """
+
+    def __init__(self, targets: np.ndarray, present: Present, halo: int, detection_stride: int):
+        """``halo``: the model's, in pixels (the detection maps' is ``halo // detection_stride`` cells)."""
+        self.halo, self.detection_stride = halo, detection_stride
+        self.waiting = {}
+        for r, c in np.asarray(targets).reshape(-1, 2):
+            n = sum(1 for dr, dc in OFFSETS if (dr == 0 and dc == 0) or (r + dr, c + dc) in present)
+            self.waiting[key(r, c)] = n
+        self.sums: dict[int, dict] = {}
+
+    def add(self, positions: np.ndarray, windows: dict) -> tuple[np.ndarray, dict | None]:
+        """Add the windows (``XTModel.decode_windows``) of regions at ``positions`` ``(B, 2)``; returns the
+        targets now complete ``(N, 2)`` and their blended outputs (as ``XTModel.blend`` gives, N rows)."""
+        import torch
+
+        from napari_xt.model.tokenization import window_share
+
+        flat = _flatten(windows)
+        complete = []
+        for dr, dc in OFFSETS:
+            targets = [
+                (i, key(r - dr, c - dc)) for i, (r, c) in enumerate(positions) if key(r - dr, c - dc) in self.waiting
+            ]
+            if not targets:
+                continue
+            for name, values in flat.items():
+                (rows, cols), shares, weight = window_share(values, (int(dr), int(dc)), self._halo(name))
+                for i, target in targets:
+                    total, weights = self._sums(target, name, values)
+                    total[:, rows, cols] += shares[i]
+                    weights[rows, cols] += weight
+            for _, target in targets:
+                self.waiting[target] -= 1
+                if self.waiting[target] == 0:
+                    del self.waiting[target]
+                    complete.append(target)
+        if not complete:
+            return np.zeros((0, 2), dtype=np.int64), None
+        outputs = {}
+        for name in flat:
+            outputs[name] = torch.stack([self._blended(target, name) for target in complete])
+        for target in complete:
+            del self.sums[target]
+        done = np.array([(t >> 32, t & 0xFFFFFFFF) for t in complete], dtype=np.int64)
+        return done, _unflatten(outputs)
+
+    @property
+    def pending(self) -> int:
+        """Targets with sums waiting for their neighbours."""
+        return len(self.sums)
+
+    def _sums(self, target: int, name: str, values):
+        per_target = self.sums.setdefault(target, {})
+        if name not in per_target:
+            size = values.shape[-1] - 2 * self._halo(name)
+            per_target[name] = (
+                values.new_zeros(values.shape[1], size, size),
+                values.new_zeros(size, size),
+            )
+        return per_target[name]
+
+    def _halo(self, name: str) -> int:
+        return self.halo // self.detection_stride if name.startswith("detection/") else self.halo
+
+    def _blended(self, target: int, name: str):
+        total, weights = self.sums[target][name]
+        return total / weights
+
+
+def _flatten(outputs: dict, prefix: str = "") -> dict:
+    flat = {}
+    for name, value in outputs.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{name}/"))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def _unflatten(flat: dict) -> dict:
+    nested: dict = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split("/")
+        place = nested
+        for parent in parents:
+            place = place.setdefault(parent, {})
+        place[leaf] = value
+    return nested

@@ -34,7 +34,7 @@ from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, 
 from napari_xt.engine.exports import ExportSettings
 from napari_xt.engine.grid import RegionGrid, active_regions, choose_level, make_grid, undone_positions
 from napari_xt.engine.identity import image_key_of, roi_scope
-from napari_xt.engine.neighbours import FeaturePool, Present, key, neighbourhood
+from napari_xt.engine.neighbours import Blender, FeaturePool, Present, decode_set, key, neighbourhood
 from napari_xt.engine.stages import (
     Compute,
     Neighbourhood,
@@ -282,8 +282,10 @@ def run_spec(pyramid: Pyramid, model, grid: RegionGrid, weights_sha: str, checkp
 
 def decoding_spec(model) -> dict:
     """How regions are decoded (part of a run's identity): each with ``halo`` pixels of its neighbours'
-    features and the context field of its neighbourhood."""
-    return {"neighbourhood": "3x3", "halo": int(getattr(model, "halo", 0)), "context": "field"}
+    features and the context field of its neighbourhood, its outputs blended with its neighbours' or not."""
+    halo = int(getattr(model, "halo", 0))
+    blend = "linear" if getattr(model, "blends", False) else "none"
+    return {"neighbourhood": "3x3", "halo": halo, "context": "field", "blend": blend}
 
 
 @dataclass
@@ -350,20 +352,22 @@ def prepare(
         options,
         device,
         time.perf_counter() - started,
-        _neighbour_grid(pyramid, model.config, options, grid, context_grid, uses_context),
+        _neighbour_grid(pyramid, model, options, grid, context_grid, uses_context),
     )
 
 
-def _neighbour_grid(pyramid, config, options, grid: RegionGrid, context_grid: RegionGrid, uses_context: bool):
+def _neighbour_grid(pyramid, model, options, grid: RegionGrid, context_grid: RegionGrid, uses_context: bool):
     """The regions that count as neighbours when decoding: those giving context; without a context encoder,
-    the run's regions with a ring of one region around an ROI (so that an ROI's results are the whole image's)."""
+    the run's regions with a ring around an ROI, so that an ROI's results are the whole image's: one region
+    wide, or two when outputs are blended (the ring's own windows are decoded with their neighbours)."""
     if uses_context or options.roi is None:
         return context_grid
-    ry, rx = (grid.region_size * d for d in grid.downsample)
+    reach = 2 if getattr(model, "blends", False) else 1
+    ry, rx = (reach * grid.region_size * d for d in grid.downsample)
     y0, x0, y1, x1 = options.roi
     h0, w0 = pyramid.shape[:2]
     ring = (max(0.0, y0 - ry), max(0.0, x0 - rx), min(float(h0), y1 + ry), min(float(w0), x1 + rx))
-    return plan(pyramid, config, options, roi=ring)
+    return plan(pyramid, model.config, options, roi=ring)
 
 
 def start(prepared: PreparedRun, out: str | Path, cancel: CancelToken | None = None) -> Iterator:
@@ -446,6 +450,11 @@ class _RunContext:
         """Whether a region's decoding needs its neighbours' features: for the halo, or, without a context
         encoder, for their tokens (the context field)."""
         return bool(getattr(self.model, "halo", 0)) or not self.uses_context
+
+    @property
+    def blends(self) -> bool:
+        """Whether region outputs are blended from their neighbourhoods' decoded windows."""
+        return bool(getattr(self.model, "blends", False))
 
     def index_of(self, positions: np.ndarray) -> np.ndarray:
         return np.array([self._index[(int(r), int(c))] for r, c in positions], dtype=np.int64)
@@ -541,24 +550,27 @@ _NO_FOREGROUND = (
 @dataclass
 class _DecodePlan:
     """Pass 2's batches, each with the regions it is decoded with (``local``: the batch's, then its present
-    neighbours') and their table, the regions whose features it needs, and how often each region is needed."""
+    neighbours') and their table, the regions whose features it needs, and how often each region is needed;
+    ``targets``: the regions it writes (the batches' regions, unless outputs are blended: then the batches
+    also decode the targets' present neighbours, ``neighbours.decode_set``)."""
 
     batches: list
     locals: list
     tables: list
     needs: list
     uses: dict
+    targets: np.ndarray
 
     @classmethod
     def of(cls, ctx: _RunContext, todo: np.ndarray) -> _DecodePlan:
-        batches = chunks(todo, ctx.batch_size)
+        batches = chunks(decode_set(todo, ctx.present, ctx.blends), ctx.batch_size)
         locals_, tables = zip(*(neighbourhood(batch, ctx.present) for batch in batches)) if batches else ((), ())
         needs = list(locals_) if ctx.with_neighbour_features else list(batches)
         uses: dict[int, int] = {}
         for positions in needs:
             for r, c in positions:
                 uses[key(r, c)] = uses.get(key(r, c), 0) + 1
-        return cls(batches, list(locals_), list(tables), needs, uses)
+        return cls(batches, list(locals_), list(tables), needs, uses, todo)
 
 
 def _pass1(ctx: _RunContext, decoding: _DecodePlan, keeper: FeatureKeeper):
@@ -635,7 +647,8 @@ def _pass2(ctx: _RunContext, decoding: _DecodePlan, context, keeper: FeatureKeep
     pool = FeaturePool(ctx.options.feature_memory_budget)  # beyond it, features wait in the keeper (on disk)
     uses = dict(decoding.uses)
     started = time.perf_counter()
-    done, total = done_before, sum(len(b) for b in decoding.batches) + done_before
+    done, total = done_before, len(decoding.targets) + done_before
+    blender = Blender(decoding.targets, ctx.present, ctx.model.halo, heads.detection_stride) if ctx.blends else None
     pending = None  # the batch being written while the next one computes
     with ThreadPoolExecutor(max_workers=1) as writer, contextlib.closing(reader):
         for batch, local, table, needs, to_encode in zip(
@@ -649,7 +662,11 @@ def _pass2(ctx: _RunContext, decoding: _DecodePlan, context, keeper: FeatureKeep
                 outputs = decode(
                     ctx.model, Neighbourhood(features, local_context, table), ctx.compute, pad_to=ctx.batch_size
                 )
-                results = region_results(ctx.grid, batch, outputs, settings)
+            if blender is not None:
+                with ctx.timings.stage("blend"):
+                    batch, outputs = blender.add(batch, outputs)  # the targets now complete
+            with ctx.timings.stage("decode"):
+                results = region_results(ctx.grid, batch, outputs, settings) if len(batch) else []
             with ctx.timings.stage("keep"):
                 for r, c in needs:
                     k = key(r, c)
@@ -657,9 +674,13 @@ def _pass2(ctx: _RunContext, decoding: _DecodePlan, context, keeper: FeatureKeep
                     if uses[k] == 0:
                         pool.drop(k)
                         keeper.drop(k)
+            if not results:
+                continue
             if pending is not None:
                 done = yield from _written(ctx, *pending, done, total, started, done_before)
             pending = (writer.submit(ctx.store.write_batch, results), batch, results)
+        if blender is not None and blender.pending and not ctx.cancel.cancelled:
+            raise RuntimeError(f"pass 2 ended with {blender.pending} regions still waiting for neighbours' windows")
         if pending is not None:
             done = yield from _written(ctx, *pending, done, total, started, done_before)
     return not ctx.cancel.cancelled

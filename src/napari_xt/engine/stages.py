@@ -27,7 +27,7 @@ def label_dtype(n_classes: int) -> np.dtype:
     return np.dtype(np.uint8 if n_classes <= 255 else np.uint16)
 
 
-STAGES = ("open", "plan", "read_wait", "encode", "keep", "cache", "context", "decode", "write", "preview", "merge")
+STAGES = ("open", "plan", "read_wait", "encode", "keep", "cache", "context", "decode", "blend", "write", "preview", "merge")
 """The stages of a run, in order: opening the image and model, planning the regions (foreground mask, run
 directory), waiting for pixels, encoding, keeping features for pass 2, the token cache, context, decoding
 (with the detections' decoding), waiting for writes, the preview, merging detections; ``export`` follows."""
@@ -167,7 +167,8 @@ def contextualise(model, tokens: np.ndarray, positions: np.ndarray, compute: Com
 
 @_inference
 def decode(model, neighbourhood, compute: Compute, pad_to: int = 0) -> dict:
-    """The heads' outputs for a batch of regions, each decoded with its neighbours (a ``Neighbourhood``).
+    """The heads' outputs for a batch of regions, each decoded with its neighbours (a ``Neighbourhood``): cropped
+    to the regions, or, for a model that blends them, the whole windows.
 
     ``pad_to``: as for ``encode``.
     """
@@ -182,7 +183,11 @@ def decode(model, neighbourhood, compute: Compute, pad_to: int = 0) -> dict:
         context = neighbourhood.context
         context = model.region_tokens(features) if context is None else torch.as_tensor(context).to(device)
         # the table padded (its last row repeated), so that the decoder's batch has ``pad_to`` rows
-        outputs = model.decode_neighbourhoods(features, context.float(), _padded(table, pad_to))
+        table = _padded(table, pad_to)
+        if getattr(model, "blends", False):  # whole windows, for the blend (``neighbours.Blender``)
+            outputs = model.decode_windows(features, context.float(), table)
+        else:
+            outputs = model.decode_neighbourhoods(features, context.float(), table)
         return _first_rows(outputs, n)
 
 

@@ -119,6 +119,9 @@ class HeadsConfig:
         decoder_halo: pixels of the neighbours' features each region is decoded with (a multiple of the
             encoder's deepest stride, at most half a region); None: the deepest stride, or more up to an eighth
             of the region; 0: each region decoded alone (seams at region borders).
+        decoder_blend: with a halo, each region's outputs are blended from its own window and its neighbours'
+            where they overlap (weights falling linearly to the window edges: continuous across borders);
+            False: cropped from its own window.
     """
 
     segmentation_classes: list[str] = field(default_factory=list)
@@ -132,6 +135,7 @@ class HeadsConfig:
     classification_input: str = "context"
     classification_mlp_ratio: int = 0
     decoder_halo: int | None = None
+    decoder_blend: bool = True
 
 
 def _ranges(config) -> list[tuple[str, object, float, float]]:

@@ -180,3 +180,74 @@ def context_neighbourhoods(tokens: torch.Tensor, table: torch.Tensor) -> torch.T
             column = out[beside_in_column, :, r0 : r0 + t, edge : edge + 1]
             out[beside_in_column, :, r0 : r0 + t, c0 : c0 + t] = column.expand(-1, -1, -1, t)
     return out
+
+
+# -- blending: every pixel near a border is the weighted mean of the windows that cover it ------------------------
+
+
+def blend_weights(size: int, halo: int, device=None) -> torch.Tensor:
+    """Weights ``(size + 2 halo,)`` of a decoder window's outputs along one axis when windows are blended.
+
+    They rise linearly from the window's edge and reach 1 at ``halo`` cells into the region, so that across a
+    border a region's window and its neighbour's weigh ``1/2`` each at the border and sum to 1 through the
+    ``2 halo`` cells they share: the blended map is continuous and, between present neighbours, a plain weighted
+    mean (the 2-D weight is the product of one per axis).
+    """
+    n = size + 2 * halo
+    u = torch.arange(n, dtype=torch.float32, device=device) + 0.5
+    return torch.clamp(torch.minimum(u, n - u) / (2 * halo), max=1.0)
+
+
+def _share_spans(size: int, halo: int, d: int) -> tuple[slice, slice]:
+    """Along one axis, for a neighbour at offset ``d`` (-1, 0, 1): the part of the neighbour's window that lies
+    over the region, and where it lies in the region."""
+    if d == 0:
+        return slice(halo, halo + size), slice(0, size)
+    if d > 0:  # the neighbour after: its window's first ``halo`` cells cover the region's last
+        return slice(0, halo), slice(size - halo, size)
+    return slice(size + halo, size + 2 * halo), slice(0, halo)
+
+
+def window_share(windows: torch.Tensor, offset: tuple[int, int], halo: int):
+    """What windows of regions at ``offset`` ``(dr, dc)`` from a region give to it in a blend.
+
+    ``windows``: ``(N, C, s + 2 halo, s + 2 halo)`` (at any stride: ``halo`` and ``s`` in its cells).
+
+    Returns:
+        ``(rows, cols)``, the slices of the region they cover, the weighted values ``(N, C, h, w)`` there and
+        their weights ``(h, w)``.
+    """
+    n = windows.shape[-1]
+    size = n - 2 * halo
+    weights = blend_weights(size, halo, windows.device)
+    (source_rows, rows), (source_cols, cols) = (_share_spans(size, halo, d) for d in offset)
+    weight = weights[source_rows, None] * weights[None, source_cols]
+    return (rows, cols), windows[..., source_rows, source_cols] * weight.to(windows.dtype), weight
+
+
+def blend_windows(windows: torch.Tensor, table: torch.Tensor, halo: int) -> torch.Tensor:
+    """N regions' outputs blended from their neighbourhoods' windows.
+
+    Args:
+        windows: ``(M, C, s + 2 halo, s + 2 halo)`` decoder windows (uncropped outputs) of M regions.
+        table: ``(N, 9)`` indices into ``windows`` of each region's neighbourhood (``NEIGHBOURS``), -1: absent
+            (not decoded: its window does not count, and the others' weights are renormalised).
+        halo: cells of the windows beyond the region each side.
+
+    Returns:
+        ``(N, C, s, s)``; with ``halo`` 0, the regions' own windows.
+    """
+    if halo == 0:
+        return windows[table[:, CENTRE]]
+    size = windows.shape[-1] - 2 * halo
+    n = table.shape[0]
+    total = windows.new_zeros(n, windows.shape[1], size, size)
+    weight_sum = windows.new_zeros(n, 1, size, size)
+    for k, offset in enumerate(NEIGHBOURS):
+        present = table[:, k] >= 0
+        if not bool(present.any()):
+            continue
+        (rows, cols), values, weight = window_share(windows[table[present, k]], offset, halo)
+        total[present, :, rows, cols] += values
+        weight_sum[present, :, rows, cols] += weight.to(windows.dtype)
+    return total / weight_sum

@@ -23,6 +23,7 @@ from napari_xt.model.heads import (
 )
 from napari_xt.model.region_encoder import RegionEncoder
 from napari_xt.model.tokenization import (
+    blend_windows,
     context_neighbourhoods,
     cut,
     grid_positions,
@@ -180,37 +181,64 @@ class XTModel(nn.Module):
         mixed = mixed.reshape(b, m, t, w)
         return (mixed, summary) if with_summary else mixed
 
-    def decode(self, features: list[torch.Tensor], context: torch.Tensor, halo: int = 0) -> dict:
+    def decode(self, features: list[torch.Tensor], context: torch.Tensor, halo: int = 0, crop: bool = True) -> dict:
         """Per-region outputs from features and context.
 
         Without ``halo``: the regions' own features and context tokens ``(N, T, W)``. With it (pixels, as
         ``self.halo``): windows of the features with ``halo`` pixels of the neighbours' each side
         (``neighbourhood_windows``) and the neighbourhoods' context grids ``(N, W, 3t, 3t)``; the outputs are
-        cropped to the regions either way.
+        cropped to the regions, unless ``crop`` is False: then they are the whole windows (to blend).
         """
         outputs: dict = {}
         if self.decoder is None:
             return outputs
         x = self.decoder(features, context, halo)
         size = self.config.region_size
+        crop = crop and halo > 0
         if self.segmentation is not None:
             logits = self.segmentation(x, size + 2 * halo)
-            outputs["segmentation"] = logits[..., halo : halo + size, halo : halo + size] if halo else logits
+            outputs["segmentation"] = logits[..., halo : halo + size, halo : halo + size] if crop else logits
         if self.detection is not None:
             maps = self.detection(x)
-            if halo:
+            if crop:
                 cells = size // self.config.heads.detection_stride
                 h = halo // self.config.heads.detection_stride
                 maps = {name: value[..., h : h + cells, h : h + cells] for name, value in maps.items()}
             outputs["detection"] = maps
         return outputs
 
+    @property
+    def blends(self) -> bool:
+        """Whether a region's outputs are blended from its neighbourhood's windows (``heads.decoder_blend``,
+        with a halo) rather than cropped from its own."""
+        return bool(self.halo and self.config.heads.decoder_blend)
+
     def decode_neighbourhoods(self, features: list[torch.Tensor], context: torch.Tensor, table: torch.Tensor) -> dict:
         """Outputs of N regions, each decoded with its neighbours: ``features`` ``[(M, C, m, m)]`` and ``context``
         ``(M, T, W)`` of M regions (without a context encoder: their own tokens), ``table`` ``(N, 9)`` each
-        region's 3 × 3 neighbourhood among them (``tokenization.neighbour_table`` for whole grids)."""
+        region's 3 × 3 neighbourhood among them (``tokenization.neighbour_table`` for whole grids). The outputs
+        are cropped to the regions; ``decode_windows`` gives the whole windows, to blend."""
         windows = self.neighbourhood_windows(features, table)
         return self.decode(windows, self.neighbourhood_context(context, table), self.halo)
+
+    def decode_windows(self, features: list[torch.Tensor], context: torch.Tensor, table: torch.Tensor) -> dict:
+        """As ``decode_neighbourhoods``, but the outputs are the decoder's whole windows (the region and
+        ``halo`` pixels around it), for ``blend``."""
+        windows = self.neighbourhood_windows(features, table)
+        return self.decode(windows, self.neighbourhood_context(context, table), self.halo, crop=False)
+
+    def blend(self, windows: dict, table: torch.Tensor) -> dict:
+        """Outputs of N regions blended from the decoded windows (``decode_windows``) of M regions, ``table``
+        ``(N, 9)`` each region's neighbourhood among them (-1: not decoded)."""
+        stride = self.config.heads.detection_stride
+        blended = {}
+        if "segmentation" in windows:
+            blended["segmentation"] = blend_windows(windows["segmentation"], table, self.halo)
+        if "detection" in windows:
+            blended["detection"] = {
+                name: blend_windows(value, table, self.halo // stride) for name, value in windows["detection"].items()
+            }
+        return blended
 
     def neighbourhood_windows(self, features: list[torch.Tensor], table: torch.Tensor) -> list[torch.Tensor]:
         """Decoder windows of N regions: ``features`` ``[(M, C, m, m)]`` of M regions, ``table`` ``(N, 9)`` the
@@ -275,7 +303,10 @@ class XTModel(nn.Module):
             # each region decoded with its neighbours in the image (as the engine does over whole images)
             table = neighbour_table(*grid, images=b, device=images.device)
             tokens = context.flatten(0, 1) if context is not None else self.region_tokens(features)
-            per_region = self.decode_neighbourhoods(features, tokens, table)
+            if self.blends:
+                per_region = self.blend(self.decode_windows(features, tokens, table), table)
+            else:
+                per_region = self.decode_neighbourhoods(features, tokens, table)
         outputs: dict = {}
         if "segmentation" in per_region:
             outputs["segmentation"] = uncut(per_region["segmentation"], grid)
