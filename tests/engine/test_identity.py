@@ -204,7 +204,8 @@ def test_the_api_refuses_an_output_holding_another_image(tmp_path, sar_scene):
 
 def test_a_run_decoded_another_way_is_not_resumed(tmp_path, sar_scene):
     """A run directory whose regions were decoded alone (napari-xt before the neighbourhood), with another
-    halo or without blending is refused, naming the decoding, instead of being finished with regions decoded differently."""
+    halo or without blending is refused, naming the decoding, instead of being finished with regions decoded
+    differently."""
     model = tiny_sar_model()
     halo = model.halo
     options = {"level": 1, "cache_dir": "", "batch_size": 8}

@@ -27,10 +27,13 @@ def label_dtype(n_classes: int) -> np.dtype:
     return np.dtype(np.uint8 if n_classes <= 255 else np.uint16)
 
 
-STAGES = ("open", "plan", "read_wait", "encode", "keep", "cache", "context", "decode", "blend", "write", "preview", "merge")
+STAGES = (
+    *("open", "plan", "read_wait", "encode", "keep", "cache", "context"),
+    *("decode", "blend", "write", "preview", "merge"),
+)
 """The stages of a run, in order: opening the image and model, planning the regions (foreground mask, run
 directory), waiting for pixels, encoding, keeping features for pass 2, the token cache, context, decoding
-(with the detections' decoding), waiting for writes, the preview, merging detections; ``export`` follows."""
+(with the detections' decoding), blending the regions' outputs with their neighbours', waiting for writes, the preview, merging detections; ``export`` follows."""
 
 
 @dataclass
