@@ -102,7 +102,7 @@ def _throughput(n_side: int) -> dict:
         start = time.perf_counter()
         for i in range(0, len(tiles), batch):  # the whole model without the engine (context per batch, each
             features = model.encode(model.normalise(tiles[i : i + batch]))  # batch a row of neighbours)
-            model.decode_neighbourhoods(features, model.region_tokens(features), neighbour_table(1, len(features[0])))
+            model.decode_all(features, model.region_tokens(features), neighbour_table(1, len(features[0])))
         bare_model = time.perf_counter() - start
     folder = tempfile.mkdtemp(prefix="napari-xt-bench-")
     start = time.perf_counter()

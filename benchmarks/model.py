@@ -65,7 +65,7 @@ def _preset_job(name: str, device: str, batch: int, queue) -> None:
         with torch.no_grad():
             features = model.encode(model.normalise(regions))
             context = model.region_tokens(features)
-            model.decode_neighbourhoods(features, context, table)
+            model.decode_all(features, context, table)
 
     seconds, peak = _measure(run, device)
     params = sum(p.numel() for p in model.parameters())

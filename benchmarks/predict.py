@@ -80,7 +80,7 @@ def _bare_job(slide: str, checkpoint: str, threads: int | None, queue) -> None:
     table = neighbour_table(rows, cols)
     with torch.inference_mode():
         warm = model.encode(model.normalise(regions[:BATCH]))
-        model.decode_neighbourhoods(warm, model.region_tokens(warm), neighbour_table(1, BATCH))
+        model.decode_all(warm, model.region_tokens(warm), neighbour_table(1, BATCH))
         start = time.perf_counter()
         features, tokens = [], []
         for i in range(0, len(regions), BATCH):
@@ -92,7 +92,11 @@ def _bare_job(slide: str, checkpoint: str, threads: int | None, queue) -> None:
         contextualised = time.perf_counter()
         features = [torch.cat(level) for level in zip(*features)]
         for i in range(0, len(regions), BATCH):  # each region decoded with its neighbours, as predict does
-            out = model.decode_neighbourhoods(features, context, table[i : i + BATCH])
+            batch = table[i : i + BATCH]
+            if model.blends:  # and blended; with the batch's own row (a little less work than the whole grid's)
+                out = model.blend(model.decode_windows(features, context, batch), neighbour_table(1, len(batch)))
+            else:
+                out = model.decode_neighbourhoods(features, context, batch)
             out["segmentation"].max(dim=1)
         done = time.perf_counter()
     queue.put(

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from napari_xt.engine.cache import FeatureKeeper
@@ -57,9 +58,12 @@ def test_decode_set_adds_the_present_neighbours_whose_windows_a_blend_takes():
     np.testing.assert_array_equal(decode_set(targets, present, blends=False), targets)
 
 
-def test_blender_gives_the_whole_image_blend_as_regions_complete():
+@pytest.mark.parametrize("memory", [2**30, 0, -1], ids=["in-memory", "on-disk", "no-room"])
+def test_blender_gives_the_whole_image_blend_as_regions_complete(tmp_path, memory):
     """Windows added batch by batch, row-major, give each target region the blend of ``blend_windows`` over the
-    whole grid, once its last present neighbour's window has come, and nothing earlier."""
+    whole grid, once its last present neighbour's window has come, and nothing earlier; wherever its sums
+    waited (the keeper's memory, its disk, or held when the keeper has no room)."""
+    keeper = FeatureKeeper(max(memory, 0), 2**30 if memory == 0 else 0, scratch=tmp_path)
     torch.manual_seed(0)
     rows, cols, size, halo, stride = 4, 5, 16, 4, 4
     absent = {(0, 3), (2, 2)}
@@ -78,7 +82,7 @@ def test_blender_gives_the_whole_image_blend_as_regions_complete():
     expected = blend_windows(windows["segmentation"], table, halo)
     expected_heat = blend_windows(windows["detection"]["heatmap"], table, halo // stride)
     targets = positions[positions[:, 0] >= 1]  # rows 1-3 written; row 0 decoded for its windows only
-    blender = Blender(targets, present, halo, stride)
+    blender = Blender(targets, present, halo, stride, keeper)
     seen = {}
     for start in range(0, len(positions), 3):
         batch = slice(start, start + 3)
@@ -97,3 +101,5 @@ def test_blender_gives_the_whole_image_blend_as_regions_complete():
     for (r, c), (segmentation, heat) in seen.items():
         torch.testing.assert_close(segmentation, expected[index[(r, c)]])
         torch.testing.assert_close(heat, expected_heat[index[(r, c)]])
+    assert keeper.memory_used == 0 and keeper.disk_used == 0  # every sum let go
+    keeper.close()

@@ -112,18 +112,24 @@ class Blender:
     """Blends pass 2's decoded windows into region outputs (``tokenization.window_share``) as they come.
 
     A target region is complete once its own window and those of all its present neighbours have been added:
-    with row-major batches, about a row of regions after its own. Until then its sums wait here (a row of
-    regions' outputs: for 128² regions and 6 classes, 64 KiB per class and region).
+    with row-major batches, about a row of regions after its own. Until then its sums wait in the run's
+    ``FeatureKeeper`` beside the features (memory within its budget, then disk), so that a wide image's row
+    of waiting regions costs no more memory than its features do.
     """
 
-    def __init__(self, targets: np.ndarray, present: Present, halo: int, detection_stride: int):
-        """``halo``: the model's, in pixels (the detection maps' is ``halo // detection_stride`` cells)."""
-        self.halo, self.detection_stride = halo, detection_stride
+    SUMS = 1 << 62  # the keeper's keys for sums, apart from the features' ``key(row, col)``
+
+    def __init__(self, targets: np.ndarray, present: Present, halo: int, detection_stride: int, keeper):
+        """``halo``: the model's, in pixels (the detection maps' is ``halo // detection_stride`` cells);
+        ``keeper``: a ``cache.FeatureKeeper`` (where the sums wait)."""
+        self.halo, self.detection_stride, self.keeper = halo, detection_stride, keeper
         self.waiting = {}
         for r, c in np.asarray(targets).reshape(-1, 2):
             n = sum(1 for dr, dc in OFFSETS if (dr == 0 and dc == 0) or (r + dr, c + dc) in present)
             self.waiting[key(r, c)] = n
-        self.sums: dict[int, dict] = {}
+        self.started: set[int] = set()  # targets with sums waiting
+        self.held: dict[int, list] = {}  # sums the keeper had no room for
+        self.names: list[str] = []
 
     def add(self, positions: np.ndarray, windows: dict) -> tuple[np.ndarray, dict | None]:
         """Add the windows (``XTModel.decode_windows``) of regions at ``positions`` ``(B, 2)``; returns the
@@ -133,55 +139,63 @@ class Blender:
         from napari_xt.model.tokenization import window_share
 
         flat = _flatten(windows)
-        complete = []
+        self.names = self.names or list(flat)
+        updates: dict[int, list] = {}  # target → its shares, in the order the neighbourhood lists them
         for dr, dc in OFFSETS:
-            targets = [
-                (i, key(r - dr, c - dc)) for i, (r, c) in enumerate(positions) if key(r - dr, c - dc) in self.waiting
-            ]
+            targets = [(i, key(r - dr, c - dc)) for i, (r, c) in enumerate(positions)]
+            targets = [(i, t) for i, t in targets if t in self.waiting]
             if not targets:
                 continue
-            for name, values in flat.items():
-                (rows, cols), shares, weight = window_share(values, (int(dr), int(dc)), self._halo(name))
-                for i, target in targets:
-                    total, weights = self._sums(target, name, values)
-                    total[:, rows, cols] += shares[i]
-                    weights[rows, cols] += weight
-            for _, target in targets:
-                self.waiting[target] -= 1
-                if self.waiting[target] == 0:
-                    del self.waiting[target]
-                    complete.append(target)
+            shares = [window_share(flat[name], (int(dr), int(dc)), self._halo(name)) for name in self.names]
+            for i, target in targets:
+                updates.setdefault(target, []).append([(place, values[i], weight) for place, values, weight in shares])
+        complete, outputs = [], {name: [] for name in self.names}
+        for target, shares in updates.items():
+            sums = self._take(target, flat)
+            for per_name in shares:
+                for n, ((rows, cols), values, weight) in enumerate(per_name):
+                    sums[2 * n][:, rows, cols] += values
+                    sums[2 * n + 1][rows, cols] += weight
+            self.waiting[target] -= len(shares)
+            if self.waiting[target] > 0:
+                self._keep(target, sums)
+                continue
+            del self.waiting[target]
+            self.started.discard(target)
+            complete.append(target)
+            for n, name in enumerate(self.names):
+                outputs[name].append(sums[2 * n] / sums[2 * n + 1])
         if not complete:
             return np.zeros((0, 2), dtype=np.int64), None
-        outputs = {}
-        for name in flat:
-            outputs[name] = torch.stack([self._blended(target, name) for target in complete])
-        for target in complete:
-            del self.sums[target]
         done = np.array([(t >> 32, t & 0xFFFFFFFF) for t in complete], dtype=np.int64)
-        return done, _unflatten(outputs)
+        return done, _unflatten({name: torch.stack(values) for name, values in outputs.items()})
 
     @property
     def pending(self) -> int:
         """Targets with sums waiting for their neighbours."""
-        return len(self.sums)
-
-    def _sums(self, target: int, name: str, values):
-        per_target = self.sums.setdefault(target, {})
-        if name not in per_target:
-            size = values.shape[-1] - 2 * self._halo(name)
-            per_target[name] = (
-                values.new_zeros(values.shape[1], size, size),
-                values.new_zeros(size, size),
-            )
-        return per_target[name]
+        return len(self.started)
 
     def _halo(self, name: str) -> int:
         return self.halo // self.detection_stride if name.startswith("detection/") else self.halo
 
-    def _blended(self, target: int, name: str):
-        total, weights = self.sums[target][name]
-        return total / weights
+    def _take(self, target: int, flat: dict) -> list:
+        """The target's sums ``[total, weights]`` per output (new ones: zeros), out of where they waited."""
+        if target not in self.started:
+            self.started.add(target)
+            sums = []
+            for name in self.names:
+                values = flat[name]
+                size = values.shape[-1] - 2 * self._halo(name)
+                sums += [values.new_zeros(values.shape[1], size, size), values.new_zeros(size, size)]
+            return sums
+        sums = self.held.pop(target, None)
+        if sums is None:
+            sums = self.keeper.pop(self.SUMS | target)
+        return sums
+
+    def _keep(self, target: int, sums: list) -> None:
+        if not self.keeper.put(self.SUMS | target, sums):
+            self.held[target] = sums
 
 
 def _flatten(outputs: dict, prefix: str = "") -> dict:

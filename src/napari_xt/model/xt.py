@@ -227,6 +227,13 @@ class XTModel(nn.Module):
         windows = self.neighbourhood_windows(features, table)
         return self.decode(windows, self.neighbourhood_context(context, table), self.halo, crop=False)
 
+    def decode_all(self, features: list[torch.Tensor], context: torch.Tensor, table: torch.Tensor) -> dict:
+        """Outputs of regions decoded together with all their neighbours (a whole image or crop, or a batch
+        taken as one): blended from their windows when the model blends, else cropped from them."""
+        if self.blends:
+            return self.blend(self.decode_windows(features, context, table), table)
+        return self.decode_neighbourhoods(features, context, table)
+
     def blend(self, windows: dict, table: torch.Tensor) -> dict:
         """Outputs of N regions blended from the decoded windows (``decode_windows``) of M regions, ``table``
         ``(N, 9)`` each region's neighbourhood among them (-1: not decoded)."""
@@ -303,10 +310,7 @@ class XTModel(nn.Module):
             # each region decoded with its neighbours in the image (as the engine does over whole images)
             table = neighbour_table(*grid, images=b, device=images.device)
             tokens = context.flatten(0, 1) if context is not None else self.region_tokens(features)
-            if self.blends:
-                per_region = self.blend(self.decode_windows(features, tokens, table), table)
-            else:
-                per_region = self.decode_neighbourhoods(features, tokens, table)
+            per_region = self.decode_all(features, tokens, table)
         outputs: dict = {}
         if "segmentation" in per_region:
             outputs["segmentation"] = uncut(per_region["segmentation"], grid)
