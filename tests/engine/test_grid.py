@@ -68,8 +68,11 @@ def test_tissue_mask_skips_glass_regions():
     truth = np.asarray(scene.labels(2)) > 0
     tissue_share = truth.reshape(16, 256, 16, 256).mean(axis=(1, 3))
     assert 0.1 < active.mean() < 0.95
-    assert active[tissue_share > 0.2].all()  # tissue regions are analysed
-    assert not active[tissue_share == 0].any()  # bare glass is skipped
+    assert active[tissue_share > 0].all()  # every region with tissue is analysed, however pale or little
+    padded = np.pad(tissue_share, 1)
+    near_tissue = np.max([padded[a : a + 16, b : b + 16] for a in range(3) for b in range(3)], axis=0) > 0
+    assert not active[~near_tissue].any()  # glass away from tissue is skipped
+    assert active[near_tissue & (tissue_share == 0)].any()  # the ring of glass around tissue is analysed
 
 
 def test_nodata_mask_skips_the_swath_edge():

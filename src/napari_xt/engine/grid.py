@@ -211,7 +211,8 @@ def background_kind(pyramid: Pyramid) -> str:
 
 
 def active_regions(pyramid: Pyramid, grid: RegionGrid, kind: str = "auto", min_foreground: float = 0.02) -> np.ndarray:
-    """Which regions of ``grid`` hold at least ``min_foreground`` foreground, from a low pyramid level."""
+    """Which regions of ``grid`` hold at least ``min_foreground`` foreground, from a low pyramid level; for
+    tissue, with the ring of regions around them."""
     kind = background_kind(pyramid) if kind == "auto" else kind
     if kind == "none":
         return np.ones((len(grid.rows), len(grid.cols)), dtype=bool)
@@ -240,7 +241,23 @@ def active_regions(pyramid: Pyramid, grid: RegionGrid, kind: str = "auto", min_f
                 int(x0 / dx) : max(int(x0 / dx) + 1, math.ceil(x1 / dx)),
             ]
             active[i, j] = cell.size > 0 and cell.mean() >= min_foreground
+    if kind == "tissue":
+        # the tissue's edge is the model's to find, not the mask's: the thresholds miss pale tissue (stroma,
+        # fat) at the edge of what they find, and a region skipped beside tissue would cut it off along region
+        # borders (a staircase); so the ring of regions around the found tissue is analysed too
+        active = with_ring(active)
     return active
+
+
+def with_ring(active: np.ndarray) -> np.ndarray:
+    """``active`` and every cell next to an active one (8-connected)."""
+    padded = np.pad(active, 1)
+    ring = np.zeros_like(active)
+    rows, cols = active.shape
+    for dr in (0, 1, 2):
+        for dc in (0, 1, 2):
+            ring |= padded[dr : dr + rows, dc : dc + cols]
+    return ring
 
 
 def undone_positions(grid: RegionGrid, done_all: np.ndarray) -> np.ndarray:
