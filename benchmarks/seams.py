@@ -8,7 +8,7 @@ detection F1 come from the same run. ``--before REV`` runs the same evaluation w
 checkpoints of another commit (a git worktree), side by side in this process's run; ``--before-weights now``
 gives the old code today's checkpoints instead.
 
-Usage: ``python benchmarks/seams.py [--before a27b7b7] [--size 6144] [--checkpoints sar_xl slide_xl ...]``
+Usage: ``python benchmarks/seams.py [--before a27b7b7] [--blend off] [--size 6144] [--checkpoints sar_xl ...]``
 """
 
 from __future__ import annotations
@@ -29,18 +29,27 @@ EVALUATE = """
 import json, sys, time
 from napari_xt.train.data import synthetic_source
 from napari_xt.train.evaluate import evaluate
-checkpoint, kind, size, seed, level, run_dir = sys.argv[1:7]
+checkpoint, kind, size, seed, level, run_dir, blend = sys.argv[1:8]
 started = time.perf_counter()
-report = evaluate(checkpoint, synthetic_source(kind, int(size), int(seed), int(level)), run_dir=run_dir)
+model = checkpoint
+if blend == "off":  # the same weights, each region cropped from its own window
+    from napari_xt.model import load_checkpoint
+    model, _ = load_checkpoint(checkpoint)
+    model.config.heads.decoder_blend = False
+report = evaluate(model, synthetic_source(kind, int(size), int(seed), int(level)), run_dir=run_dir)
 report["seconds"] = round(time.perf_counter() - started, 1)
 print(json.dumps(report))
 """
 
 
-def evaluate_with(code: Path, checkpoint: Path, kind: str, size: int, seed: int, level: int, run_dir: Path) -> dict:
-    """``evaluate`` run by the package under ``code`` (its ``src``) in a fresh process."""
+def evaluate_with(
+    code: Path, checkpoint: Path, kind: str, size: int, seed: int, level: int, run_dir: Path, blend: str = "on"
+) -> dict:
+    """``evaluate`` run by the package under ``code`` (its ``src``) in a fresh process; ``blend`` "off": today's
+    code with blending turned off (``heads.decoder_blend``)."""
     env = {**os.environ, "PYTHONPATH": str(code / "src")}
-    command = [sys.executable, "-c", EVALUATE, str(checkpoint), kind, str(size), str(seed), str(level), str(run_dir)]
+    where = [str(checkpoint), kind, str(size), str(seed), str(level), str(run_dir), blend]
+    command = [sys.executable, "-c", EVALUATE, *where]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -80,6 +89,7 @@ def main() -> None:
     parser.add_argument("--level", type=int, default=1)
     parser.add_argument("--before", help="a commit to compare with (run from a git worktree)")
     parser.add_argument("--before-weights", choices=("theirs", "now"), default="theirs")
+    parser.add_argument("--blend", choices=("on", "off"), default="on", help="off: today's code without blending")
     parser.add_argument("--name", default="seams")
     args = parser.parse_args()
 
@@ -101,10 +111,12 @@ def main() -> None:
                     run_dir = Path(scratch) / f"{label}-{name}.xt.zarr"
                     weights = code if label == "now" or args.before_weights == "theirs" else ROOT
                     checkpoint = weights / "src" / "napari_xt" / "checkpoints" / f"{name}.safetensors"
-                    report = evaluate_with(code, checkpoint, kind, args.size, args.seed, args.level, run_dir)
+                    blend = args.blend if label == "now" else "on"
+                    report = evaluate_with(code, checkpoint, kind, args.size, args.seed, args.level, run_dir, blend)
                     row = {
                         "checkpoint": name,
                         "code": label,
+                        "blend": blend,
                         "miou": report.get("miou"),
                         "detection_f1": round(report["detection"]["all"]["f1"], 3),
                         "context_f1": round(report["context_metric"]["f1"], 3) if "context_metric" in report else None,
