@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_xt.engine.allocator import few_arenas
 from napari_xt.engine.cache import FeatureKeeper, TokenCache, default_cache_dir, weights_hash
 from napari_xt.engine.detections import DetectionTable, merge_duplicates
 from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
@@ -372,6 +373,7 @@ def _neighbour_grid(pyramid, model, options, grid: RegionGrid, context_grid: Reg
 
 def start(prepared: PreparedRun, out: str | Path, cancel: CancelToken | None = None) -> Iterator:
     """Open (or resume) the run directory ``out`` for a prepared run and return its event stream."""
+    few_arenas()  # before the run's threads allocate (see ``allocator``)
     options = prepared.options
     store = OutputStore.open(out, prepared.spec, options.overwrite, replace_stale=options.replace_stale)
     cache_root = _cache_root(options)
