@@ -93,10 +93,9 @@ def _bare_job(slide: str, checkpoint: str, threads: int | None, queue) -> None:
         features = [torch.cat(level) for level in zip(*features)]
         for i in range(0, len(regions), BATCH):  # each region decoded with its neighbours, as predict does
             batch = table[i : i + BATCH]
+            out = model.decode_neighbourhoods(features, context, batch, crop=not model.blends)
             if model.blends:  # and blended; with the batch's own row (a little less work than the whole grid's)
-                out = model.blend(model.decode_windows(features, context, batch), neighbour_table(1, len(batch)))
-            else:
-                out = model.decode_neighbourhoods(features, context, batch)
+                out = model.blend(out, neighbour_table(1, len(batch)))
             out["segmentation"].max(dim=1)
         done = time.perf_counter()
     queue.put(

@@ -132,8 +132,8 @@ class Blender:
         self.names: list[str] = []
 
     def add(self, positions: np.ndarray, windows: dict) -> tuple[np.ndarray, dict | None]:
-        """Add the windows (``XTModel.decode_windows``) of regions at ``positions`` ``(B, 2)``; returns the
-        targets now complete ``(N, 2)`` and their blended outputs (as ``XTModel.blend`` gives, N rows)."""
+        """Add the windows (``XTModel.decode_neighbourhoods`` uncropped) of regions at ``positions`` ``(B, 2)``;
+        returns the targets now complete ``(N, 2)`` and their blended outputs (as ``XTModel.blend`` gives, N rows)."""
         import torch
 
         from napari_xt.model.tokenization import window_share

@@ -187,11 +187,8 @@ def decode(model, neighbourhood, compute: Compute, pad_to: int = 0) -> dict:
         context = neighbourhood.context
         context = model.region_tokens(features) if context is None else torch.as_tensor(context).to(device)
         # the table padded (its last row repeated), so that the decoder's batch has ``pad_to`` rows
-        table = _padded(table, pad_to)
-        if getattr(model, "blends", False):  # whole windows, for the blend (``neighbours.Blender``)
-            outputs = model.decode_windows(features, context.float(), table)
-        else:
-            outputs = model.decode_neighbourhoods(features, context.float(), table)
+        crop = not getattr(model, "blends", False)  # else whole windows, for the blend (``neighbours.Blender``)
+        outputs = model.decode_neighbourhoods(features, context.float(), _padded(table, pad_to), crop=crop)
         return _first_rows(outputs, n)
 
 

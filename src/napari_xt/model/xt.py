@@ -213,30 +213,26 @@ class XTModel(nn.Module):
         with a halo) rather than cropped from its own."""
         return bool(self.halo and self.config.heads.decoder_blend)
 
-    def decode_neighbourhoods(self, features: list[torch.Tensor], context: torch.Tensor, table: torch.Tensor) -> dict:
+    def decode_neighbourhoods(
+        self, features: list[torch.Tensor], context: torch.Tensor, table: torch.Tensor, crop: bool = True
+    ) -> dict:
         """Outputs of N regions, each decoded with its neighbours: ``features`` ``[(M, C, m, m)]`` and ``context``
         ``(M, T, W)`` of M regions (without a context encoder: their own tokens), ``table`` ``(N, 9)`` each
         region's 3 × 3 neighbourhood among them (``tokenization.neighbour_table`` for whole grids). The outputs
-        are cropped to the regions; ``decode_windows`` gives the whole windows, to blend."""
+        are cropped to the regions; ``crop`` False: the decoder's whole windows (the region and ``halo`` pixels
+        around it), for ``blend``."""
         windows = self.neighbourhood_windows(features, table)
-        return self.decode(windows, self.neighbourhood_context(context, table), self.halo)
-
-    def decode_windows(self, features: list[torch.Tensor], context: torch.Tensor, table: torch.Tensor) -> dict:
-        """As ``decode_neighbourhoods``, but the outputs are the decoder's whole windows (the region and
-        ``halo`` pixels around it), for ``blend``."""
-        windows = self.neighbourhood_windows(features, table)
-        return self.decode(windows, self.neighbourhood_context(context, table), self.halo, crop=False)
+        return self.decode(windows, self.neighbourhood_context(context, table), self.halo, crop=crop)
 
     def decode_all(self, features: list[torch.Tensor], context: torch.Tensor, table: torch.Tensor) -> dict:
         """Outputs of regions decoded together with all their neighbours (a whole image or crop, or a batch
         taken as one): blended from their windows when the model blends, else cropped from them."""
-        if self.blends:
-            return self.blend(self.decode_windows(features, context, table), table)
-        return self.decode_neighbourhoods(features, context, table)
+        outputs = self.decode_neighbourhoods(features, context, table, crop=not self.blends)
+        return self.blend(outputs, table) if self.blends else outputs
 
     def blend(self, windows: dict, table: torch.Tensor) -> dict:
-        """Outputs of N regions blended from the decoded windows (``decode_windows``) of M regions, ``table``
-        ``(N, 9)`` each region's neighbourhood among them (-1: not decoded)."""
+        """Outputs of N regions blended from the decoded windows of M regions (``decode_neighbourhoods`` with
+        ``crop`` False), ``table`` ``(N, 9)`` each region's neighbourhood among them (-1: not decoded)."""
         stride = self.config.heads.detection_stride
         blended = {}
         if "segmentation" in windows:
