@@ -23,7 +23,7 @@ def test_neighbourhood_lists_the_batch_then_its_present_neighbours():
 
 
 def test_feature_pool_lets_the_least_recently_used_go_first():
-    pool = FeaturePool(budget=3 * 400)
+    pool = FeaturePool(FeatureKeeper(memory_budget=3 * 400, disk_budget=0))
     for k in range(3):
         pool.put(k, [torch.zeros(100)])  # 400 bytes each
     assert pool.get(0) is not None  # 0 is now the most recent
@@ -31,6 +31,24 @@ def test_feature_pool_lets_the_least_recently_used_go_first():
     assert pool.get(1) is None and pool.get(0) is not None and pool.get(3) is not None
     pool.drop(0)
     assert pool.used == 2 * 400
+
+
+def test_feature_pool_and_keeper_share_one_memory_budget(tmp_path):
+    keeper = FeatureKeeper(memory_budget=4 * 400, disk_budget=10_000, scratch=tmp_path)
+    pool = FeaturePool(keeper)
+    for k in range(4):
+        pool.put(k, [torch.zeros(100)])
+    assert pool.used == 4 * 400
+    assert keeper.put(key(9, 9), [torch.zeros(200)])  # 800 bytes in the keeper's memory: the pool yields them
+    assert keeper.in_memory(key(9, 9))
+    pool.fit()
+    assert pool.used == 2 * 400 and pool.used + keeper.memory_used == keeper.memory_budget
+    assert pool.get(0) is None and pool.get(1) is None and pool.get(3) is not None
+    keeper.drop(key(9, 9))
+    assert pool.budget == 4 * 400
+    big = [torch.zeros(1000)]  # over the whole budget: kept while it is the last one put
+    pool.put(7, big)
+    assert pool.get(7) is big and len(pool.items) == 1
 
 
 def test_keeper_get_keeps_and_drop_frees_memory_and_disk(tmp_path):

@@ -86,6 +86,9 @@ class FeatureKeeper:
     def has(self, index: int) -> bool:
         return index in self.memory or index in self.on_disk
 
+    def in_memory(self, index: int) -> bool:
+        return index in self.memory
+
     def get(self, index: int) -> list | None:
         """The features of region ``index`` (they stay kept), or None."""
         import torch

@@ -7,8 +7,9 @@ neighbour is *present* when it is a foreground region of the run's neighbour gri
 context encoder; the ROI with a ring of one region around it without). Absent neighbours decode as the image
 edge does.
 
-``FeaturePool`` is the short-term memory of pass 2: features of recently used regions (kept from pass 1,
-loaded from disk or encoded ahead for the next row), least recently used first out, within a byte budget.
+``FeaturePool`` is the short-term memory of pass 2: features of recently used regions that the keeper does not
+hold in memory (loaded from its disk, or encoded ahead for the next row), least recently used first out, in
+what the keeper's memory budget leaves free, so that the two together stay within that one budget.
 """
 
 from __future__ import annotations
@@ -63,12 +64,18 @@ def neighbourhood(batch: np.ndarray, present: Present) -> tuple[np.ndarray, np.n
 
 
 class FeaturePool:
-    """Features of recently used regions in memory, least recently used out first beyond ``budget`` bytes."""
+    """Features of recently used regions beside a ``cache.FeatureKeeper``'s memory, least recently used out
+    first. Its budget is what the keeper's memory budget leaves free (the sums and features the keeper holds in
+    memory come first); the region put last always stays, whatever its size."""
 
-    def __init__(self, budget: int):
-        self.budget = budget
+    def __init__(self, keeper):
+        self.keeper = keeper
         self.items: OrderedDict[int, list] = OrderedDict()
         self.used = 0
+
+    @property
+    def budget(self) -> int:
+        return max(0, self.keeper.memory_budget - self.keeper.memory_used)
 
     def get(self, k: int) -> list | None:
         features = self.items.get(k)
@@ -80,6 +87,10 @@ class FeaturePool:
         self.drop(k)
         self.items[k] = features
         self.used += feature_bytes(features)
+        self.fit()
+
+    def fit(self) -> None:
+        """Let the least recently used go until the pool is within its budget (after the keeper has grown)."""
         while self.used > self.budget and len(self.items) > 1:
             _, old = self.items.popitem(last=False)
             self.used -= feature_bytes(old)

@@ -98,8 +98,8 @@ class RunOptions:
         feature_memory_budget, feature_disk_budget: bytes for keeping features until pass 2 has decoded every
             region that needs them (the region and its neighbours): in memory first, then as files (the same
             dtype) in a scratch folder beside the output; past both, a region is encoded again. Pass 2 also
-            holds the features it used last in memory, up to ``feature_memory_budget``. Results do not depend
-            on these budgets.
+            holds the features it used last in memory, in what the kept ones leave of ``feature_memory_budget``
+            (so features in memory never pass it). Results do not depend on these budgets.
         cache_dir: token cache folder; None: the default (``$NAPARI_XT_CACHE`` or ``~/.cache/napari-xt``); "": off.
         cache_max_bytes: size cap of the token cache.
         save_probabilities: also store class probabilities (float16, one map per class).
@@ -646,7 +646,7 @@ def _pass2(ctx: _RunContext, decoding: _DecodePlan, context, keeper: FeatureKeep
     reader = read_batches(
         ctx.pyramid, ctx.neighbour_grid, [c for f in first for c in f], ctx.options.prefetch, ctx.timings
     )
-    pool = FeaturePool(ctx.options.feature_memory_budget)  # beyond it, features wait in the keeper (on disk)
+    pool = FeaturePool(keeper)  # in what the keeper's memory leaves of the budget; the rest waits on disk
     uses = dict(decoding.uses)
     started = time.perf_counter()
     done, total = done_before, len(decoding.targets) + done_before
@@ -704,10 +704,12 @@ def _gather(ctx: _RunContext, needs, to_encode, uses: dict, keeper: FeatureKeepe
         with ctx.timings.stage("keep"):
             for k_, (r, c) in enumerate(pixels.positions):
                 features = [f[k_ : k_ + 1].cpu().clone() for f in encoded.features]  # not views of the batch
-                pool.put(key(r, c), features)
                 if uses.get(key(r, c), 0) > 1:  # needed again later: keep it beyond the pool
                     keeper.put(key(r, c), features)
+                if not keeper.in_memory(key(r, c)):
+                    pool.put(key(r, c), features)
 
+    pool.fit()  # the keeper may hold more since the last batch (the blend's sums)
     for positions in to_encode:
         pixels = next(reader)
         if not np.array_equal(pixels.positions, positions):
@@ -720,7 +722,7 @@ def _gather(ctx: _RunContext, needs, to_encode, uses: dict, keeper: FeatureKeepe
             features = pool.get(k)
             if features is None:
                 features = keeper.get(k)
-                if features is not None:
+                if features is not None and not keeper.in_memory(k):  # loaded from disk
                     pool.put(k, features)
         if features is None:  # let go by both the pool and the keeper's budgets: encode again
             position = np.array([[r, c]], dtype=np.int64)
