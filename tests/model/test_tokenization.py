@@ -83,6 +83,9 @@ def test_halo_windows_are_the_stitched_map_padded_with_zeros():
         expected = stitched[image, :, r * 8 : r * 8 + 14, c * 8 : c * 8 + 14]
         torch.testing.assert_close(windows[index], expected)
     torch.testing.assert_close(halo_windows(features, table, 0), features)
+    # a batch's rows of the whole table (as a benchmark decodes a whole image batch by batch): the same windows
+    for rows in ([5, 6, 7], [13], [0, 23, 11]):
+        torch.testing.assert_close(halo_windows(features, table[rows], 3), windows[rows])
 
 
 def test_absent_neighbours_are_zeros_in_windows_and_their_edge_in_context():

@@ -129,10 +129,14 @@ def halo_windows(features: torch.Tensor, table: torch.Tensor, halo: int) -> torc
         return features[table[:, CENTRE]]
     if not 0 < halo <= m:
         raise ValueError(f"a halo of {halo} cells does not fit maps of {m} cells")
-    # the maps with one zero map after them, which stands for every absent neighbour; each of the window's nine
-    # pieces gathers only the strips it needs, then the pieces are put together
-    padded = torch.cat([features, features.new_zeros(1, *features.shape[1:])])
-    index = torch.where(table >= 0, table, features.shape[0])
+    # the maps the table names (not all M: a batch of a whole image's maps copies only its own neighbourhoods),
+    # with one zero map after them, which stands for every absent neighbour; each of the window's nine pieces
+    # gathers only the strips it needs, then the pieces are put together
+    present = table >= 0
+    used, inverse = torch.unique(table[present], return_inverse=True)
+    padded = torch.cat([features.index_select(0, used), features.new_zeros(1, *features.shape[1:])])
+    index = torch.full_like(table, len(used))
+    index[present] = inverse
     spans = _spans(m, halo)
     rows = []
     for dr in (-1, 0, 1):
