@@ -496,7 +496,8 @@ def _events(ctx: _RunContext) -> Iterator:
         n_done_before = grid.n_active - len(todo)
         yield Started(str(store.path), grid.n_regions, grid.n_active, n_done_before, grid.describe())
         if grid.n_active == 0:
-            _write_preview(store, ctx.pyramid)
+            with ctx.timings.stage("preview"):
+                _write_preview(store, ctx.pyramid)
             store.finish(
                 DetectionTable.empty(), ctx.timings_dict(start), no_foreground=True, exports=ctx.options.exports
             )
