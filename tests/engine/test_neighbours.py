@@ -100,7 +100,7 @@ def test_blender_gives_the_whole_image_blend_as_regions_complete(tmp_path, memor
     expected = blend_windows(windows["segmentation"], table, halo)
     expected_heat = blend_windows(windows["detection"]["heatmap"], table, halo // stride)
     targets = positions[positions[:, 0] >= 1]  # rows 1-3 written; row 0 decoded for its windows only
-    blender = Blender(targets, present, halo, stride, keeper)
+    blender = Blender(targets, present, {"segmentation": halo, "detection": halo // stride}, keeper)
     seen = {}
     for start in range(0, len(positions), 3):
         batch = slice(start, start + 3)

@@ -191,3 +191,20 @@ def test_window_interpolation_is_bilinear_upsampling_cut_to_the_window():
         full = F.interpolate(grid, size=(3 * m, 3 * m), mode="bilinear")[..., m - h : 2 * m + h, m - h : 2 * m + h]
         weights = window_interpolation(6, 3 * m, m - h, m + 2 * h, grid.device, grid.dtype)
         torch.testing.assert_close(torch.einsum("ir,ncrs,js->ncij", weights, grid, weights), full)
+
+
+def test_output_halos_are_the_cells_each_output_window_has_beyond_its_region():
+    from napari_xt.model.tokenization import neighbour_table
+
+    torch.manual_seed(0)
+    model = create_model("test_tiny_xl").eval()
+    stride, size = model.config.heads.detection_stride, model.config.region_size
+    halos = model.output_halos()
+    assert halos == {"segmentation": model.halo, "detection": model.halo // stride} and halos["detection"] > 0
+    assert model.output_halos(0) == {"segmentation": 0, "detection": 0}
+    features = model.encode(torch.rand(4, 3, size, size) * 255)
+    with torch.no_grad():
+        windows = model.decode_neighbourhoods(features, model.region_tokens(features), neighbour_table(2, 2), False)
+    assert windows["segmentation"].shape[-1] == size + 2 * halos["segmentation"]
+    for value in windows["detection"].values():
+        assert value.shape[-1] == size // stride + 2 * halos["detection"]

@@ -130,10 +130,10 @@ class Blender:
 
     SUMS = 1 << 62  # the keeper's keys for sums, apart from the features' ``key(row, col)``
 
-    def __init__(self, targets: np.ndarray, present: Present, halo: int, detection_stride: int, keeper):
-        """``halo``: the model's, in pixels (the detection maps' is ``halo // detection_stride`` cells);
-        ``keeper``: a ``cache.FeatureKeeper`` (where the sums wait)."""
-        self.halo, self.detection_stride, self.keeper = halo, detection_stride, keeper
+    def __init__(self, targets: np.ndarray, present: Present, halos: dict[str, int], keeper):
+        """``halos``: cells beyond the region in each output's windows (``XTModel.output_halos``), by the outputs'
+        first name (``segmentation``, ``detection``); ``keeper``: a ``cache.FeatureKeeper`` (where the sums wait)."""
+        self.halos, self.keeper = halos, keeper
         self.waiting = {}
         for r, c in np.asarray(targets).reshape(-1, 2):
             n = sum(1 for dr, dc in OFFSETS if (dr == 0 and dc == 0) or (r + dr, c + dc) in present)
@@ -187,7 +187,7 @@ class Blender:
         return len(self.started)
 
     def _halo(self, name: str) -> int:
-        return self.halo // self.detection_stride if name.startswith("detection/") else self.halo
+        return self.halos[name.split("/", 1)[0]]
 
     def _take(self, target: int, flat: dict) -> list:
         """The target's sums ``[total, weights]`` per output (new ones: zeros), out of where they waited."""

@@ -653,7 +653,7 @@ def _pass2(ctx: _RunContext, decoding: _DecodePlan, context, keeper: FeatureKeep
     done, total = done_before, len(decoding.targets) + done_before
     blender = None
     if ctx.blends:  # the sums of regions waiting for their neighbours' windows wait beside the features
-        blender = Blender(decoding.targets, ctx.present, ctx.model.halo, heads.detection_stride, keeper)
+        blender = Blender(decoding.targets, ctx.present, ctx.model.output_halos(), keeper)
     pending = None  # the batch being written while the next one computes
     with ThreadPoolExecutor(max_workers=1) as writer, contextlib.closing(reader):
         for batch, local, table, needs, to_encode in zip(

@@ -202,10 +202,16 @@ class XTModel(nn.Module):
             maps = self.detection(x)
             if crop:
                 cells = size // self.config.heads.detection_stride
-                h = halo // self.config.heads.detection_stride
+                h = self.output_halos(halo)["detection"]
                 maps = {name: value[..., h : h + cells, h : h + cells] for name, value in maps.items()}
             outputs["detection"] = maps
         return outputs
+
+    def output_halos(self, halo: int | None = None) -> dict[str, int]:
+        """Cells of each output's window beyond the region on each side, for a halo of ``halo`` pixels (default:
+        the model's): ``segmentation`` maps are at pixel resolution, ``detection`` maps at ``detection_stride``."""
+        halo = self.halo if halo is None else halo
+        return {"segmentation": halo, "detection": halo // self.config.heads.detection_stride}
 
     @property
     def blends(self) -> bool:
@@ -233,13 +239,13 @@ class XTModel(nn.Module):
     def blend(self, windows: dict, table: torch.Tensor) -> dict:
         """Outputs of N regions blended from the decoded windows of M regions (``decode_neighbourhoods`` with
         ``crop`` False), ``table`` ``(N, 9)`` each region's neighbourhood among them (-1: not decoded)."""
-        stride = self.config.heads.detection_stride
+        halos = self.output_halos()
         blended = {}
         if "segmentation" in windows:
-            blended["segmentation"] = blend_windows(windows["segmentation"], table, self.halo)
+            blended["segmentation"] = blend_windows(windows["segmentation"], table, halos["segmentation"])
         if "detection" in windows:
             blended["detection"] = {
-                name: blend_windows(value, table, self.halo // stride) for name, value in windows["detection"].items()
+                name: blend_windows(value, table, halos["detection"]) for name, value in windows["detection"].items()
             }
         return blended
 
