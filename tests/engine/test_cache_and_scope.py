@@ -55,6 +55,45 @@ def test_token_cache_reuses_encodings_for_another_roi(tmp_path, sar_scene):
     assert sum(counts) == first
 
 
+def test_a_warm_run_reuses_the_context_of_the_same_tokens_and_gets_the_same_result(tmp_path, sar_scene):
+    model = tiny_sar_model()
+    calls = []
+    original = model.contextualise
+    model.contextualise = lambda *a, **k: calls.append(a[0].shape[1]) or original(*a, **k)
+    cache = tmp_path / "cache"
+    roi = {"level": 1, "cache_dir": str(cache), "batch_size": 8, "roi": (256, 256, 768, 640)}
+    runs = {}
+    for name in ("cold", "warm", "damaged"):
+        if name == "damaged":  # a context written in part (no completion mark) is computed again
+            (entry,) = cache.glob("*.zarr")
+            group = zarr.open_group(str(entry), mode="r+")
+            (context,) = [k for k in group.array_keys() if k.startswith("context-")]
+            del group[context].attrs["complete"]
+        run_to_end(sar_scene.pyramid(), model, tmp_path / f"{name}.xt.zarr", RunOptions(**roi))
+        runs[name] = zarr.open_group(str(tmp_path / f"{name}.xt.zarr"))["labels/segmentation/0"][:]
+    assert len(calls) == 2  # cold computed it, warm read it, damaged computed it again
+    np.testing.assert_array_equal(runs["warm"], runs["cold"])
+    np.testing.assert_array_equal(runs["damaged"], runs["cold"])
+    # another set of context regions, order or way of computing is another context, never this one's
+    positions = np.array([[0, 0], [0, 1], [1, 0]])
+    tag = TokenCache.context_tag(positions, "cpu", "auto")
+    assert tag != TokenCache.context_tag(positions[:2], "cpu", "auto")
+    assert tag != TokenCache.context_tag(positions[::-1], "cpu", "auto")
+    assert tag != TokenCache.context_tag(positions, "cuda", "auto")
+    assert tag != TokenCache.context_tag(positions, "cpu", "bf16")
+    (entry,) = cache.glob("*.zarr")
+    stored = TokenCache(cache, entry.name.removesuffix(".zarr"), *_entry_grid(entry))
+    (name,) = [k for k in stored.group.array_keys() if k.startswith("context-")]
+    shape = stored.group[name].shape
+    assert stored.context(name.removeprefix("context-"), shape) is not None
+    assert stored.context(name.removeprefix("context-"), (shape[0] + 1, *shape[1:])) is None
+
+
+def _entry_grid(entry):
+    tokens = zarr.open_group(str(entry), mode="r")["tokens"]
+    return tokens.shape[:2], tokens.shape[2], tokens.shape[3]
+
+
 def test_cache_size_cap_drops_the_oldest(tmp_path):
     import os
 

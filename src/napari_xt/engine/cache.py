@@ -189,6 +189,37 @@ class TokenCache:
         set_cells(self.group["present"], positions, True)  # after the tokens: present only once stored
 
     @staticmethod
+    def context_tag(positions: np.ndarray, device_type: str, precision: str) -> str:
+        """Names the context of one set of context regions (``positions``, in order) computed one way: the
+        entry's key already names the image, grid and weights."""
+        digest = hashlib.sha256(np.ascontiguousarray(positions, dtype=np.int64).tobytes())
+        digest.update(json.dumps([device_type, precision]).encode())
+        return digest.hexdigest()[:16]
+
+    def context(self, tag: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The context ``shape`` ``(N, T, W)`` stored under ``tag`` by an earlier run, or None (never stored,
+        written only in part, another shape, or unreadable: then it is computed again)."""
+        name = f"context-{tag}"
+        try:
+            if name not in self.group:
+                return None
+            array = self.group[name]
+            if not array.attrs.get("complete") or tuple(array.shape) != tuple(shape):
+                return None
+            return np.asarray(array[...])
+        except Exception as error:  # a damaged chunk: never fatal, the context is computed again
+            logger.warning("napari-xt: ignoring an unreadable cached context in %s (%s)", self.path, error)
+            return None
+
+    def store_context(self, tag: str, context: np.ndarray) -> None:
+        """Keep a run's context (computed from this entry's tokens); marked complete only once written."""
+        array = self.group.create_array(
+            f"context-{tag}", shape=context.shape, chunks=context.shape, dtype=context.dtype, overwrite=True
+        )
+        array[...] = context
+        array.attrs["complete"] = True
+
+    @staticmethod
     def enforce_cap(root: Path, max_bytes: int) -> None:
         """Delete the least recently used entries until the cache holds at most ``max_bytes``."""
         if not root.exists():

@@ -619,10 +619,36 @@ def _pass1(ctx: _RunContext, decoding: _DecodePlan, keeper: FeatureKeeper):
     if cache is not None and new:
         with ctx.timings.stage("cache"):
             cache.store(ctx.positions[new], tokens[new])
+    context = _context(ctx, tokens, cache, reuse=not new)
+    if cache is not None:
+        with ctx.timings.stage("cache"):
             TokenCache.enforce_cap(cache.root, ctx.options.cache_max_bytes)
+    yield Progress("context", len(ctx.positions), len(ctx.positions), time.perf_counter() - started, n_cached)
+    return context
+
+
+def _context(ctx: _RunContext, tokens: np.ndarray, cache: TokenCache | None, reuse: bool):
+    """The context of the run's context regions from their ``tokens``: computed, or, when every token came from
+    the cache (``reuse``), the context an earlier run computed from the same tokens the same way. A float32
+    context is kept in the cache for the next run (a half-precision one is computed again each time)."""
+    import torch
+
+    tag = None
+    if cache is not None:
+        tag = TokenCache.context_tag(ctx.positions, ctx.compute.device.type, ctx.compute.precision)
+    if reuse and tag is not None:
+        with ctx.timings.stage("cache"):
+            stored = cache.context(tag, tokens.shape)  # the context has the tokens' shape
+        if stored is not None:
+            return torch.from_numpy(stored).to(ctx.compute.device)
     with ctx.timings.stage("context"):
         context = contextualise(ctx.model, tokens, ctx.positions, ctx.compute)
-    yield Progress("context", len(ctx.positions), len(ctx.positions), time.perf_counter() - started, n_cached)
+    if tag is not None and context.dtype == torch.float32:
+        with ctx.timings.stage("cache"):
+            try:
+                cache.store_context(tag, context.cpu().numpy())
+            except OSError as error:  # a cache that cannot be written is no reason to fail the run
+                logger.warning("napari-xt: the context was not cached in %s (%s)", cache.path, error)
     return context
 
 
