@@ -8,7 +8,7 @@ The run the widget makes when "Use whole-image context" is ticked, through the e
    encodes them all and fills the token cache);
 3. **warm, the same ROI** with whole-image context: the cached tokens give the context, only the ROI and its
    neighbours are encoded;
-4. **warm, a panned view** (one view to the right), the same.
+4. **warm, the same ROI again** and **a panned view** (one view to the right), the same.
 
 For each: seconds from the click (the run's start) to the first result written for the ROI and to the end,
 regions encoded, and the run's stage timings. The warm runs' labels are checked against the cold whole-image
@@ -16,7 +16,7 @@ run's (the same ROI must get the same result whether its context came from the c
 
 Prints a table and writes results/roi_first.json.
 
-    .venv/bin/python benchmarks/roi_first.py [--side 65536] [--view 3072 2048]
+    .venv/bin/python benchmarks/roi_first.py [--side 65536] [--view 3072 2048] [--folder DIR [--warm-only]]
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=65_536, help="the demo slide's side (level-0 pixels)")
     parser.add_argument("--view", type=int, nargs=2, default=(3072, 2048), help="the ROI's width and height")
     parser.add_argument("--folder", type=Path, help="where runs and the token cache go (default: a scratch folder)")
+    parser.add_argument(
+        "--warm-only", action="store_true", help="only the warm runs, with the cache and cold run already in --folder"
+    )
     args = parser.parse_args()
     checkpoint = checkpoints.demo_checkpoint("slide", "xl")
     if checkpoint is None:
@@ -84,14 +87,20 @@ def main() -> None:
     panned = (roi[0], roi[1] + width, roi[2], roi[3] + width)
     folder = args.folder or Path(tempfile.mkdtemp(prefix="napari-xt-roi-"))
     cache = folder / "cache"
-    shutil.rmtree(cache, ignore_errors=True)
+    if args.warm_only and not (folder / "cold.xt.zarr").exists():
+        raise SystemExit(f"--warm-only needs the cache and the cold run of an earlier run in {folder}")
+    if not args.warm_only:
+        shutil.rmtree(cache, ignore_errors=True)
     common = {"cache_dir": str(cache), "export_polygons": False}
     steps = [
         ("cold, first look (ROI context)", "look", RunOptions(roi=roi, context_scope="roi", **common)),
         ("cold, whole-image context", "cold", RunOptions(roi=roi, context_scope="image", **common)),
         ("warm, the same ROI", "warm", RunOptions(roi=roi, context_scope="image", **common)),
+        ("warm, the same ROI again", "again", RunOptions(roi=roi, context_scope="image", **common)),
         ("warm, a panned view", "panned", RunOptions(roi=panned, context_scope="image", **common)),
     ]
+    if args.warm_only:
+        steps = steps[2:]
     rows = []
     for title, name, options in steps:
         out = folder / f"{name}.xt.zarr"
@@ -104,7 +113,8 @@ def main() -> None:
             f"{row['context_regions_encoded']:6d} regions encoded for context",
             flush=True,
         )
-    same = bool(np.array_equal(labels(folder / "warm.xt.zarr"), labels(folder / "cold.xt.zarr")))
+    cold = labels(folder / "cold.xt.zarr")
+    same = all(np.array_equal(labels(folder / f"{name}.xt.zarr"), cold) for name in ("warm", "again"))
     print(f"warm ROI labels equal the cold whole-image-context run's: {same}")
     write_results(
         "roi_first",
