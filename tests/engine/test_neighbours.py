@@ -67,6 +67,26 @@ def test_keeper_get_keeps_and_drop_frees_memory_and_disk(tmp_path):
     keeper.close()
 
 
+def test_keeper_disk_gives_back_every_tensor_of_a_region_exactly_in_its_dtype(tmp_path):
+    keeper = FeatureKeeper(memory_budget=0, disk_budget=10**6, scratch=tmp_path)
+    torch.manual_seed(0)
+    region = [
+        torch.randn(1, 3, 5, 5),
+        torch.randn(1, 7, 3, 3).to(torch.float16),  # 126 bytes: the next one starts past padding
+        torch.randn(1, 2, 4, 4).to(torch.bfloat16),
+        torch.randn(6, 6)[:, ::2],  # not contiguous
+        torch.tensor([[True, False, True]]),
+    ]
+    assert keeper.put(key(3, 4), region) and not keeper.in_memory(key(3, 4))
+    assert len(list(keeper.scratch.iterdir())) == 1  # one file per region
+    back = keeper.get(key(3, 4))
+    assert len(back) == len(region)
+    for got, kept in zip(back, region):
+        assert got.dtype == kept.dtype and got.shape == kept.shape
+        assert torch.equal(got, kept)
+    keeper.close()
+
+
 def test_decode_set_adds_the_present_neighbours_whose_windows_a_blend_takes():
     present = Present(np.array([(r, c) for r in range(4) for c in range(5) if (r, c) != (0, 0)]))
     targets = np.array([[1, 1], [1, 2]])

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ import zarr
 from napari_xt.engine.grid import bounding_window, set_cells
 
 logger = logging.getLogger(__name__)
+
+_ALIGN = 64  # bytes: where each tensor of a kept region's file starts
 
 
 def default_cache_dir() -> Path:
@@ -49,7 +52,7 @@ class FeatureKeeper:
     def __init__(self, memory_budget: int, disk_budget: int, scratch: Path | None = None):
         self.memory_budget, self.disk_budget = memory_budget, disk_budget
         self.memory: dict[int, list] = {}
-        self.on_disk: dict[int, list[str]] = {}
+        self.on_disk: dict[int, tuple[Path, list]] = {}
         self.memory_used = self.disk_used = 0
         self.disk_sizes: dict[int, int] = {}
         self.scratch = None
@@ -65,19 +68,25 @@ class FeatureKeeper:
                 shutil.rmtree(entry, ignore_errors=True)
 
     def put(self, index: int, features: list) -> bool:
-        """Keep ``features`` (CPU tensors) of region ``index``; False when both budgets are spent."""
+        """Keep ``features`` (CPU tensors) of region ``index``; False when both budgets are spent. On disk, one
+        file per region holds its tensors' bytes as they are (any dtype); their layout stays in memory."""
+        import torch
+
         size = feature_bytes(features)
         if self.memory_used + size <= self.memory_budget:
             self.memory[index] = features
             self.memory_used += size
             return True
         if self.scratch is not None and self.disk_used + size <= self.disk_budget:
-            files = []
-            for level, feature in enumerate(features):
-                path = self.scratch / f"{index}_{level}.npy"
-                np.save(path, feature.numpy())
-                files.append(str(path))
-            self.on_disk[index] = files
+            path = self.scratch / f"{index}.bin"
+            layout = []  # (dtype, shape, offset) of each tensor in the file
+            with open(path, "wb") as file:
+                for feature in features:
+                    feature = feature.contiguous()
+                    layout.append((feature.dtype, tuple(feature.shape), file.tell()))
+                    file.write(feature.reshape(-1).view(torch.uint8).numpy().tobytes())
+                    file.write(b"\0" * (-file.tell() % _ALIGN))  # the next tensor starts aligned
+            self.on_disk[index] = (path, layout)
             self.disk_sizes[index] = size
             self.disk_used += size
             return True
@@ -96,7 +105,14 @@ class FeatureKeeper:
         if index in self.memory:
             return self.memory[index]
         if index in self.on_disk:
-            return [torch.from_numpy(np.load(path)) for path in self.on_disk[index]]
+            path, layout = self.on_disk[index]
+            data = bytearray(os.path.getsize(path))
+            with open(path, "rb") as file:
+                file.readinto(data)
+            return [
+                torch.frombuffer(data, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+                for dtype, shape, offset in layout
+            ]
         return None
 
     def drop(self, index: int) -> None:
@@ -104,7 +120,8 @@ class FeatureKeeper:
         if index in self.memory:
             features = self.memory.pop(index)
             self.memory_used -= feature_bytes(features)
-        for path in self.on_disk.pop(index, []):
+        if index in self.on_disk:
+            path, _ = self.on_disk.pop(index)
             with contextlib.suppress(OSError):
                 os.remove(path)
         self.disk_used -= self.disk_sizes.pop(index, 0)
