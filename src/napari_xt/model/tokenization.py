@@ -129,24 +129,17 @@ def halo_windows(features: torch.Tensor, table: torch.Tensor, halo: int) -> torc
         return features[table[:, CENTRE]]
     if not 0 < halo <= m:
         raise ValueError(f"a halo of {halo} cells does not fit maps of {m} cells")
-    # the maps the table names (not all M: a batch of a whole image's maps copies only its own neighbourhoods),
-    # with one zero map after them, which stands for every absent neighbour; each of the window's nine pieces
-    # gathers only the strips it needs, then the pieces are put together
-    present = table >= 0
-    used, inverse = torch.unique(table[present], return_inverse=True)
-    padded = torch.cat([features.index_select(0, used), features.new_zeros(1, *features.shape[1:])])
-    index = torch.full_like(table, len(used))
-    index[present] = inverse
+    # the window starts as zeros (every absent neighbour); each of its nine pieces copies, from the neighbours
+    # present there, only the strips it needs (a batch of a whole image's M maps copies no more than that)
+    window = features.new_zeros(table.shape[0], features.shape[1], m + 2 * halo, m + 2 * halo)
     spans = _spans(m, halo)
-    rows = []
-    for dr in (-1, 0, 1):
-        pieces = []
-        for dc in (-1, 0, 1):
-            k = NEIGHBOURS.index((dr, dc))
-            source_rows, source_cols = spans[dr + 1], spans[dc + 1]
-            pieces.append(padded[:, :, source_rows, source_cols].index_select(0, index[:, k]))
-        rows.append(torch.cat(pieces, dim=-1))
-    return torch.cat(rows, dim=-2)
+    places = [slice(0, halo), slice(halo, halo + m), slice(halo + m, m + 2 * halo)]
+    for k, (dr, dc) in enumerate(NEIGHBOURS):
+        rows = torch.nonzero(table[:, k] >= 0).squeeze(1)
+        if len(rows):
+            strips = features[:, :, spans[dr + 1], spans[dc + 1]].index_select(0, table[rows, k])
+            window[rows, :, places[dr + 1], places[dc + 1]] = strips
+    return window
 
 
 def context_neighbourhoods(tokens: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
