@@ -84,7 +84,7 @@ class FeatureKeeper:
                 for feature in features:
                     feature = feature.contiguous()
                     layout.append((feature.dtype, tuple(feature.shape), file.tell()))
-                    file.write(feature.reshape(-1).view(torch.uint8).numpy().tobytes())
+                    file.write(feature.reshape(-1).view(torch.uint8).numpy())  # its buffer, not a copy
                     file.write(b"\0" * (-file.tell() % _ALIGN))  # the next tensor starts aligned
             self.on_disk[index] = (path, layout)
             self.disk_sizes[index] = size

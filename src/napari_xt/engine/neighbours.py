@@ -134,13 +134,16 @@ class Blender:
         """``halos``: cells beyond the region in each output's windows (``XTModel.output_halos``), by the outputs'
         first name (``segmentation``, ``detection``); ``keeper``: a ``cache.FeatureKeeper`` (where the sums wait)."""
         self.halos, self.keeper = halos, keeper
-        self.waiting = {}
+        self.waiting = {}  # target → windows still to come
+        self.patterns: dict[int, tuple[bool, ...]] = {}  # target → which of its neighbourhood is present
         for r, c in np.asarray(targets).reshape(-1, 2):
-            n = sum(1 for dr, dc in OFFSETS if (dr == 0 and dc == 0) or (r + dr, c + dc) in present)
-            self.waiting[key(r, c)] = n
+            pattern = tuple(bool((dr == 0 and dc == 0) or (r + dr, c + dc) in present) for dr, dc in OFFSETS)
+            self.waiting[key(r, c)] = sum(pattern)
+            self.patterns[key(r, c)] = pattern
         self.started: set[int] = set()  # targets with sums waiting
         self.held: dict[int, list] = {}  # sums the keeper had no room for
         self.names: list[str] = []
+        self.weight_sums: dict[tuple, object] = {}  # (halo, size, pattern) → what the blend divides by
 
     def add(self, positions: np.ndarray, windows: dict) -> tuple[np.ndarray, dict | None]:
         """Add the windows (``XTModel.decode_neighbourhoods`` uncropped) of regions at ``positions`` ``(B, 2)``;
@@ -159,14 +162,13 @@ class Blender:
                 continue
             shares = [window_share(flat[name], (int(dr), int(dc)), self._halo(name)) for name in self.names]
             for i, target in targets:
-                updates.setdefault(target, []).append([(place, values[i], weight) for place, values, weight in shares])
+                updates.setdefault(target, []).append([(place, values[i]) for place, values, _ in shares])
         complete, outputs = [], {name: [] for name in self.names}
         for target, shares in updates.items():
             sums = self._take(target, flat)
             for per_name in shares:
-                for n, ((rows, cols), values, weight) in enumerate(per_name):
-                    sums[2 * n][:, rows, cols] += values
-                    sums[2 * n + 1][rows, cols] += weight
+                for n, ((rows, cols), values) in enumerate(per_name):
+                    sums[n][:, rows, cols] += values
             self.waiting[target] -= len(shares)
             if self.waiting[target] > 0:
                 self._keep(target, sums)
@@ -174,8 +176,9 @@ class Blender:
             del self.waiting[target]
             self.started.discard(target)
             complete.append(target)
+            pattern = self.patterns.pop(target)
             for n, name in enumerate(self.names):
-                outputs[name].append(sums[2 * n] / sums[2 * n + 1])
+                outputs[name].append(sums[n] / self._weight_sum(name, sums[n], pattern))
         if not complete:
             return np.zeros((0, 2), dtype=np.int64), None
         done = np.array([(t >> 32, t & 0xFFFFFFFF) for t in complete], dtype=np.int64)
@@ -189,15 +192,26 @@ class Blender:
     def _halo(self, name: str) -> int:
         return self.halos[name.split("/", 1)[0]]
 
+    def _weight_sum(self, name: str, total, pattern: tuple[bool, ...]):
+        """What the target's weighted sum of one output divides by: fixed by which neighbours are present, so it
+        is computed once per pattern, never summed nor kept beside the sums."""
+        from napari_xt.model.tokenization import blend_weight_sum
+
+        cache_key = (self._halo(name), total.shape[-1], pattern)
+        if cache_key not in self.weight_sums:
+            weight = blend_weight_sum(total.shape[-1], self._halo(name), pattern, total.device)
+            self.weight_sums[cache_key] = weight.to(total.dtype)
+        return self.weight_sums[cache_key]
+
     def _take(self, target: int, flat: dict) -> list:
-        """The target's sums ``[total, weights]`` per output (new ones: zeros), out of where they waited."""
+        """The target's weighted sums, one per output (new ones: zeros), out of where they waited."""
         if target not in self.started:
             self.started.add(target)
             sums = []
             for name in self.names:
                 values = flat[name]
                 size = values.shape[-1] - 2 * self._halo(name)
-                sums += [values.new_zeros(values.shape[1], size, size), values.new_zeros(size, size)]
+                sums.append(values.new_zeros(values.shape[1], size, size))
             return sums
         sums = self.held.pop(target, None)
         if sums is None:

@@ -214,12 +214,28 @@ def window_share(windows: torch.Tensor, offset: tuple[int, int], halo: int):
         ``(rows, cols)``, the slices of the region they cover, the weighted values ``(N, C, h, w)`` there and
         their weights ``(h, w)``.
     """
-    n = windows.shape[-1]
-    size = n - 2 * halo
-    weights = blend_weights(size, halo, windows.device)
+    size = windows.shape[-1] - 2 * halo
     (source_rows, rows), (source_cols, cols) = (_share_spans(size, halo, d) for d in offset)
-    weight = weights[source_rows, None] * weights[None, source_cols]
+    weight = _share_weight(size, halo, offset, windows.device)
     return (rows, cols), windows[..., source_rows, source_cols] * weight.to(windows.dtype), weight
+
+
+def _share_weight(size: int, halo: int, offset: tuple[int, int], device=None) -> torch.Tensor:
+    """The weights ``(h, w)`` of the part of a window at ``offset`` that lies over the region."""
+    weights = blend_weights(size, halo, device)
+    source_rows, source_cols = (_share_spans(size, halo, d)[0] for d in offset)
+    return weights[source_rows, None] * weights[None, source_cols]
+
+
+def blend_weight_sum(size: int, halo: int, present: tuple[bool, ...], device=None) -> torch.Tensor:
+    """The sum ``(size, size)`` of the blend weights over a region from the windows of its neighbourhood where
+    ``present`` (one flag per ``NEIGHBOURS`` offset): what a blend divides by."""
+    total = torch.zeros(size, size, device=device)
+    for here, offset in zip(present, NEIGHBOURS):
+        if here:
+            rows, cols = (_share_spans(size, halo, d)[1] for d in offset)
+            total[rows, cols] += _share_weight(size, halo, offset, device)
+    return total
 
 
 def blend_windows(windows: torch.Tensor, table: torch.Tensor, halo: int) -> torch.Tensor:
