@@ -725,12 +725,15 @@ def _gather(ctx: _RunContext, needs, to_encode, uses: dict, keeper: FeatureKeepe
     from napari_xt.engine.reading import read_batch
     from napari_xt.engine.stages import PixelBatch
 
+    fresh = {}  # encoded for this batch: it has them whatever the budgets let the pool and the keeper hold
+
     def encoded_now(pixels):
         with ctx.timings.stage("encode"):
             encoded = encode(ctx.model, pixels, ctx.compute, want_tokens=False, pad_to=ctx.batch_size)
         with ctx.timings.stage("keep"):
             for k_, (r, c) in enumerate(pixels.positions):
                 features = [f[k_ : k_ + 1].cpu().clone() for f in encoded.features]  # not views of the batch
+                fresh[key(r, c)] = features
                 if uses.get(key(r, c), 0) > 1:  # needed again later: keep it beyond the pool
                     keeper.put(key(r, c), features)
                 if not keeper.in_memory(key(r, c)):
@@ -746,7 +749,9 @@ def _gather(ctx: _RunContext, needs, to_encode, uses: dict, keeper: FeatureKeepe
     for r, c in needs:
         k = key(r, c)
         with ctx.timings.stage("keep"):
-            features = pool.get(k)
+            features = fresh.get(k)
+            if features is None:
+                features = pool.get(k)
             if features is None:
                 features = keeper.get(k)
                 if features is not None and not keeper.in_memory(k):  # loaded from disk
@@ -756,7 +761,7 @@ def _gather(ctx: _RunContext, needs, to_encode, uses: dict, keeper: FeatureKeepe
             with ctx.timings.stage("read_wait"):
                 pixels = PixelBatch(position, read_batch(ctx.pyramid, ctx.neighbour_grid, position))
             encoded_now(pixels)
-            features = pool.get(k)
+            features = fresh[k]
         parts.append(features)
     device = ctx.compute.device
     return [torch.cat([p[level] for p in parts]).to(device) for level in range(len(parts[0]))]
