@@ -797,8 +797,7 @@ def _auto_batch_size(ctx: _RunContext) -> int:
 
 
 def _keeper(ctx: _RunContext) -> FeatureKeeper:
-    if not ctx.uses_context and not ctx.with_neighbour_features:
-        return FeatureKeeper(0, 0)
+    """Where features wait for pass 2 (every run needs one: without context, neighbours' features always count)."""
     scratch = ctx.store.path.parent
     FeatureKeeper.clean_stale(scratch)
     disk = int(min(ctx.options.feature_disk_budget, shutil.disk_usage(scratch).free * 0.5))
