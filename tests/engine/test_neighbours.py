@@ -3,7 +3,16 @@ import pytest
 import torch
 
 from napari_xt.engine.cache import FeatureKeeper
-from napari_xt.engine.neighbours import Blender, FeaturePool, Present, decode_set, key, neighbourhood
+from napari_xt.engine.neighbours import (
+    STRIP,
+    Blender,
+    FeaturePool,
+    Present,
+    decode_set,
+    key,
+    neighbourhood,
+    strip_order,
+)
 from napari_xt.model.tokenization import CENTRE, NEIGHBOURS, blend_windows
 
 
@@ -92,12 +101,39 @@ def test_decode_set_adds_the_present_neighbours_whose_windows_a_blend_takes():
     targets = np.array([[1, 1], [1, 2]])
     decoded = decode_set(targets, present, blends=True)
     expected = sorted((r, c) for r in range(3) for c in range(4) if (r, c) != (0, 0))  # (0, 0) is absent
-    assert [tuple(p) for p in decoded] == expected  # row-major, each once
+    assert [tuple(p) for p in decoded] == expected  # one strip, row-major, each once
     np.testing.assert_array_equal(decode_set(targets, present, blends=False), targets)
 
 
+def test_strip_order_goes_strip_by_strip_each_row_major():
+    rows, cols = 3, STRIP + 3
+    shuffled = np.random.default_rng(0).permutation([(r, c) for r in range(rows) for c in range(cols)])
+    order = [tuple(p) for p in strip_order(shuffled)]
+    first = [(r, c) for r in range(rows) for c in range(STRIP)]
+    assert order == first + [(r, c) for r in range(rows) for c in range(STRIP, cols)]
+    # in batches of a strip's width, each batch shares rows of neighbours with the one before it, so what a
+    # batch is decoded with stays a few rows of one strip however wide the image is
+    wide = Present(np.array([(r, c) for r in range(6) for c in range(64)]))
+    batches = [
+        decode_set(np.array([(r, c) for r in range(6) for c in range(64)]), wide, True)[i : i + STRIP]
+        for i in range(0, 6 * 64, STRIP)
+    ]
+    locals_ = [neighbourhood(batch, wide)[0] for batch in batches]
+    assert max(len(local) for local in locals_) == 3 * (STRIP + 2)
+    assert all(np.ptp(local[:, 1]) <= STRIP + 1 for local in locals_)
+
+
+def test_keeper_puts_on_disk_what_is_not_for_memory(tmp_path):
+    keeper = FeatureKeeper(memory_budget=10_000, disk_budget=10_000, scratch=tmp_path)
+    assert keeper.put(key(0, 0), [torch.zeros(100)], in_memory=False)
+    assert keeper.has(key(0, 0)) and not keeper.in_memory(key(0, 0)) and keeper.memory_used == 0
+    assert keeper.put(key(0, 1), [torch.zeros(100)]) and keeper.in_memory(key(0, 1))
+    keeper.close()
+
+
+@pytest.mark.parametrize("scheduled", [False, True], ids=["unscheduled", "scheduled"])
 @pytest.mark.parametrize("memory", [2**30, 0, -1], ids=["in-memory", "on-disk", "no-room"])
-def test_blender_gives_the_whole_image_blend_as_regions_complete(tmp_path, memory):
+def test_blender_gives_the_whole_image_blend_as_regions_complete(tmp_path, memory, scheduled):
     """Windows added batch by batch, row-major, give each target region the blend of ``blend_windows`` over the
     whole grid, once its last present neighbour's window has come, and nothing earlier; wherever its sums
     waited (the keeper's memory, its disk, or held when the keeper has no room)."""
@@ -120,7 +156,8 @@ def test_blender_gives_the_whole_image_blend_as_regions_complete(tmp_path, memor
     expected = blend_windows(windows["segmentation"], table, halo)
     expected_heat = blend_windows(windows["detection"]["heatmap"], table, halo // stride)
     targets = positions[positions[:, 0] >= 1]  # rows 1-3 written; row 0 decoded for its windows only
-    blender = Blender(targets, present, {"segmentation": halo, "detection": halo // stride}, keeper)
+    batches = [positions[start : start + 3] for start in range(0, len(positions), 3)] if scheduled else None
+    blender = Blender(targets, present, {"segmentation": halo, "detection": halo // stride}, keeper, batches)
     seen = {}
     for start in range(0, len(positions), 3):
         batch = slice(start, start + 3)
@@ -140,4 +177,23 @@ def test_blender_gives_the_whole_image_blend_as_regions_complete(tmp_path, memor
         torch.testing.assert_close(segmentation, expected[index[(r, c)]])
         torch.testing.assert_close(heat, expected_heat[index[(r, c)]])
     assert keeper.memory_used == 0 and keeper.disk_used == 0  # every sum let go
+    keeper.close()
+
+
+def test_blender_sends_sums_that_wait_long_to_disk_and_keeps_the_others_in_memory(tmp_path):
+    """With the batches known, a target completed within ``Blender.NEAR`` batches waits in memory; one that
+    waits longer (a strip's last column, for the next strip) leaves the memory to the pool."""
+    keeper = FeatureKeeper(2**30, 2**30, scratch=tmp_path)
+    positions = np.array([(r, c) for r in range(6) for c in range(2)])
+    column = [positions[positions[:, 1] == c] for c in range(2)]
+    batches = [column[c][i : i + 2] for c in range(2) for i in range(0, 6, 2)]  # down column 0, then column 1
+    blender = Blender(positions, Present(positions), {"segmentation": 0}, keeper, batches)
+    for step, batch in enumerate(batches):
+        blender.add(batch, {"segmentation": torch.ones(len(batch), 1, 4, 4)})
+        waiting = {(k >> 32 & 0xFFFF, k & 0xFFFFFFFF) for k in keeper.on_disk}
+        if step == 2:  # column 0 waits for column 1, three batches and more away: on disk, none in memory
+            assert {(r, 0) for r in range(6)} <= waiting and keeper.memory_used == 0
+        if step == 3:  # (2, 1), added to now, completes at the next batch: in memory; (3, 1), not added to, stays
+            assert keeper.in_memory(Blender.SUMS | key(2, 1)) and (2, 1) not in waiting and (3, 1) in waiting
+    assert blender.pending == 0 and keeper.memory_used == 0 and keeper.disk_used == 0
     keeper.close()

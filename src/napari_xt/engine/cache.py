@@ -67,13 +67,14 @@ class FeatureKeeper:
             if entry.is_dir() and (not pid.isdigit() or not _process_alive(int(pid))):
                 shutil.rmtree(entry, ignore_errors=True)
 
-    def put(self, index: int, features: list) -> bool:
-        """Keep ``features`` (CPU tensors) of region ``index``; False when both budgets are spent. On disk, one
-        file per region holds its tensors' bytes as they are (any dtype); their layout stays in memory."""
+    def put(self, index: int, features: list, in_memory: bool = True) -> bool:
+        """Keep ``features`` (CPU tensors) of region ``index``, in memory if ``in_memory`` and there is room, else
+        on disk; False when both budgets are spent. On disk, one file per region holds its tensors' bytes as they
+        are (any dtype); their layout stays in memory."""
         import torch
 
         size = feature_bytes(features)
-        if self.memory_used + size <= self.memory_budget:
+        if in_memory and self.memory_used + size <= self.memory_budget:
             self.memory[index] = features
             self.memory_used += size
             return True

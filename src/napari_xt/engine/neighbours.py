@@ -101,11 +101,25 @@ class FeaturePool:
             self.used -= feature_bytes(old)
 
 
+STRIP = 8
+"""Columns of regions in one of pass 2's strips (``strip_order``)."""
+
+
+def strip_order(positions: np.ndarray, width: int = STRIP) -> np.ndarray:
+    """``positions`` ``(N, 2)`` in pass 2's order: strips of ``width`` columns, left to right, each row-major.
+
+    A region's features are needed by the batches of three strip rows, so a batch shares its neighbours with
+    the batch before it and a blended region is complete two batches after its own, however wide the image:
+    row-major over a whole row, both waits would grow with the image's width."""
+    positions = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
+    return positions[np.lexsort((positions[:, 1], positions[:, 0], positions[:, 1] // width))]
+
+
 def decode_set(targets: np.ndarray, present: Present, blends: bool) -> np.ndarray:
-    """The regions pass 2 decodes, row-major: the ``targets`` it writes and, when outputs are blended, their
-    present neighbours too (a region's blend needs its neighbours' windows: those of an ROI's ring, or of
+    """The regions pass 2 decodes, in ``strip_order``: the ``targets`` it writes and, when outputs are blended,
+    their present neighbours too (a region's blend needs its neighbours' windows: those of an ROI's ring, or of
     regions a resumed run has already written, are decoded again and not written)."""
-    targets = np.asarray(targets, dtype=np.int64).reshape(-1, 2)
+    targets = strip_order(targets)
     if not blends:
         return targets
     keys = {key(r, c) for r, c in targets}
@@ -115,25 +129,37 @@ def decode_set(targets: np.ndarray, present: Present, blends: bool) -> np.ndarra
         for dr, dc in OFFSETS
         if (r + dr, c + dc) in present and key(r + dr, c + dc) not in keys
     }
-    every = np.concatenate([targets, np.array(sorted(extra), dtype=np.int64).reshape(-1, 2)])
-    return every[np.lexsort((every[:, 1], every[:, 0]))]
+    return strip_order(np.concatenate([targets, np.array(sorted(extra), dtype=np.int64).reshape(-1, 2)]))
 
 
 class Blender:
     """Blends pass 2's decoded windows into region outputs (``tokenization.window_share``) as they come.
 
     A target region is complete once its own window and those of all its present neighbours have been added:
-    with row-major batches, about a row of regions after its own. Until then its sums wait in the run's
-    ``FeatureKeeper`` beside the features (memory within its budget, then disk), so that a wide image's row
-    of waiting regions costs no more memory than its features do.
+    in ``strip_order``, two batches after its own, or a strip later for a strip's last column. Until then its
+    sums wait in the run's ``FeatureKeeper`` beside the features (memory within its budget, then disk; those
+    waiting long go to disk at once), so that waiting regions cost no more memory than their features do.
     """
 
     SUMS = 1 << 62  # the keeper's keys for sums, apart from the features' ``key(row, col)``
 
-    def __init__(self, targets: np.ndarray, present: Present, halos: dict[str, int], keeper):
+    NEAR = 2
+    """Sums complete within this many batches wait in the keeper's memory when it has room; the others (a
+    strip's last column waits for the next strip) go to its disk, so that they leave the memory to the pool."""
+
+    def __init__(self, targets: np.ndarray, present: Present, halos: dict[str, int], keeper, batches=None):
         """``halos``: cells beyond the region in each output's windows (``XTModel.output_halos``), by the outputs'
-        first name (``segmentation``, ``detection``); ``keeper``: a ``cache.FeatureKeeper`` (where the sums wait)."""
+        first name (``segmentation``, ``detection``); ``keeper``: a ``cache.FeatureKeeper`` (where the sums wait);
+        ``batches``: the positions of each ``add`` to come, in order, if known (then each target's sums wait
+        where its wait suits)."""
         self.halos, self.keeper = halos, keeper
+        self.step = 0  # the ``add`` calls so far
+        self.completes: dict[int, int] = {}  # target → the ``add`` that completes it
+        if batches is not None:
+            step_of = {key(r, c): step for step, batch in enumerate(batches) for r, c in batch}
+            for r, c in np.asarray(targets).reshape(-1, 2):
+                steps = [step_of.get(key(r + dr, c + dc), -1) for dr, dc in OFFSETS]
+                self.completes[key(r, c)] = max(steps)
         self.waiting = {}  # target → windows still to come
         self.patterns: dict[int, tuple[bool, ...]] = {}  # target → which of its neighbourhood is present
         for r, c in np.asarray(targets).reshape(-1, 2):
@@ -179,6 +205,7 @@ class Blender:
             pattern = self.patterns.pop(target)
             for n, name in enumerate(self.names):
                 outputs[name].append(sums[n] / self._weight_sum(name, sums[n], pattern))
+        self.step += 1
         if not complete:
             return np.zeros((0, 2), dtype=np.int64), None
         done = np.array([(t >> 32, t & 0xFFFFFFFF) for t in complete], dtype=np.int64)
@@ -219,7 +246,8 @@ class Blender:
         return sums
 
     def _keep(self, target: int, sums: list) -> None:
-        if not self.keeper.put(self.SUMS | target, sums):
+        near = self.completes.get(target, self.step) - self.step <= self.NEAR
+        if not self.keeper.put(self.SUMS | target, sums, in_memory=near):
             self.held[target] = sums
 
 

@@ -595,10 +595,14 @@ def _pass1(ctx: _RunContext, decoding: _DecodePlan, keeper: FeatureKeeper):
             have, cached_tokens = cached
             tokens[have] = cached_tokens[have]
     n_cached = int(have.sum())
-    to_keep = np.zeros(len(ctx.positions), dtype=bool)
-    for positions in decoding.needs:
-        to_keep[ctx.index_of(positions)] = True
+    # which regions pass 2 needs, and when first: encoded in that order, the first needed are the ones the
+    # keeper holds in memory (the rest waits on disk), and they leave its memory to pass 2's pool soonest
+    first_use = np.full(len(ctx.positions), len(decoding.needs), dtype=np.int64)
+    for step in reversed(range(len(decoding.needs))):
+        first_use[ctx.index_of(decoding.needs[step])] = step
+    to_keep = first_use < len(decoding.needs)
     need = np.flatnonzero(~have | to_keep)
+    need = need[np.argsort(first_use[need], kind="stable")]
     started = time.perf_counter()
     new = []
     batches = chunks(ctx.positions[need], ctx.batch_size)
@@ -611,8 +615,9 @@ def _pass1(ctx: _RunContext, decoding: _DecodePlan, keeper: FeatureKeeper):
             tokens[indices] = encoded.tokens.float().cpu().numpy().astype(np.float16)
         with ctx.timings.stage("keep"):
             for k, (i, (r, c)) in enumerate(zip(indices, encoded.positions)):
-                if to_keep[i]:
-                    keeper.put(key(r, c), [f[k : k + 1].cpu().clone() for f in encoded.features])
+                if to_keep[i]:  # a quarter of the memory budget at most: the rest is pass 2's pool and sums
+                    in_memory = keeper.memory_used < keeper.memory_budget // 4
+                    keeper.put(key(r, c), [f[k : k + 1].cpu().clone() for f in encoded.features], in_memory)
         new.extend(int(i) for i in indices if not have[i])
         done = len(new) + n_cached
         yield Progress("encode", done, len(ctx.positions), time.perf_counter() - started, n_cached)
@@ -679,7 +684,7 @@ def _pass2(ctx: _RunContext, decoding: _DecodePlan, context, keeper: FeatureKeep
     done, total = done_before, len(decoding.targets) + done_before
     blender = None
     if ctx.blends:  # the sums of regions waiting for their neighbours' windows wait beside the features
-        blender = Blender(decoding.targets, ctx.present, ctx.model.output_halos(), keeper)
+        blender = Blender(decoding.targets, ctx.present, ctx.model.output_halos(), keeper, decoding.batches)
     pending = None  # the batch being written while the next one computes
     with ThreadPoolExecutor(max_workers=1) as writer, contextlib.closing(reader):
         for batch, local, table, needs, to_encode in zip(
