@@ -13,7 +13,7 @@ VIEW_WIDTH = {"sar": 4096.0, "slide": 3072.0}  # level-0 pixels across the canva
 VIEW_CENTRE = {"sar": (25544.0, 24697.0), "slide": (32610.0, 33860.0)}
 """Level-0 centres of the demo views, found from the worlds' ground truth and checked with a run of the shipped
 ``*_xl`` checkpoints: a coast with open-sea and near-shore vessels (64 and 45 in view; the model finds 52 and
-60); stroma, invasive margin and tumour with clusters of both kinds (14 and 51; found 27 and 48)."""
+60); stroma, invasive margin and tumour with clusters of both kinds (14 and 44; found 24 and 43)."""
 
 
 def show_demo_world(scene: str = "sar"):
