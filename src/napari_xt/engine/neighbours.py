@@ -154,18 +154,16 @@ class Blender:
         where its wait suits)."""
         self.halos, self.keeper = halos, keeper
         self.step = 0  # the ``add`` calls so far
-        self.completes: dict[int, int] = {}  # target → the ``add`` that completes it
-        if batches is not None:
-            step_of = {key(r, c): step for step, batch in enumerate(batches) for r, c in batch}
-            for r, c in np.asarray(targets).reshape(-1, 2):
-                steps = [step_of.get(key(r + dr, c + dc), -1) for dr, dc in OFFSETS]
-                self.completes[key(r, c)] = max(steps)
+        step_of = {key(r, c): step for step, batch in enumerate(batches or ()) for r, c in batch}
+        self.completes: dict[int, int] = {}  # target → the ``add`` that completes it (when the batches are known)
         self.waiting = {}  # target → windows still to come
         self.patterns: dict[int, tuple[bool, ...]] = {}  # target → which of its neighbourhood is present
         for r, c in np.asarray(targets).reshape(-1, 2):
             pattern = tuple(bool((dr == 0 and dc == 0) or (r + dr, c + dc) in present) for dr, dc in OFFSETS)
             self.waiting[key(r, c)] = sum(pattern)
             self.patterns[key(r, c)] = pattern
+            if step_of:
+                self.completes[key(r, c)] = max(step_of.get(key(r + dr, c + dc), -1) for dr, dc in OFFSETS)
         self.started: set[int] = set()  # targets with sums waiting
         self.held: dict[int, list] = {}  # sums the keeper had no room for
         self.names: list[str] = []

@@ -659,8 +659,8 @@ def _context(ctx: _RunContext, tokens: np.ndarray, cache: TokenCache | None, reu
 
 def _pass2(ctx: _RunContext, decoding: _DecodePlan, context, keeper: FeatureKeeper, done_before: int):
     """Decode and write the regions of ``decoding`` batch by batch, each with its neighbours; True unless
-    cancelled. Features not kept from pass 1 are encoded when a batch first needs them (a row ahead, for the
-    neighbours below) and kept until their last use."""
+    cancelled. Features not kept from pass 1 are encoded when a batch first needs them (a strip row ahead, for
+    the neighbours below) and kept until their last use."""
     heads = ctx.model.config.heads
     settings = ResultSettings(
         heads.detection_stride,
