@@ -119,9 +119,9 @@ def decode_set(targets: np.ndarray, present: Present, blends: bool) -> np.ndarra
     """The regions pass 2 decodes, in ``strip_order``: the ``targets`` it writes and, when outputs are blended,
     their present neighbours too (a region's blend needs its neighbours' windows: those of an ROI's ring, or of
     regions a resumed run has already written, are decoded again and not written)."""
-    targets = strip_order(targets)
+    targets = np.asarray(targets, dtype=np.int64).reshape(-1, 2)
     if not blends:
-        return targets
+        return strip_order(targets)
     keys = {key(r, c) for r, c in targets}
     extra = {
         (int(r + dr), int(c + dc))
