@@ -72,7 +72,41 @@ def test_keeper_get_keeps_and_drop_frees_memory_and_disk(tmp_path):
     keeper.drop(key(0, 0))
     assert not keeper.has(key(5, 7)) and keeper.get(key(0, 0)) is None
     assert keeper.disk_used == 0 and keeper.memory_used == 0
-    assert not list(keeper.scratch.iterdir())
+    keeper.close()
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())  # the scratch folder is gone
+
+
+def test_keeper_uses_a_dropped_regions_disk_slot_again(tmp_path):
+    keeper = FeatureKeeper(memory_budget=0, disk_budget=10_000, scratch=tmp_path)
+    a, b, c = ([torch.full((10, 10), float(v))] for v in (1, 2, 3))
+    assert keeper.put(key(0, 0), a) and keeper.put(key(0, 1), b)
+    assert len(list(keeper.scratch.iterdir())) == 1  # one scratch file for all regions
+    size = keeper.file_end
+    keeper.drop(key(0, 0))
+    assert keeper.put(key(0, 2), c)  # same size: into the slot (0, 0) left
+    assert keeper.file_end == size and keeper.disk_used == 800
+    torch.testing.assert_close(keeper.get(key(0, 1))[0], b[0], rtol=0, atol=0)
+    torch.testing.assert_close(keeper.get(key(0, 2))[0], c[0], rtol=0, atol=0)
+    assert keeper.put(key(1, 0), [torch.zeros(7)])  # another size: a new slot at the end
+    assert keeper.file_end > size
+    keeper.close()
+
+
+def test_keeper_with_a_full_disk_warns_and_keeps_no_more_there(tmp_path, monkeypatch, caplog):
+    keeper = FeatureKeeper(memory_budget=0, disk_budget=10**6, scratch=tmp_path)
+    kept = [torch.arange(50, dtype=torch.float32)]
+    assert keeper.put(key(0, 0), kept)
+
+    def full(_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keeper.file, "write", full)
+    with caplog.at_level("WARNING"):
+        assert not keeper.put(key(0, 1), [torch.zeros(50)])  # pass 2 encodes it again
+    assert "No space left" in caplog.text and not keeper.has(key(0, 1))
+    monkeypatch.undo()
+    assert not keeper.put(key(0, 2), [torch.zeros(50)])  # no more tries on that disk
+    torch.testing.assert_close(keeper.get(key(0, 0))[0], kept[0], rtol=0, atol=0)  # what it held stays
     keeper.close()
 
 
@@ -87,7 +121,7 @@ def test_keeper_disk_gives_back_every_tensor_of_a_region_exactly_in_its_dtype(tm
         torch.tensor([[True, False, True]]),
     ]
     assert keeper.put(key(3, 4), region) and not keeper.in_memory(key(3, 4))
-    assert len(list(keeper.scratch.iterdir())) == 1  # one file per region
+    assert len(list(keeper.scratch.iterdir())) == 1
     back = keeper.get(key(3, 4))
     assert len(back) == len(region)
     for got, kept in zip(back, region):
