@@ -179,8 +179,9 @@ def test_blender_gives_the_whole_image_blend_as_regions_complete(tmp_path, memor
     present = Present(positions)
     windows = {
         "segmentation": torch.randn(len(positions), 3, size + 2 * halo, size + 2 * halo),
-        "detection": {
-            "heatmap": torch.randn(len(positions), 1, (size + 2 * halo) // stride, (size + 2 * halo) // stride)
+        "detection": {  # blended as one group, their channels side by side
+            "heatmap": torch.randn(len(positions), 1, (size + 2 * halo) // stride, (size + 2 * halo) // stride),
+            "classes": torch.randn(len(positions), 2, (size + 2 * halo) // stride, (size + 2 * halo) // stride),
         },
     }
     index = {tuple(p): i for i, p in enumerate(positions)}
@@ -189,6 +190,7 @@ def test_blender_gives_the_whole_image_blend_as_regions_complete(tmp_path, memor
     )
     expected = blend_windows(windows["segmentation"], table, halo)
     expected_heat = blend_windows(windows["detection"]["heatmap"], table, halo // stride)
+    expected_classes = blend_windows(windows["detection"]["classes"], table, halo // stride)
     targets = positions[positions[:, 0] >= 1]  # rows 1-3 written; row 0 decoded for its windows only
     batches = [positions[start : start + 3] for start in range(0, len(positions), 3)] if scheduled else None
     blender = Blender(targets, present, {"segmentation": halo, "detection": halo // stride}, keeper, batches)
@@ -197,7 +199,7 @@ def test_blender_gives_the_whole_image_blend_as_regions_complete(tmp_path, memor
         batch = slice(start, start + 3)
         part = {
             "segmentation": windows["segmentation"][batch],
-            "detection": {"heatmap": windows["detection"]["heatmap"][batch]},
+            "detection": {name: values[batch] for name, values in windows["detection"].items()},
         }
         done, outputs = blender.add(positions[batch], part)
         decoded_so_far = {tuple(p) for p in positions[: start + 3]}
@@ -205,11 +207,13 @@ def test_blender_gives_the_whole_image_blend_as_regions_complete(tmp_path, memor
             assert (r, c) not in seen and r >= 1
             needed = {(r + dr, c + dc) for dr, dc in NEIGHBOURS} & set(index)
             assert needed <= decoded_so_far  # complete only once every present neighbour has been decoded
-            seen[(r, c)] = (outputs["segmentation"][k], outputs["detection"]["heatmap"][k])
+            detection = outputs["detection"]
+            seen[(r, c)] = (outputs["segmentation"][k], detection["heatmap"][k], detection["classes"][k])
     assert sorted(seen) == sorted(map(tuple, targets)) and blender.pending == 0
-    for (r, c), (segmentation, heat) in seen.items():
+    for (r, c), (segmentation, heat, classes) in seen.items():
         torch.testing.assert_close(segmentation, expected[index[(r, c)]])
         torch.testing.assert_close(heat, expected_heat[index[(r, c)]])
+        torch.testing.assert_close(classes, expected_classes[index[(r, c)]])
     assert keeper.memory_used == 0 and keeper.disk_used == 0  # every sum let go
     keeper.close()
 

@@ -166,33 +166,30 @@ class Blender:
                 self.completes[key(r, c)] = max(step_of.get(key(r + dr, c + dc), -1) for dr, dc in OFFSETS)
         self.started: set[int] = set()  # targets with sums waiting
         self.held: dict[int, list] = {}  # sums the keeper had no room for
-        self.names: list[str] = []
+        self.groups: list[tuple[list[str], list[int], int]] = []  # (names, their channels, halo), ``_grouped``
         self.weight_sums: dict[tuple, object] = {}  # (halo, size, pattern) → what the blend divides by
+        self.layouts: dict[tuple, list] = {}  # (halo, window size, dtype, device) → ``_layouts``
 
     def add(self, positions: np.ndarray, windows: dict) -> tuple[np.ndarray, dict | None]:
         """Add the windows (``XTModel.decode_neighbourhoods`` uncropped) of regions at ``positions`` ``(B, 2)``;
         returns the targets now complete ``(N, 2)`` and their blended outputs (as ``XTModel.blend`` gives, N rows)."""
         import torch
 
-        from napari_xt.model.tokenization import window_share
-
-        flat = _flatten(windows)
-        self.names = self.names or list(flat)
-        updates: dict[int, list] = {}  # target → its shares, in the order the neighbourhood lists them
-        for dr, dc in OFFSETS:
-            targets = [(i, key(r - dr, c - dc)) for i, (r, c) in enumerate(positions)]
-            targets = [(i, t) for i, t in targets if t in self.waiting]
-            if not targets:
-                continue
-            shares = [window_share(flat[name], (int(dr), int(dc)), self._halo(name)) for name in self.names]
-            for i, target in targets:
-                updates.setdefault(target, []).append([(place, values[i]) for place, values, _ in shares])
-        complete, outputs = [], {name: [] for name in self.names}
+        grouped = self._grouped(_flatten(windows))
+        updates: dict[int, list] = {}  # target → (window, offset index) of its shares, in the neighbourhood's order
+        for k, (dr, dc) in enumerate(OFFSETS):
+            for i, (r, c) in enumerate(positions):
+                target = key(r - dr, c - dc)
+                if target in self.waiting:
+                    updates.setdefault(target, []).append((i, k))
+        layouts = [self._layouts(halo, values) for values, (_, _, halo) in zip(grouped, self.groups)]
+        complete, outputs = [], [[] for _ in self.groups]
         for target, shares in updates.items():
-            sums = self._take(target, flat)
-            for per_name in shares:
-                for n, ((rows, cols), values) in enumerate(per_name):
-                    sums[n][:, rows, cols] += values
+            sums = self._take(target, grouped)
+            for total, values, layout in zip(sums, grouped, layouts):
+                for i, k in shares:  # weighted and added in one pass, no temporary the size of a window
+                    (source_rows, source_cols), (rows, cols), weight = layout[k]
+                    total[:, rows, cols].addcmul_(values[i, :, source_rows, source_cols], weight)
             self.waiting[target] -= len(shares)
             if self.waiting[target] > 0:
                 self._keep(target, sums)
@@ -201,41 +198,71 @@ class Blender:
             self.started.discard(target)
             complete.append(target)
             pattern = self.patterns.pop(target)
-            for n, name in enumerate(self.names):
-                outputs[name].append(sums[n] / self._weight_sum(name, sums[n], pattern))
+            for total, (_, _, halo), blended in zip(sums, self.groups, outputs):
+                blended.append(total.div_(self._weight_sum(halo, total, pattern)))
         self.step += 1
         if not complete:
             return np.zeros((0, 2), dtype=np.int64), None
         done = np.array([(t >> 32, t & 0xFFFFFFFF) for t in complete], dtype=np.int64)
-        return done, _unflatten({name: torch.stack(values) for name, values in outputs.items()})
+        flat = {}
+        for (names, channels, _), blended in zip(self.groups, outputs):
+            flat.update(zip(names, torch.stack(blended).split(channels, dim=1)))
+        return done, _unflatten(flat)
 
     @property
     def pending(self) -> int:
         """Targets with sums waiting for their neighbours."""
         return len(self.started)
 
-    def _halo(self, name: str) -> int:
-        return self.halos[name.split("/", 1)[0]]
+    def _grouped(self, flat: dict) -> list:
+        """The windows of outputs with the same halo and window size, one tensor per group (their channels side
+        by side: the detection heads blend as one), so that a share is one operation for all of them."""
+        import torch
 
-    def _weight_sum(self, name: str, total, pattern: tuple[bool, ...]):
-        """What the target's weighted sum of one output divides by: fixed by which neighbours are present, so it
+        if not self.groups:
+            by_shape: dict[tuple, list[str]] = {}
+            for name, values in flat.items():
+                halo = self.halos[name.split("/", 1)[0]]
+                by_shape.setdefault((halo, values.shape[-1], values.dtype), []).append(name)
+            self.groups = [
+                (names, [flat[name].shape[1] for name in names], halo) for (halo, _, _), names in by_shape.items()
+            ]
+        return [
+            torch.cat([flat[name] for name in names], 1) if len(names) > 1 else flat[names[0]]
+            for names, _, _ in self.groups
+        ]
+
+    def _layouts(self, halo: int, values) -> list:
+        """``tokenization.share_layout`` of each neighbourhood offset for a group's windows, made once."""
+        from napari_xt.model.tokenization import share_layout
+
+        cache_key = (halo, values.shape[-1], values.dtype, values.device)
+        if cache_key not in self.layouts:
+            size = values.shape[-1] - 2 * halo
+            self.layouts[cache_key] = [
+                (source, place, weight.to(values.dtype))
+                for source, place, weight in (share_layout(size, halo, tuple(o), values.device) for o in NEIGHBOURS)
+            ]
+        return self.layouts[cache_key]
+
+    def _weight_sum(self, halo: int, total, pattern: tuple[bool, ...]):
+        """What the target's weighted sum of one group divides by: fixed by which neighbours are present, so it
         is computed once per pattern, never summed nor kept beside the sums."""
         from napari_xt.model.tokenization import blend_weight_sum
 
-        cache_key = (self._halo(name), total.shape[-1], pattern)
+        cache_key = (halo, total.shape[-1], pattern)
         if cache_key not in self.weight_sums:
-            weight = blend_weight_sum(total.shape[-1], self._halo(name), pattern, total.device)
+            weight = blend_weight_sum(total.shape[-1], halo, pattern, total.device)
             self.weight_sums[cache_key] = weight.to(total.dtype)
         return self.weight_sums[cache_key]
 
-    def _take(self, target: int, flat: dict) -> list:
-        """The target's weighted sums, one per output (new ones: zeros), out of where they waited."""
+    def _take(self, target: int, grouped: list) -> list:
+        """The target's weighted sums, one per group (new ones: zeros), out of where they waited."""
         if target not in self.started:
             self.started.add(target)
             sums = []
-            for name in self.names:
-                values = flat[name]
-                size = values.shape[-1] - 2 * self._halo(name)
+            for values, (_, _, halo) in zip(grouped, self.groups):
+                size = values.shape[-1] - 2 * halo
                 sums.append(values.new_zeros(values.shape[1], size, size))
             return sums
         sums = self.held.pop(target, None)

@@ -214,10 +214,15 @@ def window_share(windows: torch.Tensor, offset: tuple[int, int], halo: int):
         ``(rows, cols)``, the slices of the region they cover, the weighted values ``(N, C, h, w)`` there and
         their weights ``(h, w)``.
     """
-    size = windows.shape[-1] - 2 * halo
+    source, place, weight = share_layout(windows.shape[-1] - 2 * halo, halo, offset, windows.device)
+    return place, windows[..., source[0], source[1]] * weight.to(windows.dtype), weight
+
+
+def share_layout(size: int, halo: int, offset: tuple[int, int], device=None):
+    """Where the window of a region at ``offset`` gives to the region in a blend: the slices ``(rows, cols)`` of
+    the window that lie over the region, the slices of the region they cover, and their weights ``(h, w)``."""
     (source_rows, rows), (source_cols, cols) = (_share_spans(size, halo, d) for d in offset)
-    weight = _share_weight(size, halo, offset, windows.device)
-    return (rows, cols), windows[..., source_rows, source_cols] * weight.to(windows.dtype), weight
+    return (source_rows, source_cols), (rows, cols), _share_weight(size, halo, offset, device)
 
 
 def _share_weight(size: int, halo: int, offset: tuple[int, int], device=None) -> torch.Tensor:
