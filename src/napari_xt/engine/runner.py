@@ -769,7 +769,8 @@ def _gather(ctx: _RunContext, needs, to_encode, uses: dict, keeper: FeatureKeepe
             features = fresh[k]
         parts.append(features)
     device = ctx.compute.device
-    return [torch.cat([p[level] for p in parts]).to(device) for level in range(len(parts[0]))]
+    with ctx.timings.stage("keep"):  # one tensor per level: 30 regions, 36 MB, for 8 convnext_atto regions of 256²
+        return [torch.cat([p[level] for p in parts]).to(device) for level in range(len(parts[0]))]
 
 
 def _written(ctx, future, batch, results, done: int, total: int, started: float, done_before: int):

@@ -32,9 +32,9 @@ STAGES = (
     *("decode", "blend", "write", "preview", "merge"),
 )
 """The stages of a run, in order: opening the image and model, planning the regions (foreground mask, run
-directory), waiting for pixels, encoding, keeping features for pass 2, the token cache, context, decoding
-(with the detections' decoding), blending the regions' outputs with their neighbours', waiting for writes,
-the preview, merging detections; ``export`` follows."""
+directory), waiting for pixels, encoding, keeping features for pass 2 (and gathering each decoded batch's),
+the token cache, context, decoding (with the detections' decoding), blending the regions' outputs with their
+neighbours', waiting for writes, the preview, merging detections; ``export`` follows."""
 
 
 @dataclass
