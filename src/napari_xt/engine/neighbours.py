@@ -166,9 +166,8 @@ class Blender:
                 self.completes[key(r, c)] = max(step_of.get(key(r + dr, c + dc), -1) for dr, dc in OFFSETS)
         self.started: set[int] = set()  # targets with sums waiting
         self.held: dict[int, list] = {}  # sums the keeper had no room for
-        self.groups: list[tuple[list[str], list[int], int]] = []  # (names, their channels, halo), ``_grouped``
+        self.groups: list[tuple[list[str], list[int], int, list]] = []  # (names, channels, halo, layouts): ``_grouped``
         self.weight_sums: dict[tuple, object] = {}  # (halo, size, pattern) → what the blend divides by
-        self.layouts: dict[tuple, list] = {}  # (halo, window size, dtype, device) → ``_layouts``
 
     def add(self, positions: np.ndarray, windows: dict) -> tuple[np.ndarray, dict | None]:
         """Add the windows (``XTModel.decode_neighbourhoods`` uncropped) of regions at ``positions`` ``(B, 2)``;
@@ -182,13 +181,12 @@ class Blender:
                 target = key(r - dr, c - dc)
                 if target in self.waiting:
                     updates.setdefault(target, []).append((i, k))
-        layouts = [self._layouts(halo, values) for values, (_, _, halo) in zip(grouped, self.groups)]
         complete, outputs = [], [[] for _ in self.groups]
         for target, shares in updates.items():
             sums = self._take(target, grouped)
-            for total, values, layout in zip(sums, grouped, layouts):
+            for total, values, (*_, layouts) in zip(sums, grouped, self.groups):
                 for i, k in shares:  # weighted and added in one pass, no temporary the size of a window
-                    (source_rows, source_cols), (rows, cols), weight = layout[k]
+                    (source_rows, source_cols), (rows, cols), weight = layouts[k]
                     total[:, rows, cols].addcmul_(values[i, :, source_rows, source_cols], weight)
             self.waiting[target] -= len(shares)
             if self.waiting[target] > 0:
@@ -198,14 +196,14 @@ class Blender:
             self.started.discard(target)
             complete.append(target)
             pattern = self.patterns.pop(target)
-            for total, (_, _, halo), blended in zip(sums, self.groups, outputs):
+            for total, (_, _, halo, _), blended in zip(sums, self.groups, outputs):
                 blended.append(total.div_(self._weight_sum(halo, total, pattern)))
         self.step += 1
         if not complete:
             return np.zeros((0, 2), dtype=np.int64), None
         done = np.array([(t >> 32, t & 0xFFFFFFFF) for t in complete], dtype=np.int64)
         flat = {}
-        for (names, channels, _), blended in zip(self.groups, outputs):
+        for (names, channels, _, _), blended in zip(self.groups, outputs):
             flat.update(zip(names, torch.stack(blended).split(channels, dim=1)))
         return done, _unflatten(flat)
 
@@ -216,34 +214,27 @@ class Blender:
 
     def _grouped(self, flat: dict) -> list:
         """The windows of outputs with the same halo and window size, one tensor per group (their channels side
-        by side: the detection heads blend as one), so that a share is one operation for all of them."""
+        by side: the detection heads blend as one), so that a share is one operation for all of them. The groups
+        and their ``tokenization.share_layout`` per neighbourhood offset are made at the first batch."""
         import torch
+
+        from napari_xt.model.tokenization import share_layout
 
         if not self.groups:
             by_shape: dict[tuple, list[str]] = {}
             for name, values in flat.items():
                 halo = self.halos[name.split("/", 1)[0]]
-                by_shape.setdefault((halo, values.shape[-1], values.dtype), []).append(name)
-            self.groups = [
-                (names, [flat[name].shape[1] for name in names], halo) for (halo, _, _), names in by_shape.items()
-            ]
+                by_shape.setdefault((halo, values.shape[-1], values.dtype, values.device), []).append(name)
+            for (halo, window, dtype, device), names in by_shape.items():
+                layouts = [
+                    (source, place, weight.to(dtype))
+                    for source, place, weight in (share_layout(window - 2 * halo, halo, o, device) for o in NEIGHBOURS)
+                ]
+                self.groups.append((names, [flat[name].shape[1] for name in names], halo, layouts))
         return [
             torch.cat([flat[name] for name in names], 1) if len(names) > 1 else flat[names[0]]
-            for names, _, _ in self.groups
+            for names, *_ in self.groups
         ]
-
-    def _layouts(self, halo: int, values) -> list:
-        """``tokenization.share_layout`` of each neighbourhood offset for a group's windows, made once."""
-        from napari_xt.model.tokenization import share_layout
-
-        cache_key = (halo, values.shape[-1], values.dtype, values.device)
-        if cache_key not in self.layouts:
-            size = values.shape[-1] - 2 * halo
-            self.layouts[cache_key] = [
-                (source, place, weight.to(values.dtype))
-                for source, place, weight in (share_layout(size, halo, tuple(o), values.device) for o in NEIGHBOURS)
-            ]
-        return self.layouts[cache_key]
 
     def _weight_sum(self, halo: int, total, pattern: tuple[bool, ...]):
         """What the target's weighted sum of one group divides by: fixed by which neighbours are present, so it
@@ -261,7 +252,7 @@ class Blender:
         if target not in self.started:
             self.started.add(target)
             sums = []
-            for values, (_, _, halo) in zip(grouped, self.groups):
+            for values, (_, _, halo, _) in zip(grouped, self.groups):
                 size = values.shape[-1] - 2 * halo
                 sums.append(values.new_zeros(values.shape[1], size, size))
             return sums

@@ -238,8 +238,8 @@ def blend_weight_sum(size: int, halo: int, present: tuple[bool, ...], device=Non
     total = torch.zeros(size, size, device=device)
     for here, offset in zip(present, NEIGHBOURS):
         if here:
-            rows, cols = (_share_spans(size, halo, d)[1] for d in offset)
-            total[rows, cols] += _share_weight(size, halo, offset, device)
+            _, (rows, cols), weight = share_layout(size, halo, offset, device)
+            total[rows, cols] += weight
     return total
 
 
