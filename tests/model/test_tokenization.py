@@ -86,6 +86,16 @@ def test_halo_windows_are_the_stitched_map_padded_with_zeros():
     # a batch's rows of the whole table (as a benchmark decodes a whole image batch by batch): the same windows
     for rows in ([5, 6, 7], [13], [0, 23, 11]):
         torch.testing.assert_close(halo_windows(features, table[rows], 3), windows[rows])
+    # the engine's maps, region by region (a list, in the order the table's indices count them): the same windows
+    maps = list(features)
+    torch.testing.assert_close(halo_windows(maps, table, 3), windows, rtol=0, atol=0)
+    torch.testing.assert_close(halo_windows(maps, table, 0), features, rtol=0, atol=0)
+    holes = table.clone()
+    holes[holes % 5 == 2] = -1  # some neighbours absent: zeros where they would be, in both forms
+    torch.testing.assert_close(halo_windows(maps, holes[[3, 9]], 3), halo_windows(features, holes[[3, 9]], 3))
+    assert not halo_windows(maps, holes, 3).eq(windows).all()
+    with pytest.raises(ValueError, match="does not fit"):
+        halo_windows(maps, table, 9)
 
 
 def test_absent_neighbours_are_zeros_in_windows_and_their_edge_in_context():

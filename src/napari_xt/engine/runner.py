@@ -723,10 +723,9 @@ def _pass2(ctx: _RunContext, decoding: _DecodePlan, context, keeper: FeatureKeep
 
 
 def _gather(ctx: _RunContext, needs, to_encode, uses: dict, keeper: FeatureKeeper, pool: FeaturePool, reader):
-    """Features ``[(M, C, m, m)]`` of the regions ``needs``, in order: from the pool, the keeper (pass 1), or
-    encoded now (``to_encode``, the reader's next batches; anything else missing is read and encoded here)."""
-    import torch
-
+    """Features of the regions ``needs``, per level a list of their maps ``(C, m, m)`` in order (for
+    ``tokenization.halo_windows``): from the pool, the keeper (pass 1), or encoded now (``to_encode``, the
+    reader's next batches; anything else missing is read and encoded here)."""
     from napari_xt.engine.reading import read_batch
     from napari_xt.engine.stages import PixelBatch
 
@@ -769,8 +768,8 @@ def _gather(ctx: _RunContext, needs, to_encode, uses: dict, keeper: FeatureKeepe
             features = fresh[k]
         parts.append(features)
     device = ctx.compute.device
-    with ctx.timings.stage("keep"):  # one tensor per level: 30 regions, 36 MB, for 8 convnext_atto regions of 256²
-        return [torch.cat([p[level] for p in parts]).to(device) for level in range(len(parts[0]))]
+    with ctx.timings.stage("keep"):  # per level, the regions' maps as they are: the decoder copies only its strips
+        return [[p[level][0].to(device) for p in parts] for level in range(len(parts[0]))]
 
 
 def _written(ctx, future, batch, results, done: int, total: int, started: float, done_before: int):

@@ -180,12 +180,17 @@ def decode(model, neighbourhood, compute: Compute, pad_to: int = 0) -> dict:
 
     device = compute.device
     table = torch.from_numpy(neighbourhood.table).to(device)
-    features = [f.to(device) for f in neighbourhood.features]
+    features = [
+        f.to(device) if isinstance(f, torch.Tensor) else [m.to(device) for m in f] for f in neighbourhood.features
+    ]
     n = table.shape[0]
     with compute.autocast():
         # without a context encoder, the field is made of the regions' own tokens
         context = neighbourhood.context
-        context = model.region_tokens(features) if context is None else torch.as_tensor(context).to(device)
+        if context is None:
+            context = model.region_tokens([f if isinstance(f, torch.Tensor) else torch.stack(f) for f in features])
+        else:
+            context = torch.as_tensor(context).to(device)
         # the table padded (its last row repeated), so that the decoder's batch has ``pad_to`` rows
         crop = not getattr(model, "blends", False)  # else whole windows, for the blend (``neighbours.Blender``)
         outputs = model.decode_neighbourhoods(features, context.float(), _padded(table, pad_to), crop=crop)
@@ -194,9 +199,10 @@ def decode(model, neighbourhood, compute: Compute, pad_to: int = 0) -> dict:
 
 @dataclass
 class Neighbourhood:
-    """What decoding a batch of N regions needs: the features ``[(M, C, m, m)]`` and (with a context encoder)
-    the context ``(M, T, W)`` of M regions, the batch's and its neighbours', and ``table`` ``(N, 9)`` int64, each
-    batch region's 3 × 3 neighbourhood as indices into them (-1: absent)."""
+    """What decoding a batch of N regions needs: the features ``[(M, C, m, m)]`` (or per level a list of M maps
+    ``(C, m, m)``) and (with a context encoder) the context ``(M, T, W)`` of M regions, the batch's and its
+    neighbours', and ``table`` ``(N, 9)`` int64, each batch region's 3 × 3 neighbourhood as indices into them
+    (-1: absent)."""
 
     features: list
     context: object

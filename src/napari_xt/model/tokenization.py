@@ -112,11 +112,12 @@ def _spans(m: int, halo: int) -> list[slice]:
     return [slice(m - halo, m), slice(0, m), slice(0, halo)]
 
 
-def halo_windows(features: torch.Tensor, table: torch.Tensor, halo: int) -> torch.Tensor:
+def halo_windows(features: torch.Tensor | list[torch.Tensor], table: torch.Tensor, halo: int) -> torch.Tensor:
     """Each region's feature map with ``halo`` cells of its neighbours' maps around it.
 
     Args:
-        features: ``(M, C, m, m)`` maps of M regions.
+        features: ``(M, C, m, m)`` maps of M regions, or a list of M maps ``(C, m, m)`` (the engine's, kept
+            region by region: stacking them first would copy every neighbour's whole map, not its strips).
         table: ``(N, 9)`` indices into ``features`` of N regions' neighbourhoods (``NEIGHBOURS``); -1 where a
             neighbour is absent (outside the image, background, not analysed): its cells are zeros, as the
             padding a region decoded alone has.
@@ -124,11 +125,13 @@ def halo_windows(features: torch.Tensor, table: torch.Tensor, halo: int) -> torc
     Returns:
         ``(N, C, m + 2 halo, m + 2 halo)``.
     """
-    m = features.shape[-1]
+    m = features[0].shape[-1]
+    if not 0 <= halo <= m:
+        raise ValueError(f"a halo of {halo} cells does not fit maps of {m} cells")
+    if not isinstance(features, torch.Tensor):
+        return _halo_windows_of_maps(features, table, halo)
     if halo == 0:
         return features[table[:, CENTRE]]
-    if not 0 < halo <= m:
-        raise ValueError(f"a halo of {halo} cells does not fit maps of {m} cells")
     # the window starts as zeros (every absent neighbour); each of its nine pieces copies, from the neighbours
     # present there, only the strips it needs (a batch of a whole image's M maps copies no more than that)
     window = features.new_zeros(table.shape[0], features.shape[1], m + 2 * halo, m + 2 * halo)
@@ -139,6 +142,23 @@ def halo_windows(features: torch.Tensor, table: torch.Tensor, halo: int) -> torc
         if len(rows):
             strips = features[:, :, spans[dr + 1], spans[dc + 1]].index_select(0, table[rows, k])
             window[rows, :, places[dr + 1], places[dc + 1]] = strips
+    return window
+
+
+def _halo_windows_of_maps(maps: list[torch.Tensor], table: torch.Tensor, halo: int) -> torch.Tensor:
+    """``halo_windows`` of a list of maps ``(C, m, m)``: each piece copied straight from its neighbour's map."""
+    if not maps:
+        raise ValueError("halo windows need the maps of at least one region")
+    if halo == 0:
+        return torch.stack([maps[i] for i in table[:, CENTRE].tolist()])
+    channels, m = maps[0].shape[0], maps[0].shape[-1]
+    window = maps[0].new_zeros(table.shape[0], channels, m + 2 * halo, m + 2 * halo)
+    spans = _spans(m, halo)
+    places = [slice(0, halo), slice(halo, halo + m), slice(halo + m, m + 2 * halo)]
+    for n, row in enumerate(table.tolist()):
+        for i, (dr, dc) in zip(row, NEIGHBOURS):
+            if i >= 0:
+                window[n, :, places[dr + 1], places[dc + 1]] = maps[i][:, spans[dr + 1], spans[dc + 1]]
     return window
 
 
