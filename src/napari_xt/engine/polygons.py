@@ -115,12 +115,11 @@ class _Pieces:
         from scipy import ndimage
 
         ids = np.zeros(block.shape, dtype=np.int64)
+        components = np.empty(block.shape, dtype=np.int32)
         for label in np.intersect1d(np.unique(block), wanted):
-            components, n = ndimage.label(block == label)
-            inside = components > 0
-            ids[inside] = components[inside] + (self._next - 1)
-            for i in range(self._next, self._next + n):
-                self._class[i] = int(label)
+            n = ndimage.label(block == label, output=components)
+            np.add(components, self._next - 1, out=ids, where=components > 0)  # classes never share a pixel
+            self._class.update(dict.fromkeys(range(self._next, self._next + n), int(label)))
             self._next += n
         return ids
 
@@ -190,9 +189,16 @@ def _tile_pieces(ids: np.ndarray, y0: int, x0: int):
     inside = ids > 0
     base = int(ids[inside].min()) - 1  # a tile's ids are consecutive: local ids fit GDAL's int32
     local = np.where(inside, ids - base, 0).astype(np.int32)
+    values, points, ring_of, polygon_of = [], [], [], []
     for geometry, value in shapes(local, mask=inside, connectivity=4, transform=transform):
-        rings = [shapely.linearrings(np.asarray(ring, dtype=np.float64)) for ring in geometry["coordinates"]]
-        yield int(value) + base, shapely.polygons(rings[0], rings[1:] or None)
+        for ring in geometry["coordinates"]:  # the shell first, then the holes
+            points.extend(ring)
+            ring_of.append(len(ring))
+            polygon_of.append(len(values))
+        values.append(int(value) + base)
+    # one conversion per tile: building each ring and polygon alone cost more than GDAL's tracing
+    rings = shapely.linearrings(np.array(points, dtype=np.float64), indices=np.repeat(np.arange(len(ring_of)), ring_of))
+    yield from zip(values, shapely.polygons(rings, indices=np.asarray(polygon_of)).tolist())
 
 
 def _components(geometry) -> list:
@@ -225,11 +231,12 @@ def simplified(geometries: list, tolerance: float) -> list:
     if worth.any():
         # plain Douglas–Peucker (3× faster); GEOS's topology-preserving variant only where that is not valid
         simple = shapely.simplify(exact[worth], tolerance, preserve_topology=False)
-        broken = ~shapely.is_valid(simple) | shapely.is_empty(simple)
-        if broken.any():
+        keep = shapely.is_valid(simple) & ~shapely.is_empty(simple)  # validity is GEOS's dearest test: once
+        if not keep.all():
+            broken = ~keep
             simple[broken] = shapely.simplify(exact[worth][broken], tolerance, preserve_topology=True)
+            keep[broken] = shapely.is_valid(simple[broken]) & ~shapely.is_empty(simple[broken])
         area = shapely.area(exact[worth])
-        keep = shapely.is_valid(simple) & ~shapely.is_empty(simple)
         keep &= np.abs(shapely.area(simple) - area) <= MAX_AREA_CHANGE * area
         chosen = result[worth]
         chosen[keep] = simple[keep]
