@@ -222,7 +222,10 @@ def active_regions(pyramid: Pyramid, grid: RegionGrid, kind: str = "auto", min_f
     mask_level = max(candidates) if candidates else 0
     dy, dx = pyramid.downsample[mask_level]
     try:
-        low = np.asarray(pyramid.levels[mask_level])
+        # in this thread, as the reader reads (dask's default would look for a distributed client first: inside a
+        # worker it would send the read to the cluster)
+        low = pyramid.levels[mask_level]
+        low = np.asarray(low.compute(scheduler="synchronous") if hasattr(low, "compute") else low)
     except ImageReadError:
         raise
     except Exception as error:  # a codec, tifffile or zarr failed on the low level
