@@ -199,3 +199,36 @@ def test_convert_an_official_checkpoint_and_fine_tune_from_it(tmp_path, capsys):
     assert "is the source file" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "names.txt")]) == EXIT_BAD_INPUT
     assert "unknown weight file type" in capsys.readouterr().err
+
+
+LEAVE = """
+import atexit, sys, tempfile, threading, time
+from pathlib import Path
+from napari_xt.cli import leave
+out = Path(sys.argv[1])
+atexit.register(lambda: (out / "handler").write_text("ran"))
+kept = tempfile.TemporaryDirectory(dir=out)  # removed by its finalizer at exit
+(out / "where").write_text(kept.name)
+if sys.argv[2] == "thread":  # a thread that is not a daemon is waited for, as Python does
+    threading.Thread(target=lambda: (time.sleep(0.5), (out / "thread").write_text("done"))).start()
+sys.stdout.write("unflushed line")
+leave(7)
+(out / "after").write_text("leave returned")
+"""
+
+
+@pytest.mark.parametrize("mode", ["plain", "thread"])
+def test_leave_runs_exit_handlers_flushes_and_keeps_the_exit_code(tmp_path, mode):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run(
+        [sys.executable, "-c", LEAVE, str(tmp_path), mode], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 7, done.stderr
+    assert done.stdout == "unflushed line"
+    assert (tmp_path / "handler").read_text() == "ran"
+    assert not Path((tmp_path / "where").read_text()).exists()  # the temporary folder was removed
+    assert not (tmp_path / "after").exists()
+    assert (tmp_path / "thread").exists() == (mode == "thread")

@@ -617,7 +617,9 @@ def _pass1(ctx: _RunContext, decoding: _DecodePlan, keeper: FeatureKeeper):
             for k, (i, (r, c)) in enumerate(zip(indices, encoded.positions)):
                 if to_keep[i]:  # a quarter of the memory budget at most: the rest is pass 2's pool and sums
                     in_memory = keeper.memory_used < keeper.memory_budget // 4
-                    keeper.put(key(r, c), [f[k : k + 1].cpu().clone() for f in encoded.features], in_memory)
+                    # kept in memory, a region's own copy; on its way to disk, a view of the batch is enough
+                    features = [f[k : k + 1].to("cpu", copy=in_memory) for f in encoded.features]
+                    keeper.put(key(r, c), features, in_memory)
         new.extend(int(i) for i in indices if not have[i])
         done = len(new) + n_cached
         yield Progress("encode", done, len(ctx.positions), time.perf_counter() - started, n_cached)
@@ -736,7 +738,7 @@ def _gather(ctx: _RunContext, needs, to_encode, uses: dict, keeper: FeatureKeepe
             encoded = encode(ctx.model, pixels, ctx.compute, want_tokens=False, pad_to=ctx.batch_size)
         with ctx.timings.stage("keep"):
             for k_, (r, c) in enumerate(pixels.positions):
-                features = [f[k_ : k_ + 1].cpu().clone() for f in encoded.features]  # not views of the batch
+                features = [f[k_ : k_ + 1].to("cpu", copy=True) for f in encoded.features]  # not views of the batch
                 fresh[key(r, c)] = features
                 if uses.get(key(r, c), 0) > 1:  # needed again later: keep it beyond the pool
                     keeper.put(key(r, c), features)
