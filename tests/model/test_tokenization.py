@@ -96,6 +96,8 @@ def test_halo_windows_are_the_stitched_map_padded_with_zeros():
     assert not halo_windows(maps, holes, 3).eq(windows).all()
     with pytest.raises(ValueError, match="does not fit"):
         halo_windows(maps, table, 9)
+    with pytest.raises(ValueError, match="at least one region"):
+        halo_windows([], table[:0], 3)
 
 
 def test_absent_neighbours_are_zeros_in_windows_and_their_edge_in_context():

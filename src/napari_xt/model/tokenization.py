@@ -125,6 +125,8 @@ def halo_windows(features: torch.Tensor | list[torch.Tensor], table: torch.Tenso
     Returns:
         ``(N, C, m + 2 halo, m + 2 halo)``.
     """
+    if not isinstance(features, torch.Tensor) and not features:
+        raise ValueError("halo windows need the maps of at least one region")
     m = features[0].shape[-1]
     if not 0 <= halo <= m:
         raise ValueError(f"a halo of {halo} cells does not fit maps of {m} cells")
@@ -147,8 +149,6 @@ def halo_windows(features: torch.Tensor | list[torch.Tensor], table: torch.Tenso
 
 def _halo_windows_of_maps(maps: list[torch.Tensor], table: torch.Tensor, halo: int) -> torch.Tensor:
     """``halo_windows`` of a list of maps ``(C, m, m)``: each piece copied straight from its neighbour's map."""
-    if not maps:
-        raise ValueError("halo windows need the maps of at least one region")
     if halo == 0:
         return torch.stack([maps[i] for i in table[:, CENTRE].tolist()])
     channels, m = maps[0].shape[0], maps[0].shape[-1]
