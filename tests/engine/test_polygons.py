@@ -33,6 +33,25 @@ def test_components_holes_and_areas_match_the_raster_for_any_tiling(tile):
     np.testing.assert_array_equal(shapely.contains(union, centres), labels == 3)
 
 
+def test_a_speckled_component_across_every_tile_keeps_each_of_its_holes():
+    # an untrained model's map: one class percolates through every tile, with holes inside each tile, and a ring
+    # of it closes a hole on the corner (80, 120) where four tiles of 40 meet
+    labels = np.random.default_rng(3).choice(3, size=(157, 203), p=[0.2, 0.15, 0.65]).astype(np.uint8)
+    labels[77:84, 117:124] = 2
+    labels[78:83, 118:123] = 0
+    found = list(polygons(labels, 3, tile=40, simplify=0))
+    big = max((p.geometry for p in found), key=lambda g: g.area)
+    assert len(big.interiors) > 100
+    centres = shapely.points(*np.meshgrid(np.arange(203) + 0.5, np.arange(157) + 0.5))
+    for label in (1, 2):
+        mine = [p.geometry for p in found if p.label == label]
+        assert len(mine) == ndi.label(labels == label)[1]
+        assert all(p.is_valid and p.geom_type == "Polygon" for p in mine)
+        assert sum(p.area for p in mine) == (labels == label).sum()
+        np.testing.assert_array_equal(shapely.contains(shapely.union_all(mine), centres), labels == label)
+    assert big.contains(shapely.Point(117.5, 77.5)) and not big.contains(shapely.Point(120.5, 80.5))
+
+
 def test_a_ring_across_four_tiles_is_one_polygon_with_its_hole():
     labels = np.zeros((100, 100), np.uint8)
     labels[20:80, 20:80] = 2

@@ -164,17 +164,31 @@ class _Pieces:
 
     def close_all_but(self, still_open: set[int]):
         """Merge and yield ``(class, polygon)`` for every kept component whose root is not ``still_open``."""
-        import shapely
-
         groups: dict[int, list] = {}
         for piece_id in list(self._kept):
             root = self._find(piece_id)
             if root not in still_open:
                 groups.setdefault(root, []).extend(self._kept.pop(piece_id))
         for root, group in groups.items():
-            merged = shapely.union_all(group) if len(group) > 1 else group[0]
-            for component in _components(merged):
+            for component in _components(_merged(group) if len(group) > 1 else group[0]):
                 yield self._class[root], component
+
+
+def _merged(pieces: list):
+    """The union of one component's pieces from several tiles. A piece's holes lie inside its tile, a pixel
+    or more from its edges (a region that reached an edge would not be closed there), so no other piece can
+    meet them: the outlines alone are joined, and the holes are put back. A speckled 16,384² map's largest
+    component, 488 pieces with 29,351 holes: 28.6 s for the union of the pieces, 5.1 s for this, the same
+    polygon."""
+    import shapely
+
+    holes = [hole for piece in pieces for hole in piece.interiors]
+    if not holes:
+        return shapely.union_all(pieces)
+    union = shapely.union_all(shapely.polygons(shapely.get_exterior_ring(np.asarray(pieces, dtype=object))))
+    if union.geom_type != "Polygon":  # pieces that only touch at corners: let GEOS sort the holes out
+        return shapely.union_all(pieces)
+    return shapely.Polygon(union.exterior, [*union.interiors, *holes])
 
 
 def _tile_pieces(ids: np.ndarray, y0: int, x0: int):
@@ -230,7 +244,7 @@ def simplified(geometries: list, tolerance: float) -> list:
     worth = shapely.get_num_coordinates(exact) > 5
     if worth.any():
         # plain Douglas–Peucker (3× faster); GEOS's topology-preserving variant only where that is not valid
-        simple = shapely.simplify(exact[worth], tolerance, preserve_topology=False)
+        simple = _simplified_rings(exact[worth], tolerance)
         keep = shapely.is_valid(simple) & ~shapely.is_empty(simple)  # validity is GEOS's dearest test: once
         if not keep.all():
             broken = ~keep
@@ -250,3 +264,23 @@ def to_level0(geometry, downsample: tuple[float, float]):
 
     dy, dx = float(downsample[0]), float(downsample[1])
     return shapely.transform(geometry, lambda xy: xy * np.array([dx, dy]))
+
+
+def _simplified_rings(polygons: np.ndarray, tolerance: float) -> np.ndarray:
+    """Plain Douglas–Peucker, ring by ring: the polygons rebuilt from their simplified rings, a hole that
+    collapses left out, an empty polygon where the shell collapses. GEOS's own Douglas–Peucker for polygons
+    repairs each result with a buffer of 0, which costs about 0.45 ms per hole (13.4 s for a speckled
+    component with 29,351 holes, against 0.14 s for its rings alone); a result that needs repair is invalid
+    here and takes the topology-preserving way instead."""
+    import shapely
+
+    rings, owner = shapely.get_rings(polygons, return_index=True)
+    simple = shapely.simplify(rings, tolerance, preserve_topology=False)
+    alive = shapely.get_type_id(simple) == shapely.GeometryType.LINEARRING
+    shell = np.r_[True, owner[1:] != owner[:-1]]  # each polygon's first ring
+    alive &= ~np.isin(owner, owner[shell & ~alive])  # nothing is left of a polygon whose shell collapsed
+    result = np.full(len(polygons), shapely.Polygon(), dtype=object)
+    standing, index = np.unique(owner[alive], return_inverse=True)
+    if len(standing):
+        result[standing] = shapely.polygons(simple[alive], indices=index)
+    return result
