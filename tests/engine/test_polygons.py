@@ -123,3 +123,40 @@ def test_finished_components_are_forgotten_row_by_row(monkeypatch):
     assert len(found) == ndi.label(labels == 1)[1] > 5000
     assert sum(p.geometry.area for p in found) == labels.sum()
     assert made[0]._next > 5000 and len(made[0]._class) < 200
+
+
+def test_validity_by_parts_agrees_with_geos_on_polygons_of_many_holes():
+    from napari_xt.engine.polygons import _simplified_rings, is_valid
+
+    # speckle traced whole, then simplified without care for topology: valid and invalid polygons of many holes
+    labels = np.random.default_rng(5).choice(3, size=(120, 160), p=[0.25, 0.1, 0.65]).astype(np.uint8)
+    exact = np.array([p.geometry for p in polygons(labels, 3, tile=1000, simplify=0)], dtype=object)
+    cases = [exact] + [_simplified_rings(exact, t) for t in (0.75, 1.5, 3.0)]
+    # a chain of holes from the shell back to it cuts the interior apart; none of them alone touches it twice
+    square = [(0, 0), (10, 0), (10, 10), (0, 10)]
+    chain = [[(x - 1, 5), (x, 4), (x + 1, 5), (x, 6)] for x in (1, 3, 5, 7, 9)]  # diamonds touching at vertices
+    cut = shapely.Polygon(square, [*chain, shapely.box(1, 8, 2, 9).exterior.coords])
+    broken_chain = shapely.Polygon(square, chain[:2] + chain[3:])
+    outside = shapely.Polygon(
+        square, [shapely.box(2, 2, 3, 3).exterior.coords, shapely.box(12, 2, 13, 3).exterior.coords]
+    )
+    nested = shapely.Polygon(square, [shapely.box(2, 2, 8, 8).exterior.coords, shapely.box(3, 3, 4, 4).exterior.coords])
+    handmade = np.array([cut, outside, nested, broken_chain])
+    assert shapely.is_valid(handmade).tolist() == [False, False, False, True]
+    cases.append(handmade)
+    # the largest polygon with a few of its holes moved: onto the shell, across it, outside, onto each other
+    rng = np.random.default_rng(6)
+    big = max(exact, key=lambda g: len(g.interiors))
+    moved = []
+    for _ in range(40):
+        holes = list(big.interiors)
+        for i in rng.choice(len(holes), size=rng.integers(1, 4), replace=False):
+            holes[i] = shapely.affinity.translate(holes[i], *rng.integers(-4, 5, size=2))
+        moved.append(shapely.Polygon(big.exterior, holes))
+    cases.append(np.array(moved, dtype=object))
+    for geometries in cases:
+        expected = shapely.is_valid(geometries)
+        np.testing.assert_array_equal(is_valid(geometries, many_holes=1), expected)
+    moved_valid = shapely.is_valid(cases[-1])
+    assert 0 < moved_valid.sum() < len(moved_valid)  # both answers were tested on many holes
+    assert max(len(g.interiors) for g in exact) > 50
