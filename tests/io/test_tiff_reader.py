@@ -115,3 +115,71 @@ def test_dask_graph_holds_no_open_file(geotiff_sar):
     pyramid = open_pyramid(path)
     restored = pickle.loads(pickle.dumps(pyramid.levels[1]))
     np.testing.assert_allclose(np.asarray(restored[200:210, :5]), area_mean(image, 2)[200:210, :5], rtol=1e-5)
+
+
+def _zarr_window(path, index):
+    import os
+
+    from napari_xt.io.tiff_reader import _open_level
+
+    return _open_level(str(path), os.stat(path).st_mtime_ns, 0, 0)[index]
+
+
+def _windows(shape, rng, n=40):
+    """Random windows, some reaching past the image's end, and the image's corner segment edges."""
+    height, width = shape[:2]
+    out = [(slice(0, height), slice(0, width)), (slice(height - 1, height), slice(width - 1, width + 9))]
+    for _ in range(n):
+        y0, x0 = rng.integers(0, height), rng.integers(0, width)
+        out.append((slice(y0, y0 + rng.integers(1, 300)), slice(x0, x0 + rng.integers(1, 300))))
+    return out
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"dtype": np.uint8, "channels": 3, "tile": (256, 256), "compression": "jpeg"},
+        {"dtype": np.uint16, "channels": 1, "tile": (128, 128), "compression": "lzw"},
+        {"dtype": np.float32, "channels": 1, "rowsperstrip": 37, "compression": "zlib", "predictor": True},
+        {"dtype": np.float64, "channels": 2, "tile": (64, 96), "photometric": "minisblack", "planarconfig": "contig"},
+    ],
+    ids=["jpeg-rgb-tiles", "uint16-lzw-tiles", "float32-strips-predictor", "float64-two-samples"],
+)
+def test_segments_are_read_as_tifffiles_zarr_store_reads_them(tmp_path, layout):
+    from napari_xt.io.tiff_reader import PageSegments
+
+    layout = dict(layout)
+    image = smooth_image(700, 530, layout.pop("channels"), layout.pop("dtype"))
+    path = tmp_path / "image.tif"
+    tifffile.imwrite(path, image[..., 0] if image.shape[2] == 1 else image, **layout)
+    segments = PageSegments.of(str(path), 0, 0)
+    assert segments is not None
+    rng = np.random.default_rng(1)
+    for window in _windows(segments.shape, rng):
+        index = window + ((slice(1, 2),) if len(segments.shape) == 3 else ())
+        np.testing.assert_array_equal(segments.window(index), _zarr_window(path, index))
+
+
+def test_a_segment_never_written_reads_as_nodata(tmp_path):
+    from napari_xt.io.tiff_reader import PageSegments
+
+    def tiles():
+        for i in range(12):
+            yield None if i in (1, 5) else np.full((128, 128), i, np.float32)
+
+    path = tmp_path / "sparse.tif"
+    gdal_nodata = (42113, "s", 0, "-9999", True)
+    tifffile.imwrite(path, tiles(), shape=(300, 500), dtype="float32", tile=(128, 128), extratags=[gdal_nodata])
+    window = PageSegments.of(str(path), 0, 0).window((slice(0, 300), slice(0, 500)))
+    assert window[0, 0] == 0.0 and window[150, 0] == 4.0  # tiles 0 and 4 (row 1, column 0)
+    assert window[0, 128] == -9999.0 and window[130, 130] == -9999.0  # tiles 1 and 5 were never written
+    np.testing.assert_array_equal(window, _zarr_window(path, (slice(0, 300), slice(0, 500))))
+
+
+def test_layouts_segments_do_not_read_are_left_to_zarr(tmp_path, geotiff_sar):
+    from napari_xt.io.tiff_reader import PageSegments
+
+    path, image = geotiff_sar  # two bands stored as separate planes
+    assert PageSegments.of(str(path), 0, 0) is None
+    pyramid = open_pyramid(path)
+    np.testing.assert_array_equal(pyramid.read(0, 190, 260, 1000, 1100), image[190:260, 1000:1100])

@@ -73,11 +73,12 @@ class _Scene:
 
     def pyramid(self) -> Pyramid:
         """The scene's image as a lazy Pyramid (every level computed on demand)."""
-        levels, downsample = [], []
+        levels, views, downsample = [], [], []
         for level in range(self.level_count()):
             view = _SceneView(self, level, "image")
             chunks = (TARGET_CHUNK, TARGET_CHUNK, self.n_channels)
             levels.append(da.from_array(view, chunks=chunks, asarray=False, lock=False, inline_array=True))
+            views.append(view)
             downsample.append((float(2**level), float(2**level)))
         return Pyramid(
             levels=tuple(levels),
@@ -88,6 +89,7 @@ class _Scene:
             signature=digest(repr(self)),
             source=f"synthetic {self.name} {self.height}×{self.width} seed {self.seed}",
             format="synthetic",
+            views=tuple(views),
         )
 
     def labels(self, level: int = 0) -> da.Array:

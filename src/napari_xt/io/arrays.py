@@ -70,11 +70,12 @@ def open_array(
     levels = [to_yxc(_as_dask(array, axes), axes, name) for array in arrays]
     check_levels_agree(levels, name)
     built_lazily = False
+    views = [
+        YXCView(array, axes, level.name) if isinstance(array, np.ndarray) else None
+        for array, level in zip(arrays, levels)
+    ]
     if len(levels) == 1:
-        source = (
-            YXCView(arrays[0], axes, levels[0].name) if isinstance(arrays[0], np.ndarray) else DaskSource(levels[0])
-        )
-        levels = build_lazy_levels(levels[0], source)
+        levels, views = build_lazy_levels(levels[0], views[0] or DaskSource(levels[0]))
         downsample = lazy_pyramid_downsample(levels)
         built_lazily = len(levels) > 1
     else:
@@ -88,4 +89,5 @@ def open_array(
         source=name,
         format="array",
         built_lazily=built_lazily,
+        views=tuple(views),
     )

@@ -57,7 +57,92 @@ class TiffLevel:
         return self.token()
 
     def __getitem__(self, index):
+        segments = _open_segments(self.path, self.mtime_ns, self.series, self.level)
+        window = segments.window(index) if segments is not None else None
+        if window is not None:
+            return window
         return _open_level(self.path, self.mtime_ns, self.series, self.level)[index]
+
+
+class PageSegments:
+    """A level stored as one TIFF page, read tile by tile (or strip by strip) with ``os.pread`` and decoded by
+    tifffile, without zarr: a 256² JPEG tile of a slide costs 0.33 ms this way, 1.0 ms through tifffile's zarr
+    store (its per-chunk machinery; with dask's per-read graph on top, 2.9 ms).
+
+    Only simple layouts take this way (``of`` returns None for the rest, which zarr reads): one page, 2-D
+    ``(Y, X)`` or ``(Y, X, S)`` with interleaved samples, whole bytes per sample, not NDPI.
+    """
+
+    def __init__(self, path: str, tif: tifffile.TiffFile, page):
+        self._tif, self._page = tif, page  # the page's decoder needs it open
+        self._fd = os.open(path, os.O_RDONLY)
+        self.shape = tuple(int(n) for n in page.shape)
+        self.dtype = np.dtype(page.dtype)
+        self._segment = (int(page.chunks[0]), int(page.chunks[1]))
+        self._across = int(page.chunked[1])
+        self._offsets, self._counts = page.dataoffsets, page.databytecounts
+        self._fill = page.nodata or 0
+
+    @classmethod
+    def of(cls, path: str, series: int, level: int) -> PageSegments | None:
+        tif = tifffile.TiffFile(path)
+        try:
+            found = tif.series[series].levels[level]
+            page = found.keyframe
+            simple = (
+                len(found.pages) == 1
+                and found.pages[0] is not None
+                and tuple(found.shape) == tuple(page.shape)
+                and len(page.shape) in (2, 3)
+                and (page.planarconfig == 1 or page.samplesperpixel == 1)
+                and page.imagedepth == 1
+                and page.bitspersample in (8, 16, 32, 64)
+                and not page.is_ndpi
+                and len(page.dataoffsets) == int(np.prod(page.chunked))
+            )
+            if simple:
+                return cls(path, tif, page)
+        except Exception:  # anything tifffile finds odd here is left to its zarr store, which says what it is
+            pass
+        tif.close()
+        return None
+
+    def __del__(self):
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._tif.close()
+
+    def window(self, index) -> np.ndarray | None:
+        """The pixels at ``index`` (unit-step slices, one per axis), or None for any other index."""
+        index = index if isinstance(index, tuple) else (index,)
+        if len(index) > len(self.shape) or not all(isinstance(i, slice) for i in index):
+            return None
+        spans = [i.indices(n) for i, n in zip(index, self.shape)]
+        if any(step != 1 for _, _, step in spans):
+            return None
+        (y0, y1, _), (x0, x1, _) = spans[:2]
+        out = np.full((max(0, y1 - y0), max(0, x1 - x0), *self.shape[2:]), self._fill, dtype=self.dtype)
+        if out.size:
+            self._paste(out, y0, y1, x0, x1)
+        return out[(slice(None), slice(None), *index[2:])]
+
+    def _paste(self, out: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> None:
+        height, width = self._segment
+        decode, page = self._page.decode, self._page
+        for row in range(y0 // height, (y1 - 1) // height + 1):
+            for col in range(x0 // width, (x1 - 1) // width + 1):
+                i = row * self._across + col
+                count = int(self._counts[i])
+                if count == 0:
+                    continue  # a segment never written: the fill value
+                data = os.pread(self._fd, count, int(self._offsets[i]))
+                segment = decode(data, i, jpegtables=page.jpegtables, jpegheader=page.jpegheader)[0]
+                segment = segment.reshape(segment.shape[1:3] + self.shape[2:])
+                sy, sx = row * height, col * width
+                ya, yb = max(y0, sy), min(y1, sy + segment.shape[0])
+                xa, xb = max(x0, sx), min(x1, sx + segment.shape[1])
+                out[ya - y0 : yb - y0, xa - x0 : xb - x0] = segment[ya - sy : yb - sy, xa - sx : xb - sx]
 
 
 _open_lock = threading.Lock()
@@ -72,6 +157,16 @@ def _open_level_cached(path: str, mtime_ns: int, series: int, level: int) -> zar
 def _open_level(path: str, mtime_ns: int, series: int, level: int) -> zarr.Array:
     with _open_lock:
         return _open_level_cached(path, mtime_ns, series, level)
+
+
+@functools.lru_cache(maxsize=16)
+def _open_segments_cached(path: str, mtime_ns: int, series: int, level: int) -> PageSegments | None:
+    return PageSegments.of(path, series, level)
+
+
+def _open_segments(path: str, mtime_ns: int, series: int, level: int) -> PageSegments | None:
+    with _open_lock:
+        return _open_segments_cached(path, mtime_ns, series, level)
 
 
 def open_tiff(path: Path) -> Pyramid:
@@ -110,7 +205,7 @@ def open_tiff(path: Path) -> Pyramid:
         fmt = _format_name(tif)
         built_lazily = False
         if len(arrays) == 1:
-            arrays = build_lazy_levels(arrays[0], views[0], nodata)
+            arrays, views = build_lazy_levels(arrays[0], views[0], nodata)
             downsample = lazy_pyramid_downsample(arrays)
             built_lazily = len(arrays) > 1
         else:
@@ -130,6 +225,7 @@ def open_tiff(path: Path) -> Pyramid:
         geotransform=geotransform,
         built_lazily=built_lazily,
         metadata=geo_meta,
+        views=tuple(views),
     )
 
 

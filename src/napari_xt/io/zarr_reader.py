@@ -65,7 +65,7 @@ def _open_single_array(path: Path, array: zarr.Array, axes: str | None = None) -
     check_not_empty(array.shape, path)
     axes = axes or guess_axes(array.shape, path)
     level0, view = _lazy(path, array, axes)
-    levels = build_lazy_levels(level0, view)
+    levels, views = build_lazy_levels(level0, view)
     return Pyramid(
         levels=tuple(levels),
         downsample=lazy_pyramid_downsample(levels),
@@ -73,6 +73,7 @@ def _open_single_array(path: Path, array: zarr.Array, axes: str | None = None) -
         source=str(path),
         format="zarr array",
         built_lazily=len(levels) > 1,
+        views=tuple(views),
     )
 
 
@@ -112,7 +113,7 @@ def _open_ome_multiscale(path: Path, group: zarr.Group, attrs: dict, multiscale:
             scale = [a * b for a, b in zip(scale, global_scale)]
         scales.append(scale)
     axes = axes or guess_axes(arrays[0].shape, path)
-    levels = [_lazy(path, array, axes)[0] for array in arrays]
+    levels, views = zip(*(_lazy(path, array, axes) for array in arrays))
     check_levels_agree(levels, path)
     iy, ix = axes.index("y"), axes.index("x")
     if all(s is not None for s in scales):
@@ -137,6 +138,7 @@ def _open_ome_multiscale(path: Path, group: zarr.Group, attrs: dict, multiscale:
         signature=_signature(path, levels),
         source=str(path),
         format=f"OME-Zarr {version}",
+        views=views,
     )
 
 
@@ -156,7 +158,7 @@ def _open_plain_group(path: Path, group: zarr.Group) -> Pyramid:
         check_dtype(array.dtype, path)
         check_not_empty(array.shape, path)
     axes = guess_axes(arrays[0].shape, path)
-    levels = [_lazy(path, array, axes)[0] for array in arrays]
+    levels, views = zip(*(_lazy(path, array, axes) for array in arrays))
     check_levels_agree(levels, path)
     return Pyramid(
         levels=tuple(levels),
@@ -164,4 +166,5 @@ def _open_plain_group(path: Path, group: zarr.Group) -> Pyramid:
         signature=_signature(path, levels),
         source=str(path),
         format="zarr multiscale group",
+        views=views,
     )
