@@ -8,7 +8,7 @@ import pytest
 import scipy.ndimage as ndi
 import shapely
 
-from napari_xt.engine.polygons import MissingGeoExtra, polygons, to_level0
+from napari_xt.engine.polygons import MissingGeoExtra, polygon_batches, polygons, to_level0
 
 
 def blobs(height=300, width=410, seed=0) -> np.ndarray:
@@ -80,6 +80,21 @@ def test_polygons_reach_level0_pixel_corners():
     labels[2:4, 1:3] = 1
     (item,) = polygons(labels, 2, simplify=0)
     assert to_level0(item.geometry, (4.0, 2.0)).bounds == (2.0, 8.0, 6.0, 16.0)  # x by 2, y by 4
+
+
+def test_batches_hold_the_same_polygons_as_arrays_scaled_together():
+    labels = blobs()
+    batches = list(polygon_batches(labels, 4, tile=64))
+    assert len(batches) > 1
+    classes = np.concatenate([c for c, _ in batches])
+    geometries = np.concatenate([g for _, g in batches])
+    assert geometries.dtype == object and len(classes) == len(geometries)
+    one_by_one = list(polygons(labels, 4, tile=64))
+    assert classes.tolist() == [p.label for p in one_by_one]
+    assert all(a.equals(b.geometry) for a, b in zip(geometries, one_by_one))
+    scaled = to_level0(geometries, (4.0, 2.0))
+    np.testing.assert_allclose(shapely.area(scaled), 8 * shapely.area(geometries))
+    assert to_level0(geometries, (1.0, 1.0)) is geometries
 
 
 def test_without_the_geo_extra_the_error_says_what_to_install(monkeypatch):

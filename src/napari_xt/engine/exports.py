@@ -237,7 +237,7 @@ def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, fram
     import shapely
 
     from napari_xt.engine.georef import GeoJSONWriter, GeoPackageLayer
-    from napari_xt.engine.polygons import polygons, to_level0
+    from napari_xt.engine.polygons import polygon_batches, to_level0
 
     names = list(spec["segmentation_classes"])
     colours = spec.get("colours", {})
@@ -256,29 +256,23 @@ def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, fram
             frame.crs,
         )
         move = frame.to_wgs84()
+    properties = _qupath_annotation_properties(names, colours, units)
     try:
-        for item in polygons(labels, len(names)):
-            name = names[item.label]
-            level0 = to_level0(item.geometry, downsample)
-            qupath.add(
-                level0,
-                {
-                    "objectType": "annotation",
-                    "classification": {"name": name, "color": hex_to_rgb(colours.get(name, "#808080"))},
-                    "isLocked": False,
-                    "measurements": {
-                        units.area_name: units.area(float(level0.area)),
-                        units.perimeter_name: units.length(float(level0.length)),
-                    },
-                },
-            )
-            if frame is not None:
-                on_map = frame.geometry(level0)
+        for classes, geometries in polygon_batches(labels, len(names)):
+            level0 = to_level0(geometries, downsample)
+            areas = units.area(shapely.area(level0)).tolist()
+            perimeters = units.length(shapely.length(level0)).tolist()
+            qupath.add_texts(shapely.to_geojson(level0), list(map(properties, classes.tolist(), areas, perimeters)))
+            if frame is None:
+                continue
+            for label, geometry in zip(classes.tolist(), level0):
+                name = names[label]
+                on_map = frame.geometry(geometry)
                 gpkg.add(
                     on_map,
                     **{
                         "class": name,
-                        "class_index": item.label,
+                        "class_index": label,
                         frame.area_field: float(on_map.area),
                         frame.perimeter_field: float(on_map.length),
                     },
@@ -297,6 +291,23 @@ def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, fram
         wgs84.close()
         files.append("segmentation.wgs84.geojson")
     return files
+
+
+def _qupath_annotation_properties(names: list[str], colours: dict, units: ExportUnits):
+    """``properties(class_index, area, perimeter)`` → the JSON text of a QuPath annotation's properties (the
+    class part written once per class, not once per polygon)."""
+    heads = [
+        '{"objectType": "annotation", "classification": '
+        + json.dumps({"name": name, "color": hex_to_rgb(colours.get(name, "#808080"))})
+        + ', "isLocked": false, "measurements": {'
+        for name in names
+    ]
+    area, perimeter = json.dumps(units.area_name), json.dumps(units.perimeter_name)
+
+    def properties(label: int, area_value: float, perimeter_value: float) -> str:
+        return f"{heads[label]}{area}: {json.dumps(area_value)}, {perimeter}: {json.dumps(perimeter_value)}}}}}"
+
+    return properties
 
 
 def _export_map(run_dir: Path, spec: dict, labels, detections: DetectionTable, frame) -> list:

@@ -121,13 +121,20 @@ class GeoJSONWriter:
     def add(self, geometry, properties: dict) -> None:
         import shapely
 
-        # the geometry as GEOS writes it, not parsed and written again
-        feature = (
-            f'{{"type": "Feature", "geometry": {shapely.to_geojson(geometry)}, "properties": {json.dumps(properties)}}}'
+        self.add_texts([shapely.to_geojson(geometry)], [json.dumps(properties)])
+
+    def add_texts(self, geometries, properties) -> None:
+        """Features from the GeoJSON texts of their geometries (as GEOS writes them, not parsed and written
+        again) and of their properties."""
+        if not len(geometries):
+            return
+        features = ",\n".join(
+            f'{{"type": "Feature", "geometry": {geometry}, "properties": {values}}}'
+            for geometry, values in zip(geometries, properties)
         )
-        self._handle.write(("" if self._first else ",\n") + feature)
+        self._handle.write(("" if self._first else ",\n") + features)
         self._first = False
-        self.count += 1
+        self.count += len(geometries)
 
     def close(self) -> None:
         self._handle.write("\n]}\n")

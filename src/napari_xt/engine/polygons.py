@@ -60,6 +60,16 @@ def polygons(
         simplify: Douglas–Peucker tolerance in analysis pixels (topology kept); the default 0.75 removes the
             one-pixel staircases (their corners lie 0.71 px off the edge), 0 keeps the pixel edges.
     """
+    for classes_of, geometries in polygon_batches(labels, classes, tile, simplify):
+        for label, geometry in zip(classes_of.tolist(), geometries):
+            yield ClassPolygon(label, geometry)
+
+
+def polygon_batches(
+    labels, classes: int | list[int], tile: int = DEFAULT_TILE, simplify: float = 0.75
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``polygons`` as they are finished, a tile's (or a tile row's merged components) at a time: their classes
+    (int array) and Polygons (object array), for callers that measure and write them as arrays."""
     require_geo()
     wanted = np.array(list(range(1, classes)) if isinstance(classes, int) else classes, dtype=np.int64)
     height, width = labels.shape
@@ -90,14 +100,22 @@ def polygons(
                 else:
                     done_classes.append(pieces.class_of(piece_id))
                     done.append(geometry)
-            for label, geometry in zip(done_classes, simplified(done, simplify)):
-                yield ClassPolygon(label, geometry)
+            if done:
+                yield np.asarray(done_classes, dtype=np.int64), _objects(simplified(done, simplify))
         still_open = pieces.roots(below) if y1 < height else set()
         closed = list(pieces.close_all_but(still_open))
         pieces.forget_all_but(below)
-        for (label, _), geometry in zip(closed, simplified([g for _, g in closed], simplify)):
-            yield ClassPolygon(label, geometry)
+        if closed:
+            closed_classes = np.asarray([label for label, _ in closed], dtype=np.int64)
+            yield closed_classes, _objects(simplified([g for _, g in closed], simplify))
         above = below
+
+
+def _objects(items: list) -> np.ndarray:
+    """A list as a 1-D object array (``np.asarray`` would try to unpack the geometries)."""
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
 
 
 class _Pieces:
@@ -259,10 +277,13 @@ def simplified(geometries: list, tolerance: float) -> list:
 
 
 def to_level0(geometry, downsample: tuple[float, float]):
-    """Analysis-pixel corners → level-0 pixel corners (``downsample`` is ``(dy, dx)``)."""
+    """Analysis-pixel corners → level-0 pixel corners (``downsample`` is ``(dy, dx)``); a geometry or an array
+    of them. At a downsample of 1 the geometries are returned as they are."""
     import shapely
 
     dy, dx = float(downsample[0]), float(downsample[1])
+    if dy == 1.0 and dx == 1.0:
+        return geometry
     return shapely.transform(geometry, lambda xy: xy * np.array([dx, dy]))
 
 
