@@ -7,8 +7,8 @@ For each slide size (pyramidal JPEG OME-TIFFs at 0.5 µm written by the shared T
    256², XL context, light UNet) over the same regions, pixels already in memory, the same torch threads:
    encode every region (batches of 8), the context over all of them, decode every region. Only that is timed.
 2. **predict**, as a user runs it: ``napari-xt predict SLIDE --checkpoint … --out …`` from process start to exit,
-   in variants: token cache off; cache on (cold); and without segmentation polygons. Its per-stage timings
-   (``summary.json``) and the start-up (process wall time minus the run's own total) are recorded.
+   in variants: token cache off; cache on (cold); and each of those without segmentation polygons. Its per-stage
+   timings (``summary.json``) and the start-up (process wall time minus the run's own total) are recorded.
 3. with ``--peer DIR`` (the harness installed in a scratch folder as its README says): TIAToolbox's
    SemanticSegmentor over the same slide (``peer_tiatoolbox.py``) and its own bare model (``bare_model.py``).
 
@@ -37,6 +37,7 @@ from _common import in_fresh_process, write_results
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = ROOT.parent / "shared" / "peers" / "tiatoolbox"
 BATCH = 8
+VARIANTS = ("predict_no_cache", "predict_cold_cache", "predict_cold_cache_no_polygons", "predict_no_polygons")
 
 
 def _checkpoint(folder: Path) -> Path:
@@ -179,18 +180,20 @@ def main() -> None:
         shutil.rmtree(cache, ignore_errors=True)
         os.environ["NAPARI_XT_CACHE"] = str(cache)
         row["predict_cold_cache"] = _predict(slide, checkpoint, folder / "runs-b")
+        shutil.rmtree(cache, ignore_errors=True)
+        row["predict_cold_cache_no_polygons"] = _predict(slide, checkpoint, folder / "runs-d", "--no-polygons")
         os.environ.pop("NAPARI_XT_CACHE")
         row["predict_no_polygons"] = _predict(slide, checkpoint, folder / "runs-c", "--no-cache", "--no-polygons")
         row["bare_after"] = in_fresh_process(_bare_job, str(slide), str(checkpoint), args.threads)
         if args.peer:
             row["tiatoolbox"] = _peer(args.peer, slide, row["bare"]["regions"])
         bare = (row["bare"]["seconds"] + row["bare_after"]["seconds"]) / 2
-        for key in ("predict_no_cache", "predict_cold_cache", "predict_no_polygons"):
+        for key in VARIANTS:
             row[key]["ratio_to_bare"] = bare / row[key]["wall"]
         rows.append(row)
         n = row["bare"]["regions"]
         print(f"\n{size}² slide, {n} regions of 256²: bare model {bare:.1f} s ({n / bare:.1f} regions/s)")
-        for key in ("predict_no_cache", "predict_cold_cache", "predict_no_polygons"):
+        for key in VARIANTS:
             r = row[key]
             stages = {k: v for k, v in r["timings"].items() if isinstance(v, float) and v >= 0.5 and k != "total"}
             print(
@@ -204,7 +207,7 @@ def main() -> None:
                 f"  TIAToolbox           {t['wall']:6.1f} s process ({n / t['wall']:.1f} patches/s), "
                 f"peak RSS {t['peak_rss_gb']} GB; its bare model {t['bare_patches_per_s']} patches/s"
             )
-            for key in ("predict_no_cache", "predict_no_polygons"):
+            for key in VARIANTS:
                 print(f"  napari-xt ({key}) vs TIAToolbox whole run: {t['wall'] / row[key]['wall']:.2f}×")
     write_results("predict", {"folder": str(folder), "rows": rows})
 
