@@ -82,6 +82,16 @@ def test_polygons_reach_level0_pixel_corners():
     assert to_level0(item.geometry, (4.0, 2.0)).bounds == (2.0, 8.0, 6.0, 16.0)  # x by 2, y by 4
 
 
+def test_tiles_traced_in_worker_threads_give_the_same_polygons_in_the_same_order():
+    labels = blobs(seed=3)
+    alone = list(polygon_batches(labels, 4, tile=48, workers=0))
+    threaded = list(polygon_batches(labels, 4, tile=48, workers=3))
+    assert len(alone) == len(threaded) > 10
+    for (classes_a, geometries_a), (classes_b, geometries_b) in zip(alone, threaded):
+        assert classes_a.tolist() == classes_b.tolist()
+        assert shapely.equals_exact(geometries_a, geometries_b).all()
+
+
 def test_batches_hold_the_same_polygons_as_arrays_scaled_together():
     labels = blobs()
     batches = list(polygon_batches(labels, 4, tile=64))

@@ -6,7 +6,9 @@ traces each 4-connected component of a class along its pixel edges. A piece that
 tile shares with a neighbour is complete and leaves at once. Pieces that do are merged with ``shapely`` along
 one row of tiles, and a merged component leaves as soon as it no longer reaches the row's lower border; only
 components that cross that border are kept for the next row. Memory is one row of border pieces, plus the
-components that are still growing downwards.
+components that are still growing downwards, plus the few tiles that worker threads read, label and trace ahead
+of the merging (each tile on its own, with local ids; the merging gives them global ids in tile order, so the
+polygons are the same whatever the number of workers).
 
 Coordinates are analysis-level pixel corners, ``(x, y)``: the top-left corner of the top-left analysis pixel is
 ``(0, 0)``. ``to_level0`` scales them to level-0 pixel corners, the convention QuPath uses.
@@ -16,7 +18,10 @@ Needs the ``geo`` extra (rasterio, shapely).
 
 from __future__ import annotations
 
+import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,49 +71,59 @@ def polygons(
 
 
 def polygon_batches(
-    labels, classes: int | list[int], tile: int = DEFAULT_TILE, simplify: float = 0.75
+    labels, classes: int | list[int], tile: int = DEFAULT_TILE, simplify: float = 0.75, workers: int | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``polygons`` as they are finished, a tile's (or a tile row's merged components) at a time: their classes
-    (int array) and Polygons (object array), for callers that measure and write them as arrays."""
+    (int array) and Polygons (object array), for callers that measure and write them as arrays.
+
+    ``workers``: threads that read, label and trace the tiles ahead of the merging, which runs in this thread
+    (default: one per CPU, at most 4; 0 traces in this thread). The result does not depend on it.
+    """
     require_geo()
     wanted = np.array(list(range(1, classes)) if isinstance(classes, int) else classes, dtype=np.int64)
     height, width = labels.shape
+    tiles = [
+        (y0, min(y0 + tile, height), x0, min(x0 + tile, width))
+        for y0 in range(0, height, tile)
+        for x0 in range(0, width, tile)
+    ]
     pieces = _Pieces()
     above = np.zeros(width, dtype=np.int64)  # component ids along the last pixel row of the previous tile row
-    for y0 in range(0, height, tile):
-        y1 = min(y0 + tile, height)
-        below = np.zeros(width, dtype=np.int64)
-        left = None  # ids along the last column of the previous tile in this row
-        for x0 in range(0, width, tile):
-            x1 = min(x0 + tile, width)
-            ids = pieces.label(np.asarray(labels[y0:y1, x0:x1]), wanted)
-            if left is not None:
-                pieces.join(left, ids[:, 0])
-            if y0 > 0:
-                pieces.join(above[x0:x1], ids[0, :])
-            left = ids[:, -1]
-            below[x0:x1] = ids[-1, :]
-            edges = [ids[:, 0]] if x0 > 0 else []
-            edges += [ids[:, -1]] if x1 < width else []
-            edges += [ids[0, :]] if y0 > 0 else []
-            edges += [ids[-1, :]] if y1 < height else []
-            on_border = set(np.unique(np.concatenate(edges)).tolist()) if edges else set()
-            done_classes, done = [], []
-            for piece_id, geometry in _tile_pieces(ids, y0, x0):
-                if piece_id in on_border:
-                    pieces.keep(piece_id, geometry)
-                else:
-                    done_classes.append(pieces.class_of(piece_id))
-                    done.append(geometry)
-            if done:
-                yield np.asarray(done_classes, dtype=np.int64), _objects(simplified(done, simplify))
-        still_open = pieces.roots(below) if y1 < height else set()
+    below = np.zeros(width, dtype=np.int64)
+    left = None  # ids along the last column of the previous tile in this row
+    for traced in _traced_in_order(labels, wanted, tiles, workers):
+        y0, y1, x0, x1 = traced.box
+        top, bottom, first, last = pieces.add(traced)  # the tile's edges, in global ids
+        if x0 > 0:
+            pieces.join(left, first)
+        if y0 > 0:
+            pieces.join(above[x0:x1], top)
+        left = last
+        below[x0:x1] = bottom
+        edges = [first] if x0 > 0 else []
+        edges += [last] if x1 < width else []
+        edges += [top] if y0 > 0 else []
+        edges += [bottom] if y1 < height else []
+        on_border = set(np.unique(np.concatenate(edges)).tolist()) if edges else set()
+        done_classes, done = [], []
+        for local_id, geometry in traced.pieces:
+            piece_id = local_id + traced.base
+            if piece_id in on_border:
+                pieces.keep(piece_id, geometry)
+            else:
+                done_classes.append(traced.classes[local_id])
+                done.append(geometry)
+        if done:
+            yield np.asarray(done_classes, dtype=np.int64), _objects(simplified(done, simplify))
+        if x1 < width:
+            continue
+        still_open = pieces.roots(below) if y1 < height else set()  # the tile row is complete
         closed = list(pieces.close_all_but(still_open))
         pieces.forget_all_but(below)
         if closed:
             closed_classes = np.asarray([label for label, _ in closed], dtype=np.int64)
             yield closed_classes, _objects(simplified([g for _, g in closed], simplify))
-        above = below
+        above, below = below, np.zeros(width, dtype=np.int64)
 
 
 def _objects(items: list) -> np.ndarray:
@@ -118,9 +133,66 @@ def _objects(items: list) -> np.ndarray:
     return array
 
 
+@dataclass
+class _TracedTile:
+    """One tile's components, labelled and traced without regard to other tiles: local ids from 1, the class of
+    each (``classes[0]`` unused), the ids along the tile's four edges, and each component's Polygon."""
+
+    box: tuple[int, int, int, int]  # y0, y1, x0, x1
+    classes: np.ndarray
+    top: np.ndarray
+    bottom: np.ndarray
+    first: np.ndarray  # the tile's first column
+    last: np.ndarray  # its last column
+    pieces: list  # (local id, Polygon)
+    base: int = 0  # local id + base = global id, set when the tile joins the others
+
+
+def _trace(labels, wanted: np.ndarray, box: tuple[int, int, int, int]) -> _TracedTile:
+    y0, y1, x0, x1 = box
+    ids, classes = _label(np.asarray(labels[y0:y1, x0:x1]), wanted)
+    edges = ids[0, :], ids[-1, :], ids[:, 0], ids[:, -1]
+    return _TracedTile(box, classes, *(edge.copy() for edge in edges), _tile_pieces(ids, y0, x0))
+
+
+def _traced_in_order(labels, wanted: np.ndarray, tiles: list, workers: int | None) -> Iterator[_TracedTile]:
+    """``_trace`` of each tile, in order; with workers, a few tiles ahead in threads (scipy's labelling,
+    GDAL's tracing and GEOS release the GIL for most of their work)."""
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1)
+    if workers <= 0 or len(tiles) == 1:
+        for box in tiles:
+            yield _trace(labels, wanted, box)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        ahead = deque(pool.submit(_trace, labels, wanted, box) for box in tiles[: workers + 1])
+        for box in tiles[workers + 1 :]:
+            yield ahead.popleft().result()
+            ahead.append(pool.submit(_trace, labels, wanted, box))
+        while ahead:
+            yield ahead.popleft().result()
+
+
+def _label(block: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Local ids (1, 2, …; 0 elsewhere) of the 4-connected components of each wanted class in ``block``, and
+    the class of each id."""
+    from scipy import ndimage
+
+    ids = np.zeros(block.shape, dtype=np.int32)
+    components = np.empty(block.shape, dtype=np.int32)
+    classes = [np.zeros(1, dtype=np.int64)]
+    count = 0
+    for label in np.intersect1d(np.unique(block), wanted):
+        n = ndimage.label(block == label, output=components)
+        np.add(components, count, out=ids, where=components > 0)  # classes never share a pixel
+        classes.append(np.full(n, label, dtype=np.int64))
+        count += n
+    return ids, np.concatenate(classes)
+
+
 class _Pieces:
-    """Component ids of tiles, the classes they belong to, which ids meet across tile borders (union–find),
-    and the border pieces still waiting for the rest of their component."""
+    """Which components meet across tile borders (union–find over global ids), the classes of those on tile
+    borders, and the border pieces still waiting for the rest of their component."""
 
     def __init__(self):
         self._parent: dict[int, int] = {}
@@ -128,21 +200,19 @@ class _Pieces:
         self._kept: dict[int, list] = {}
         self._next = 1
 
-    def label(self, block: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-        """Global ids (> 0) of the 4-connected components of each wanted class in ``block``; 0 elsewhere."""
-        from scipy import ndimage
-
-        ids = np.zeros(block.shape, dtype=np.int64)
-        components = np.empty(block.shape, dtype=np.int32)
-        for label in np.intersect1d(np.unique(block), wanted):
-            n = ndimage.label(block == label, output=components)
-            np.add(components, self._next - 1, out=ids, where=components > 0)  # classes never share a pixel
-            self._class.update(dict.fromkeys(range(self._next, self._next + n), int(label)))
-            self._next += n
-        return ids
-
-    def class_of(self, piece_id: int) -> int:
-        return self._class[piece_id]
+    def add(self, tile: _TracedTile) -> tuple[np.ndarray, ...]:
+        """Give ``tile``'s components global ids (``tile.base``); returns its edges (top, bottom, first and
+        last column) in global ids, whose classes are now known here."""
+        tile.base = self._next - 1
+        self._next += len(tile.classes) - 1
+        edges = tuple(
+            np.where(edge > 0, edge.astype(np.int64) + tile.base, 0)
+            for edge in (tile.top, tile.bottom, tile.first, tile.last)
+        )
+        local = np.unique(np.concatenate([tile.top, tile.bottom, tile.first, tile.last]))
+        local = local[local > 0]
+        self._class.update(zip((local + tile.base).tolist(), tile.classes[local].tolist()))
+        return edges
 
     def _find(self, i: int) -> int:
         root = i
@@ -209,28 +279,26 @@ def _merged(pieces: list):
     return shapely.Polygon(union.exterior, [*union.interiors, *holes])
 
 
-def _tile_pieces(ids: np.ndarray, y0: int, x0: int):
-    """``(id, Polygon)`` of every component in a tile, in analysis-pixel corner coordinates."""
+def _tile_pieces(ids: np.ndarray, y0: int, x0: int) -> list:
+    """``(id, Polygon)`` of every component of a tile's int32 ``ids`` (0: none), in analysis-pixel corner
+    coordinates."""
     import shapely
     from rasterio.features import shapes
     from rasterio.transform import Affine
 
     if not ids.any():
-        return
+        return []
     transform = Affine(1.0, 0.0, float(x0), 0.0, 1.0, float(y0))
-    inside = ids > 0
-    base = int(ids[inside].min()) - 1  # a tile's ids are consecutive: local ids fit GDAL's int32
-    local = np.where(inside, ids - base, 0).astype(np.int32)
     values, points, ring_of, polygon_of = [], [], [], []
-    for geometry, value in shapes(local, mask=inside, connectivity=4, transform=transform):
+    for geometry, value in shapes(ids, mask=ids > 0, connectivity=4, transform=transform):
         for ring in geometry["coordinates"]:  # the shell first, then the holes
             points.extend(ring)
             ring_of.append(len(ring))
             polygon_of.append(len(values))
-        values.append(int(value) + base)
+        values.append(int(value))
     # one conversion per tile: building each ring and polygon alone cost more than GDAL's tracing
     rings = shapely.linearrings(np.array(points, dtype=np.float64), indices=np.repeat(np.arange(len(ring_of)), ring_of))
-    yield from zip(values, shapely.polygons(rings, indices=np.asarray(polygon_of)).tolist())
+    return list(zip(values, shapely.polygons(rings, indices=np.asarray(polygon_of)).tolist()))
 
 
 def _components(geometry) -> list:
