@@ -82,7 +82,7 @@ def test_polygons_reach_level0_pixel_corners():
     assert to_level0(item.geometry, (4.0, 2.0)).bounds == (2.0, 8.0, 6.0, 16.0)  # x by 2, y by 4
 
 
-def test_tiles_traced_in_worker_threads_give_the_same_polygons_in_the_same_order():
+def test_tiles_labelled_in_worker_threads_give_the_same_polygons_in_the_same_order():
     labels = blobs(seed=3)
     alone = list(polygon_batches(labels, 4, tile=48, workers=0))
     threaded = list(polygon_batches(labels, 4, tile=48, workers=3))

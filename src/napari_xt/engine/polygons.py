@@ -6,9 +6,9 @@ traces each 4-connected component of a class along its pixel edges. A piece that
 tile shares with a neighbour is complete and leaves at once. Pieces that do are merged with ``shapely`` along
 one row of tiles, and a merged component leaves as soon as it no longer reaches the row's lower border; only
 components that cross that border are kept for the next row. Memory is one row of border pieces, plus the
-components that are still growing downwards, plus the few tiles that worker threads read, label and trace ahead
-of the merging (each tile on its own, with local ids; the merging gives them global ids in tile order, so the
-polygons are the same whatever the number of workers).
+components that are still growing downwards, plus the tile that a worker thread reads and labels ahead of the
+tracing (with local ids; the merging gives them global ids in tile order, so the polygons are the same with or
+without the worker).
 
 Coordinates are analysis-level pixel corners, ``(x, y)``: the top-left corner of the top-left analysis pixel is
 ``(0, 0)``. ``to_level0`` scales them to level-0 pixel corners, the convention QuPath uses.
@@ -18,7 +18,6 @@ Needs the ``geo`` extra (rasterio, shapely).
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -76,9 +75,8 @@ def polygon_batches(
     """``polygons`` as they are finished, a tile's (or a tile row's merged components) at a time: their classes
     (int array) and Polygons (object array), for callers that measure and write them as arrays.
 
-    ``workers``: threads that read, label and trace the tiles ahead of the merging, which runs in this thread
-    (default: two, one where there is one CPU; 0 traces in this thread). The result does not depend on it. More
-    workers would hold more speckle tiles' polygons at once and gain little: the tracing holds the GIL.
+    ``workers``: threads that read and label the tiles ahead of the tracing and merging, which run in this
+    thread (default: one; 0 labels here too). The result does not depend on it.
     """
     require_geo()
     wanted = np.array(list(range(1, classes)) if isinstance(classes, int) else classes, dtype=np.int64)
@@ -92,27 +90,26 @@ def polygon_batches(
     above = np.zeros(width, dtype=np.int64)  # component ids along the last pixel row of the previous tile row
     below = np.zeros(width, dtype=np.int64)
     left = None  # ids along the last column of the previous tile in this row
-    for traced in _traced_in_order(labels, wanted, tiles, workers):
-        y0, y1, x0, x1 = traced.box
-        top, bottom, first, last = pieces.add(traced)  # the tile's edges, in global ids
+    for (y0, y1, x0, x1), local, local_classes in _labelled_in_order(labels, wanted, tiles, workers):
+        ids, base = pieces.add(local, local_classes)  # global ids: local ids + base
         if x0 > 0:
-            pieces.join(left, first)
+            pieces.join(left, ids[:, 0])
         if y0 > 0:
-            pieces.join(above[x0:x1], top)
-        left = last
-        below[x0:x1] = bottom
-        edges = [first] if x0 > 0 else []
-        edges += [last] if x1 < width else []
-        edges += [top] if y0 > 0 else []
-        edges += [bottom] if y1 < height else []
+            pieces.join(above[x0:x1], ids[0, :])
+        left = ids[:, -1]
+        below[x0:x1] = ids[-1, :]
+        edges = [local[:, 0]] if x0 > 0 else []
+        edges += [local[:, -1]] if x1 < width else []
+        edges += [local[0, :]] if y0 > 0 else []
+        edges += [local[-1, :]] if y1 < height else []
         on_border = set(np.unique(np.concatenate(edges)).tolist()) if edges else set()
+        class_of = local_classes.tolist()
         done_classes, done = [], []
-        for local_id, geometry in traced.pieces:
-            piece_id = local_id + traced.base
-            if piece_id in on_border:
-                pieces.keep(piece_id, geometry)
+        for local_id, geometry in _tile_pieces(local, y0, x0):
+            if local_id in on_border:
+                pieces.keep(local_id + base, geometry)
             else:
-                done_classes.append(traced.classes[local_id])
+                done_classes.append(class_of[local_id])
                 done.append(geometry)
         if done:
             yield np.asarray(done_classes, dtype=np.int64), _objects(simplified(done, simplify))
@@ -134,50 +131,33 @@ def _objects(items: list) -> np.ndarray:
     return array
 
 
-@dataclass
-class _TracedTile:
-    """One tile's components, labelled and traced without regard to other tiles: local ids from 1, the class of
-    each (``classes[0]`` unused), the ids along the tile's four edges, and each component's Polygon."""
-
-    box: tuple[int, int, int, int]  # y0, y1, x0, x1
-    classes: np.ndarray
-    top: np.ndarray
-    bottom: np.ndarray
-    first: np.ndarray  # the tile's first column
-    last: np.ndarray  # its last column
-    pieces: list  # (local id, Polygon)
-    base: int = 0  # local id + base = global id, set when the tile joins the others
-
-
-def _trace(labels, wanted: np.ndarray, box: tuple[int, int, int, int]) -> _TracedTile:
+def _labelled(labels, wanted: np.ndarray, box: tuple[int, int, int, int]):
     y0, y1, x0, x1 = box
-    ids, classes = _label(np.asarray(labels[y0:y1, x0:x1]), wanted)
-    edges = ids[0, :], ids[-1, :], ids[:, 0], ids[:, -1]
-    return _TracedTile(box, classes, *(edge.copy() for edge in edges), _tile_pieces(ids, y0, x0))
+    return (box, *_label(np.asarray(labels[y0:y1, x0:x1]), wanted))
 
 
-def _traced_in_order(labels, wanted: np.ndarray, tiles: list, workers: int | None) -> Iterator[_TracedTile]:
-    """``_trace`` of each tile, in order; with workers, a few tiles ahead in threads. Reading and labelling run
-    outside the GIL (eight 2,048² speckle tiles: 1.06 s alone, 0.50 s on two threads); tracing mostly does not
-    (rasterio builds each ring as Python tuples: 1.27 → 1.14 s), so it overlaps with the merging's GEOS work."""
-    if workers is None:
-        workers = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+def _labelled_in_order(labels, wanted: np.ndarray, tiles: list, workers: int | None) -> Iterator[tuple]:
+    """``(box, local ids, class of each id)`` of each tile, in order; with workers, read and labelled a tile
+    ahead in threads. Reading and labelling run outside the GIL (eight 2,048² speckle tiles: 1.06 s alone,
+    0.50 s on two threads) and a tile's ids are 16 MB; the tracing is kept in one thread: it holds the GIL
+    (1.27 → 1.14 s) and a speckle tile's polygons ahead would cost hundreds of MB."""
+    workers = 1 if workers is None else workers
     if workers <= 0 or len(tiles) == 1:
         for box in tiles:
-            yield _trace(labels, wanted, box)
+            yield _labelled(labels, wanted, box)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        ahead = deque(pool.submit(_trace, labels, wanted, box) for box in tiles[: workers + 1])
-        for box in tiles[workers + 1 :]:
+        ahead = deque(pool.submit(_labelled, labels, wanted, box) for box in tiles[:workers])
+        for box in tiles[workers:]:
             yield ahead.popleft().result()
-            ahead.append(pool.submit(_trace, labels, wanted, box))
+            ahead.append(pool.submit(_labelled, labels, wanted, box))
         while ahead:
             yield ahead.popleft().result()
 
 
 def _label(block: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Local ids (1, 2, …; 0 elsewhere) of the 4-connected components of each wanted class in ``block``, and
-    the class of each id."""
+    the class of each id (``[0]`` unused)."""
     from scipy import ndimage
 
     ids = np.zeros(block.shape, dtype=np.int32)
@@ -202,19 +182,16 @@ class _Pieces:
         self._kept: dict[int, list] = {}
         self._next = 1
 
-    def add(self, tile: _TracedTile) -> tuple[np.ndarray, ...]:
-        """Give ``tile``'s components global ids (``tile.base``); returns its edges (top, bottom, first and
-        last column) in global ids, whose classes are now known here."""
-        tile.base = self._next - 1
-        self._next += len(tile.classes) - 1
-        edges = tuple(
-            np.where(edge > 0, edge.astype(np.int64) + tile.base, 0)
-            for edge in (tile.top, tile.bottom, tile.first, tile.last)
-        )
-        local = np.unique(np.concatenate([tile.top, tile.bottom, tile.first, tile.last]))
-        local = local[local > 0]
-        self._class.update(zip((local + tile.base).tolist(), tile.classes[local].tolist()))
-        return edges
+    def add(self, local: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, int]:
+        """A tile's global ids (``local + base``; 0 stays 0) and ``base``, from its local ids and their
+        ``classes``; the classes of the ids on its edges, which other tiles may join, are kept here."""
+        base = self._next - 1
+        self._next += len(classes) - 1
+        ids = np.where(local > 0, local.astype(np.int64) + base, 0)
+        edge = np.unique(np.concatenate([local[0, :], local[-1, :], local[:, 0], local[:, -1]]))
+        edge = edge[edge > 0]
+        self._class.update(zip((edge + base).tolist(), classes[edge].tolist()))
+        return ids, base
 
     def _find(self, i: int) -> int:
         root = i
@@ -281,7 +258,7 @@ def _merged(pieces: list):
     return shapely.Polygon(union.exterior, [*union.interiors, *holes])
 
 
-def _tile_pieces(ids: np.ndarray, y0: int, x0: int) -> list:
+def _tile_pieces(ids: np.ndarray, y0: int, x0: int) -> Iterator[tuple[int, object]]:
     """``(id, Polygon)`` of every component of a tile's int32 ``ids`` (0: none), in analysis-pixel corner
     coordinates."""
     import shapely
@@ -289,7 +266,7 @@ def _tile_pieces(ids: np.ndarray, y0: int, x0: int) -> list:
     from rasterio.transform import Affine
 
     if not ids.any():
-        return []
+        return
     transform = Affine(1.0, 0.0, float(x0), 0.0, 1.0, float(y0))
     values, points, ring_of, polygon_of = [], [], [], []
     for geometry, value in shapes(ids, mask=ids > 0, connectivity=4, transform=transform):
@@ -300,7 +277,7 @@ def _tile_pieces(ids: np.ndarray, y0: int, x0: int) -> list:
         values.append(int(value))
     # one conversion per tile: building each ring and polygon alone cost more than GDAL's tracing
     rings = shapely.linearrings(np.array(points, dtype=np.float64), indices=np.repeat(np.arange(len(ring_of)), ring_of))
-    return list(zip(values, shapely.polygons(rings, indices=np.asarray(polygon_of)).tolist()))
+    yield from zip(values, shapely.polygons(rings, indices=np.asarray(polygon_of)).tolist())
 
 
 def _components(geometry) -> list:
