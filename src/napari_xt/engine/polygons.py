@@ -91,13 +91,13 @@ def polygon_batches(
     below = np.zeros(width, dtype=np.int64)
     left = None  # ids along the last column of the previous tile in this row
     for (y0, y1, x0, x1), local, local_classes in _labelled_in_order(labels, wanted, tiles, workers):
-        ids, base = pieces.add(local, local_classes)  # global ids: local ids + base
+        base = pieces.add(local, local_classes)  # global id = local id + base
         if x0 > 0:
-            pieces.join(left, ids[:, 0])
+            pieces.join(left, _global(local[:, 0], base))
         if y0 > 0:
-            pieces.join(above[x0:x1], ids[0, :])
-        left = ids[:, -1]
-        below[x0:x1] = ids[-1, :]
+            pieces.join(above[x0:x1], _global(local[0, :], base))
+        left = _global(local[:, -1], base)
+        below[x0:x1] = _global(local[-1, :], base)
         edges = [local[:, 0]] if x0 > 0 else []
         edges += [local[:, -1]] if x1 < width else []
         edges += [local[0, :]] if y0 > 0 else []
@@ -122,6 +122,11 @@ def polygon_batches(
             closed_classes = np.asarray([label for label, _ in closed], dtype=np.int64)
             yield closed_classes, _objects(simplified([g for _, g in closed], simplify))
         above, below = below, np.zeros(width, dtype=np.int64)
+
+
+def _global(edge: np.ndarray, base: int) -> np.ndarray:
+    """A tile's local ids along one edge as global ids (0 stays 0)."""
+    return np.where(edge > 0, edge.astype(np.int64) + base, 0)
 
 
 def _objects(items: list) -> np.ndarray:
@@ -182,16 +187,15 @@ class _Pieces:
         self._kept: dict[int, list] = {}
         self._next = 1
 
-    def add(self, local: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, int]:
-        """A tile's global ids (``local + base``; 0 stays 0) and ``base``, from its local ids and their
-        ``classes``; the classes of the ids on its edges, which other tiles may join, are kept here."""
+    def add(self, local: np.ndarray, classes: np.ndarray) -> int:
+        """Take a tile's components, its local ids and their ``classes``, and return ``base``: a global id is
+        its local id plus ``base``. The classes of the ids on its edges, which other tiles may join, are kept."""
         base = self._next - 1
         self._next += len(classes) - 1
-        ids = np.where(local > 0, local.astype(np.int64) + base, 0)
         edge = np.unique(np.concatenate([local[0, :], local[-1, :], local[:, 0], local[:, -1]]))
         edge = edge[edge > 0]
         self._class.update(zip((edge + base).tolist(), classes[edge].tolist()))
-        return ids, base
+        return base
 
     def _find(self, i: int) -> int:
         root = i
