@@ -92,6 +92,18 @@ def test_tiles_labelled_in_worker_threads_give_the_same_polygons_in_the_same_ord
         assert shapely.equals_exact(geometries_a, geometries_b).all()
 
 
+def test_vertices_packed_a_few_at_a_time_give_the_same_polygons(monkeypatch):
+    from napari_xt.engine import polygons as module
+
+    labels = blobs(seed=5)
+    whole = list(polygons(labels, 4, tile=1000, simplify=0))
+    monkeypatch.setattr(module, "_POINTS_AT_ONCE", 3)  # packed mid-polygon, mid-ring: nothing may shift
+    packed = list(polygons(labels, 4, tile=1000, simplify=0))
+    assert len(whole) == len(packed) > 50 and sum(len(p.geometry.interiors) for p in whole) > 0
+    assert [p.label for p in whole] == [p.label for p in packed]
+    assert all(a.geometry.wkb == b.geometry.wkb for a, b in zip(whole, packed))
+
+
 def test_batches_hold_the_same_polygons_as_arrays_scaled_together():
     labels = blobs()
     batches = list(polygon_batches(labels, 4, tile=64))
