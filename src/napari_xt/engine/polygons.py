@@ -415,8 +415,6 @@ def _valid_by_parts(polygon) -> bool:
     a part of the interior can only be cut off by a chain of holes from the shell back to it, all of which
     the second test has."""
     import shapely
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
 
     holes = np.asarray(polygon.interiors, dtype=object)
     x0, y0, x1, y1 = polygon.bounds
@@ -426,9 +424,11 @@ def _valid_by_parts(polygon) -> bool:
     shell = shapely.Polygon(polygon.exterior)
     shapely.prepare(shell)
     reaching = ~shapely.contains_properly(shell, holes)
-    if reaching.any():
-        a, b = shapely.STRtree(holes).query(holes, predicate="intersects")
-        graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(len(holes), len(holes)))
-        _, component = connected_components(graph, directed=False)
-        reaching = np.isin(component, component[reaching])
+    if reaching.any():  # grown from the reaching holes, a ring of touching holes at a time
+        tree = shapely.STRtree(holes)
+        frontier = np.flatnonzero(reaching)
+        while len(frontier):
+            _, touched = tree.query(holes[frontier], predicate="intersects")
+            frontier = np.unique(touched[~reaching[touched]])
+            reaching[frontier] = True
     return bool(shapely.is_valid(shapely.Polygon(polygon.exterior, holes[reaching])))
