@@ -6,9 +6,9 @@ traces each 4-connected component of a class along its pixel edges. A piece that
 tile shares with a neighbour is complete and leaves at once. Pieces that do are merged with ``shapely`` along
 one row of tiles, and a merged component leaves as soon as it no longer reaches the row's lower border; only
 components that cross that border are kept for the next row. Memory is one row of border pieces, plus the
-components that are still growing downwards, plus the tile that a worker thread reads and labels ahead of the
-tracing (with local ids; the merging gives them global ids in tile order, so the polygons are the same with or
-without the worker).
+components that are still growing downwards, plus the tile that a worker thread labels ahead of the tracing
+(with local ids; the merging gives them global ids in tile order, so the polygons are the same with or without
+the worker).
 
 Coordinates are analysis-level pixel corners, ``(x, y)``: the top-left corner of the top-left analysis pixel is
 ``(0, 0)``. ``to_level0`` scales them to level-0 pixel corners, the convention QuPath uses.
@@ -75,8 +75,8 @@ def polygon_batches(
     """``polygons`` as they are finished, a tile's (or a tile row's merged components) at a time: their classes
     (int array) and Polygons (object array), for callers that measure and write them as arrays.
 
-    ``workers``: threads that read and label the tiles ahead of the tracing and merging, which run in this
-    thread (default: one; 0 labels here too). The result does not depend on it.
+    ``workers``: threads that label the tiles ahead of the tracing and merging, which run in this thread with
+    the reading (default: one; 0 labels here too). The result does not depend on it.
     """
     require_geo()
     wanted = np.array(list(range(1, classes)) if isinstance(classes, int) else classes, dtype=np.int64)
