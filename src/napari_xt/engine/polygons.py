@@ -300,8 +300,8 @@ def _tile_pieces(ids: np.ndarray, y0: int, x0: int) -> Iterator[tuple[int, objec
     coordinates = np.concatenate(packed)
     del packed
     offsets = (_offsets(ring_sizes), _offsets(rings_per_polygon))
-    polygons = shapely.from_ragged_array(shapely.GeometryType.POLYGON, coordinates, offsets)
-    yield from zip(values.tolist(), polygons.tolist())
+    built = shapely.from_ragged_array(shapely.GeometryType.POLYGON, coordinates, offsets)
+    yield from zip(values.tolist(), built.tolist())
 
 
 _POINTS_AT_ONCE = 65_536
