@@ -197,3 +197,71 @@ def test_validity_by_parts_agrees_with_geos_on_polygons_of_many_holes():
     moved_valid = shapely.is_valid(cases[-1])
     assert 0 < moved_valid.sum() < len(moved_valid)  # both answers were tested on many holes
     assert max(len(g.interiors) for g in exact) > 50
+
+
+def speckle(seed=5) -> np.ndarray:
+    """An untrained model's map: one class percolates, with hundreds of holes of every small shape."""
+    return np.random.default_rng(seed).choice(3, size=(120, 160), p=[0.25, 0.1, 0.65]).astype(np.uint8)
+
+
+def test_kept_pieces_hold_their_holes_as_arrays_and_give_back_the_same_polygon():
+    from napari_xt.engine.polygons import _KeptPiece
+
+    traced = max((p.geometry for p in polygons(speckle(), 3, tile=1000, simplify=0)), key=lambda g: len(g.interiors))
+    off_grid = shapely.affinity.translate(traced, 0.5, 0.25)  # not whole pixel corners: kept as they are
+    for polygon, dtype in ((traced, np.int32), (off_grid, np.float64)):
+        piece = _KeptPiece.of(polygon)
+        assert not piece.outline.interiors and piece.outline.exterior.equals_exact(polygon.exterior, 0)
+        assert piece.vertices.dtype == dtype and piece.holes == len(polygon.interiors) > 50
+        assert piece.polygon().wkb == polygon.wkb
+    plain = _KeptPiece.of(shapely.box(0, 0, 3, 2))
+    assert plain.holes == 0 and plain.polygon().wkb == shapely.box(0, 0, 3, 2).wkb
+
+
+def test_a_packed_polygon_simplifies_to_what_its_geos_polygon_does():
+    """A component merged from kept pieces is simplified from its arrays; the result, the fallbacks (GEOS's
+    topology-preserving simplification where the plain one is invalid, the exact polygon where the area moves too
+    much) and the area are those of its GEOS polygon."""
+    from napari_xt.engine.polygons import _Packed, _simplified_rings, simplified
+
+    exact = [p.geometry for p in polygons(speckle(), 3, tile=1000, simplify=0)]
+    holed = [g for g in exact if g.interiors]
+    packed = []
+    for polygon in holed:
+        _, vertices, (ring_offsets, _) = shapely.to_ragged_array([polygon])
+        packed.append(_Packed(vertices, ring_offsets))
+    assert [p.polygon().wkb for p in packed] == [g.wkb for g in holed]
+    assert [p.area() for p in packed] == [g.area for g in holed]
+    fallbacks = 0
+    for tolerance in (0.75, 1.5, 3.0, 6.0):
+        mixed = [packed[holed.index(g)] if g.interiors else g for g in exact]
+        expected = simplified(exact, tolerance)
+        assert [g.wkb for g in simplified(mixed, tolerance)] == [g.wkb for g in expected]
+        plain = _simplified_rings(np.array(holed, dtype=object), tolerance)
+        fallbacks += sum(not a.equals_exact(b, 0) for a, b in zip(plain, simplified(holed, tolerance)))
+    assert fallbacks > 0
+    assert [g.wkb for g in simplified(packed, 0)] == [g.wkb for g in holed]
+
+
+def test_rings_simplified_a_few_at_a_time_give_the_same_polygons(monkeypatch):
+    from napari_xt.engine import polygons as module
+
+    exact = np.array([p.geometry for p in polygons(speckle(), 3, tile=1000, simplify=0)], dtype=object)
+    sliver = shapely.Polygon([(0, 0), (100, 0.1), (0, 0.2)], [shapely.box(10, 10, 20, 20).exterior.coords])
+    exact = np.insert(exact, 7, sliver)  # its shell collapses and its (misplaced) hole does not: nothing is left
+    whole = module._simplified_rings(exact, 1.5)
+    monkeypatch.setattr(module, "_RINGS_AT_ONCE", 3)  # a polygon's rings across chunks: nothing may shift
+    chunked = module._simplified_rings(exact, 1.5)
+    assert shapely.to_wkb(whole).tolist() == shapely.to_wkb(chunked).tolist()
+    ring = shapely.GeometryType.LINEARRING  # each ring simplified alone by GEOS: a collapsed one is not a ring
+
+    def by_hand(polygon):
+        shell = shapely.simplify(polygon.exterior, 1.5, preserve_topology=False)
+        if shapely.get_type_id(shell) != ring:
+            return shapely.Polygon()
+        holes = [shapely.simplify(hole, 1.5, preserve_topology=False) for hole in polygon.interiors]
+        return shapely.Polygon(shell, [hole for hole in holes if shapely.get_type_id(hole) == ring])
+
+    assert shapely.to_wkb(whole).tolist() == [by_hand(polygon).wkb for polygon in exact]
+    assert shapely.is_empty(whole).sum() > 10  # shells that collapse leave empty polygons
+    assert shapely.get_num_interior_rings(whole).sum() < shapely.get_num_interior_rings(exact).sum()  # and holes go
