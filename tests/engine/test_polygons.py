@@ -162,8 +162,13 @@ def test_finished_components_are_forgotten_row_by_row(monkeypatch):
     assert made[0]._next > 5000 and len(made[0]._class) < 200
 
 
-def test_validity_by_parts_agrees_with_geos_on_polygons_of_many_holes():
+@pytest.mark.parametrize("at_once", [65_536, 2])
+def test_validity_by_parts_agrees_with_geos_on_polygons_of_many_holes(monkeypatch, at_once):
+    from napari_xt.engine import polygons as module
     from napari_xt.engine.polygons import _simplified_rings, is_valid
+
+    monkeypatch.setattr(module, "_PAIRS_AT_ONCE", at_once)  # 2: groups of holes tested a few at a time
+    monkeypatch.setattr(module, "_PREPARED_FROM", 256 if at_once > 2 else 4)
 
     # speckle traced whole, then simplified without care for topology: valid and invalid polygons of many holes
     labels = np.random.default_rng(5).choice(3, size=(120, 160), p=[0.25, 0.1, 0.65]).astype(np.uint8)
@@ -178,8 +183,14 @@ def test_validity_by_parts_agrees_with_geos_on_polygons_of_many_holes():
         square, [shapely.box(2, 2, 3, 3).exterior.coords, shapely.box(12, 2, 13, 3).exterior.coords]
     )
     nested = shapely.Polygon(square, [shapely.box(2, 2, 8, 8).exterior.coords, shapely.box(3, 3, 4, 4).exterior.coords])
-    handmade = np.array([cut, outside, nested, broken_chain])
-    assert shapely.is_valid(handmade).tolist() == [False, False, False, True]
+    # four diamonds touching in a loop far from the shell cut off the middle; no two of them alone do
+    loop = [[(x - 1, y), (x, y - 1), (x + 1, y), (x, y + 1)] for x, y in ((4, 3), (5, 4), (4, 5), (3, 4))]
+    looped = shapely.Polygon([(-10, -10), (20, -10), (20, 20), (-10, 20)], loop)
+    crossing = shapely.Polygon(
+        square, [shapely.box(2, 2, 4, 4).exterior.coords, shapely.box(3, 3, 5, 5).exterior.coords]
+    )
+    handmade = np.array([cut, outside, nested, broken_chain, looped, crossing])
+    assert shapely.is_valid(handmade).tolist() == [False, False, False, True, False, False]
     cases.append(handmade)
     # the largest polygon with a few of its holes moved: onto the shell, across it, outside, onto each other
     rng = np.random.default_rng(6)

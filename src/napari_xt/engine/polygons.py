@@ -533,18 +533,15 @@ def is_valid(polygons: np.ndarray, many_holes: int = MANY_HOLES) -> np.ndarray:
 
 
 def _valid_by_parts(polygon) -> bool:
-    """Whether ``polygon`` is valid, from three cheaper tests. The holes among themselves (crossing, nested,
-    touching so that the interior falls apart): GEOS's test of the holes inside a rectangle. The holes that
-    reach the shell (touch, cross or lie outside it), with every hole they touch, directly or through others:
-    GEOS's test of the shell with those holes alone. The other holes then lie strictly inside the shell, and
-    a part of the interior can only be cut off by a chain of holes from the shell back to it, all of which
-    the second test has."""
+    """Whether ``polygon`` is valid, from cheaper tests. The holes among themselves (crossing, nested,
+    touching so that the interior falls apart): ``_holes_valid``. The holes that reach the shell (touch, cross
+    or lie outside it), with every hole they touch, directly or through others: GEOS's test of the shell with
+    those holes alone. The other holes then lie strictly inside the shell, and a part of the interior can only
+    be cut off by a chain of holes from the shell back to it, all of which the second test has."""
     import shapely
 
     holes = np.asarray(polygon.interiors, dtype=object)
-    x0, y0, x1, y1 = polygon.bounds
-    frame = shapely.box(x0 - 1, y0 - 1, x1 + 1, y1 + 1).exterior
-    if not shapely.is_valid(shapely.Polygon(frame, holes)):
+    if not _holes_valid(holes):
         return False
     shell = shapely.Polygon(polygon.exterior)
     shapely.prepare(shell)
@@ -557,3 +554,58 @@ def _valid_by_parts(polygon) -> bool:
             frontier = np.unique(touched[~reaching[touched]])
             reaching[frontier] = True
     return bool(shapely.is_valid(shapely.Polygon(polygon.exterior, holes[reaching])))
+
+
+_PAIRS_AT_ONCE = 65_536
+_PREPARED_FROM = 256  # vertices: a hole this large is indexed once for the many small ones it may meet
+
+
+def _holes_valid(holes: np.ndarray) -> bool:
+    """Whether ``holes`` (LinearRings) are valid holes of one polygon whose shell is far around them: each a
+    valid ring, none crossing, inside or touching another so that the interior falls apart. Holes can only
+    spoil that together where their areas meet, and two sets of holes that do not meet cannot cut off a part of
+    the plane between them (Janiszewski's theorem), so the holes are tested in groups that meet, each inside a
+    frame of its own. GEOS's test of one frame around all of them takes all their vertices at once: for the open
+    sea of a speckled 16,384² SAR map (249,951 holes) 13.8–15.7 s and 330–440 MB at its peak, against 3.2 s and
+    38 MB in groups."""
+    import shapely
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not len(holes):
+        return True
+    first, second = shapely.STRtree(holes).query(holes)  # the pairs whose boxes meet
+    pair = first < second
+    first, second = first[pair], second[pair]
+    used, index = np.unique(np.concatenate([first, second]), return_inverse=True)
+    areas = shapely.polygons(holes[used])  # each once: a large hole may meet the boxes of thousands
+    size = shapely.get_num_coordinates(areas)
+    shapely.prepare(areas[size > _PREPARED_FROM])
+    a, b = np.split(index, 2)
+    a, b = np.where(size[a] >= size[b], a, b), np.where(size[a] >= size[b], b, a)  # the prepared one first
+    meet = np.zeros(len(first), dtype=bool)
+    for start in range(0, len(first), _PAIRS_AT_ONCE):
+        part = slice(start, start + _PAIRS_AT_ONCE)
+        meet[part] = shapely.intersects(areas[a[part]], areas[b[part]])
+    del areas
+    graph = coo_matrix((np.ones(int(meet.sum())), (first[meet], second[meet])), shape=(len(holes), len(holes)))
+    _, group = connected_components(graph, directed=False)
+    order = np.argsort(group, kind="stable")
+    group = group[order]
+    bounds = shapely.bounds(holes)
+    for start in range(0, len(order), _PAIRS_AT_ONCE):
+        stop = min(start + _PAIRS_AT_ONCE, len(order))
+        while stop < len(order) and group[stop] == group[stop - 1]:  # a group is never split
+            stop += 1
+        ids, members = np.unique(group[start:stop], return_inverse=True)
+        low = np.full((len(ids), 2), np.inf)
+        high = np.full((len(ids), 2), -np.inf)
+        np.minimum.at(low, members, bounds[order[start:stop], :2])
+        np.maximum.at(high, members, bounds[order[start:stop], 2:])
+        frames = shapely.box(low[:, 0] - 1, low[:, 1] - 1, high[:, 0] + 1, high[:, 1] + 1)
+        rings = np.concatenate([shapely.get_exterior_ring(frames), holes[order[start:stop]]])
+        owner = np.concatenate([np.arange(len(ids)), members])
+        arranged = np.argsort(owner, kind="stable")  # each frame before its holes
+        if not shapely.is_valid(shapely.polygons(rings[arranged], indices=owner[arranged])).all():
+            return False
+    return True
