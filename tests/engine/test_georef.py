@@ -184,3 +184,25 @@ def test_a_failing_vector_export_costs_the_exports_never_the_run(tmp_path, sar_s
     assert type(last).__name__ == "Finished" and spec["status"] == "finished"
     assert "GEOSException" in spec["exports_skipped"]["polygons and map exports"]
     assert (tmp_path / "r.xt.zarr" / "detections.csv").exists()  # the pixel exports are there
+
+
+def test_large_polygons_are_written_from_their_vertices_as_geos_writes_them(monkeypatch, tmp_path):
+    from napari_xt.engine import georef
+
+    rng = np.random.default_rng(2)
+    shell = [(0.0, 0.0), (4e8, 0.0), (4e8, 3e8), (0.0, 3e8)]  # map metres, level-0 pixels and their fractions
+    holes = [list(rng.uniform(1e3, 2.9e8, 2)[None] + rng.uniform(0, 1e3, (6, 2))) for _ in range(20)]
+    holes += [[(5.25, 5.0), (6.0, 5.5), (5.75, 6.75)], [(10.0, 10.0), (11.0, 10.0), (10.0, 11.0)]]
+    holed = shapely.Polygon(shell, holes)
+    assert len(holed.interiors) == 22
+    mixed = np.array([shapely.Point(1.5, 2.0), holed, shapely.box(0, 0, 1, 1), shapely.MultiPoint([(0, 0), (1, 1)])])
+    expected = shapely.to_geojson(mixed).tolist()
+    monkeypatch.setattr(georef, "LARGE_POLYGON", 10)  # the holed polygon and not the box goes the array way
+    assert georef.geojson_texts(mixed) == expected
+    writer = georef.GeoJSONWriter(tmp_path / "large.geojson")
+    writer.add_texts(georef.geojson_texts(mixed), [json.dumps({"n": i}) for i in range(4)])
+    writer.add(holed, {"n": 4})
+    writer.close()
+    features = json.loads((tmp_path / "large.geojson").read_text())["features"]
+    assert [f["properties"]["n"] for f in features] == [0, 1, 2, 3, 4]
+    assert shapely.from_geojson(json.dumps(features[4]["geometry"])).equals_exact(holed, 0)
