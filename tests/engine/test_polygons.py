@@ -17,6 +17,11 @@ def blobs(height=300, width=410, seed=0) -> np.ndarray:
     return np.digitize(noise, np.quantile(noise, [0.3, 0.6, 0.85])).astype(np.uint8)
 
 
+def speckle(seed=5) -> np.ndarray:
+    """An untrained model's map: one class percolates, with hundreds of holes of every small shape."""
+    return np.random.default_rng(seed).choice(3, size=(120, 160), p=[0.25, 0.1, 0.65]).astype(np.uint8)
+
+
 @pytest.mark.parametrize("tile", [37, 64, 1000])
 def test_components_holes_and_areas_match_the_raster_for_any_tiling(tile):
     labels = blobs()
@@ -171,8 +176,7 @@ def test_validity_by_parts_agrees_with_geos_on_polygons_of_many_holes(monkeypatc
     monkeypatch.setattr(module, "_PREPARED_FROM", 256 if at_once > 2 else 4)
 
     # speckle traced whole, then simplified without care for topology: valid and invalid polygons of many holes
-    labels = np.random.default_rng(5).choice(3, size=(120, 160), p=[0.25, 0.1, 0.65]).astype(np.uint8)
-    exact = np.array([p.geometry for p in polygons(labels, 3, tile=1000, simplify=0)], dtype=object)
+    exact = np.array([p.geometry for p in polygons(speckle(), 3, tile=1000, simplify=0)], dtype=object)
     cases = [exact] + [_simplified_rings(exact, t) for t in (0.75, 1.5, 3.0)]
     # a chain of holes from the shell back to it cuts the interior apart; none of them alone touches it twice
     square = [(0, 0), (10, 0), (10, 10), (0, 10)]
@@ -208,11 +212,6 @@ def test_validity_by_parts_agrees_with_geos_on_polygons_of_many_holes(monkeypatc
     moved_valid = shapely.is_valid(cases[-1])
     assert 0 < moved_valid.sum() < len(moved_valid)  # both answers were tested on many holes
     assert max(len(g.interiors) for g in exact) > 50
-
-
-def speckle(seed=5) -> np.ndarray:
-    """An untrained model's map: one class percolates, with hundreds of holes of every small shape."""
-    return np.random.default_rng(seed).choice(3, size=(120, 160), p=[0.25, 0.1, 0.65]).astype(np.uint8)
 
 
 def test_kept_pieces_hold_their_holes_as_arrays_and_give_back_the_same_polygon():
