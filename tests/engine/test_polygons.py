@@ -172,7 +172,8 @@ def test_validity_by_parts_agrees_with_geos_on_polygons_of_many_holes(monkeypatc
     from napari_xt.engine import polygons as module
     from napari_xt.engine.polygons import _simplified_rings, is_valid
 
-    monkeypatch.setattr(module, "_PAIRS_AT_ONCE", at_once)  # 2: groups of holes tested a few at a time
+    monkeypatch.setattr(module, "_PAIRS_AT_ONCE", at_once)  # 2: pairs of holes and groups of them a few at a time
+    monkeypatch.setattr(module, "_RINGS_AT_ONCE", at_once)
     monkeypatch.setattr(module, "_PREPARED_FROM", 256 if at_once > 2 else 4)
 
     # speckle traced whole, then simplified without care for topology: valid and invalid polygons of many holes

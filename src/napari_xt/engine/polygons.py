@@ -582,7 +582,8 @@ def _holes_valid(holes: np.ndarray) -> bool:
     size = shapely.get_num_coordinates(areas)
     shapely.prepare(areas[size > _PREPARED_FROM])
     a, b = np.split(index, 2)
-    a, b = np.where(size[a] >= size[b], a, b), np.where(size[a] >= size[b], b, a)  # the prepared one first
+    swap = size[a] < size[b]
+    a, b = np.where(swap, b, a), np.where(swap, a, b)  # the larger, perhaps prepared, one first
     meet = np.zeros(len(first), dtype=bool)
     for start in range(0, len(first), _PAIRS_AT_ONCE):
         part = slice(start, start + _PAIRS_AT_ONCE)
@@ -593,8 +594,8 @@ def _holes_valid(holes: np.ndarray) -> bool:
     order = np.argsort(group, kind="stable")
     group = group[order]
     bounds = shapely.bounds(holes)
-    for start in range(0, len(order), _PAIRS_AT_ONCE):
-        stop = min(start + _PAIRS_AT_ONCE, len(order))
+    for start in range(0, len(order), _RINGS_AT_ONCE):
+        stop = min(start + _RINGS_AT_ONCE, len(order))
         while stop < len(order) and group[stop] == group[stop - 1]:  # a group is never split
             stop += 1
         ids, members = np.unique(group[start:stop], return_inverse=True)
