@@ -364,7 +364,6 @@ def _tile_pieces(ids: np.ndarray, y0: int, x0: int) -> Iterator[tuple[int, objec
     from 1.92 to 0.99 GB above the tile and the time from 17.3 to 10.7 s."""
     from array import array
 
-    import shapely
     from rasterio.features import shapes
     from rasterio.transform import Affine
 
@@ -386,8 +385,7 @@ def _tile_pieces(ids: np.ndarray, y0: int, x0: int) -> Iterator[tuple[int, objec
     packed.append(np.array(points, dtype=np.float64).reshape(-1, 2))
     coordinates = np.concatenate(packed)
     del packed
-    offsets = (_offsets(ring_sizes), _offsets(rings_per_polygon))
-    built = shapely.from_ragged_array(shapely.GeometryType.POLYGON, coordinates, offsets)
+    built = _built(coordinates, _offsets(ring_sizes), _offsets(rings_per_polygon))
     yield from zip(values.tolist(), built.tolist())
 
 
