@@ -199,6 +199,8 @@ def test_large_polygons_are_written_from_their_vertices_as_geos_writes_them(monk
     expected = shapely.to_geojson(mixed).tolist()
     monkeypatch.setattr(georef, "LARGE_POLYGON", 10)  # the holed polygon and not the box goes the array way
     assert georef.geojson_texts(mixed) == expected
+    monkeypatch.setattr(georef, "_VERTICES_AT_ONCE", 2)  # rings of 4 and 7 vertices joined from blocks
+    assert georef.geojson_texts(mixed) == expected
     writer = georef.GeoJSONWriter(tmp_path / "large.geojson")
     writer.add_texts(georef.geojson_texts(mixed), [json.dumps({"n": i}) for i in range(4)])
     writer.add(holed, {"n": 4})
