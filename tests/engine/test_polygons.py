@@ -238,9 +238,10 @@ def test_a_packed_polygon_simplifies_to_what_its_geos_polygon_does():
     exact = [p.geometry for p in polygons(speckle(), 3, tile=1000, simplify=0)]
     holed = [g for g in exact if g.interiors]
     packed = []
-    for polygon in holed:
+    for i, polygon in enumerate(holed):  # float64 and int32 vertices in turn
         _, vertices, (ring_offsets, _) = shapely.to_ragged_array([polygon])
-        packed.append(_Packed(vertices, ring_offsets))
+        packed.append(_Packed(vertices.astype(np.int32) if i % 2 else vertices, ring_offsets))
+    assert {p.vertices.dtype for p in packed} == {np.dtype(np.int32), np.dtype(np.float64)}
     assert [p.polygon().wkb for p in packed] == [g.wkb for g in holed]
     assert [p.area() for p in packed] == [g.area for g in holed]
     fallbacks = 0
@@ -261,9 +262,11 @@ def test_rings_simplified_a_few_at_a_time_give_the_same_polygons(monkeypatch):
     sliver = shapely.Polygon([(0, 0), (100, 0.1), (0, 0.2)], [shapely.box(10, 10, 20, 20).exterior.coords])
     exact = np.insert(exact, 7, sliver)  # its shell collapses and its (misplaced) hole does not: nothing is left
     whole = module._simplified_rings(exact, 1.5)
-    monkeypatch.setattr(module, "_RINGS_AT_ONCE", 3)  # a polygon's rings across chunks: nothing may shift
-    chunked = module._simplified_rings(exact, 1.5)
-    assert shapely.to_wkb(whole).tolist() == shapely.to_wkb(chunked).tolist()
+    for rings, vertices in ((3, 262_144), (65_536, 40), (3, 1)):  # a polygon's rings across chunks: nothing may shift
+        monkeypatch.setattr(module, "_RINGS_AT_ONCE", rings)
+        monkeypatch.setattr(module, "_VERTICES_AT_ONCE", vertices)  # 1: every ring a chunk of its own
+        chunked = module._simplified_rings(exact, 1.5)
+        assert shapely.to_wkb(whole).tolist() == shapely.to_wkb(chunked).tolist()
     ring = shapely.GeometryType.LINEARRING  # each ring simplified alone by GEOS: a collapsed one is not a ring
 
     def by_hand(polygon):
