@@ -139,3 +139,30 @@ def test_regions_side_by_side_are_grouped_into_runs_in_reading_order():
     batch = [region(0, 7), region(1, 0), region(0, 5), region(0, 6), region(1, 1), region(1, 3)]
     runs = side_by_side(batch)
     assert [[(r.row, r.col) for r in run] for run in runs] == [[(0, 5), (0, 6), (0, 7)], [(1, 0), (1, 1)], [(1, 3)]]
+
+
+@pytest.mark.parametrize("band", [3, 1024])
+def test_the_preview_samples_a_level_a_band_of_rows_at_a_time_as_it_would_whole(monkeypatch, band):
+    import dask.array as da
+
+    from napari_xt.engine import store as module
+
+    monkeypatch.setattr(module, "PREVIEW_BAND", band)
+    level = np.random.default_rng(3).random((50, 40, 2)).astype(np.float32)
+    rows = np.array([0, 0, 4, 9, 10, 11, 30, 49])  # repeated, ascending, ending on the last row
+    cols = np.array([39, 0, 7, 7, 20])
+    read = []
+
+    class Counted:  # a lazy level: what was read
+        shape, dtype = level.shape, level.dtype
+
+        def __getitem__(self, key):
+            read.append(key)
+            return level[key]
+
+    expected = level[rows][:, cols]
+    np.testing.assert_array_equal(module._nearest_samples(Counted(), rows, cols), expected)
+    bands = [(0, 1), (4, 5), (9, 12), (30, 31), (49, 50)] if band == 3 else [(0, 50)]  # rows 0-2, 3-5, …
+    assert [(k.start, k.stop) for k in read] == bands
+    lazy = da.from_array(level, chunks=(8, 40, 2))  # a dask level is read in bands of whole chunks
+    np.testing.assert_array_equal(module._nearest_samples(lazy, rows, cols), expected)

@@ -233,8 +233,7 @@ class OutputStore:
         dy, dx = pyramid.downsample[index]
         rows = np.minimum(((np.arange(height) + 0.5) * want_y / dy).astype(int), level.shape[0] - 1)
         cols = np.minimum(((np.arange(width) + 0.5) * want_x / dx).astype(int), level.shape[1] - 1)
-        pixels = np.asarray(level.compute(scheduler="synchronous") if hasattr(level, "compute") else level)
-        preview = np.moveaxis(pixels[rows][:, cols], 2, 0)
+        preview = np.moveaxis(_nearest_samples(level, rows, cols), 2, 0)
         arrays = _levels(self.group)
         for k, array in enumerate(arrays):
             array[:] = preview[:, :: 2**k, :: 2**k][:, : array.shape[1], : array.shape[2]]
@@ -414,6 +413,32 @@ def preview_levels(height: int, width: int) -> tuple[int, list[tuple[int, int]]]
     first = next((k for k, shape in enumerate(shapes) if max(shape) <= PREVIEW_SIDE), len(shapes) - 1)
     factors = [2 ** (first + k) for k in range(len(shapes))]
     return first, [(-(-height // f), -(-width // f)) for f in factors]
+
+
+PREVIEW_BAND = 1024
+"""Rows of a pyramid level read at once for the preview (at least one chunk's height)."""
+
+
+def _nearest_samples(level, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``level[rows][:, cols]`` (ascending ``rows``) read a band of rows at a time, so that memory is one band
+    of the level, not the whole level. The level a preview samples can be four times the preview's size or
+    more: read whole, the level of a 65,536² synthetic SAR scene took the run from 877 to 1,022 MB."""
+    band = PREVIEW_BAND
+    if getattr(level, "chunks", None):  # a dask array: whole chunks, each read once
+        band = max(band, int(max(level.chunks[0])))
+    out = None
+    for low in range(0, int(rows[-1]) + 1, band):
+        inside = (rows >= low) & (rows < low + band)
+        if not inside.any():
+            continue
+        first, last = int(rows[inside][0]), int(rows[inside][-1])
+        strip = level[first : last + 1]
+        strip = np.asarray(strip.compute(scheduler="synchronous") if hasattr(strip, "compute") else strip)
+        block = strip[rows[inside] - first][:, cols]
+        if out is None:
+            out = np.empty((len(rows), len(cols), *block.shape[2:]), dtype=block.dtype)
+        out[inside] = block
+    return out
 
 
 def _create_preview(group: zarr.Group, spec: dict) -> None:
