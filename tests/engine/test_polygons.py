@@ -279,3 +279,38 @@ def test_rings_simplified_a_few_at_a_time_give_the_same_polygons(monkeypatch):
     assert shapely.to_wkb(whole).tolist() == [by_hand(polygon).wkb for polygon in exact]
     assert shapely.is_empty(whole).sum() > 10  # shells that collapse leave empty polygons
     assert shapely.get_num_interior_rings(whole).sum() < shapely.get_num_interior_rings(exact).sum()  # and holes go
+
+
+@pytest.mark.parametrize("tile", [8, 16, 29])
+def test_components_stitched_from_their_edges_equal_geos_unions(monkeypatch, tile):
+    """Outlines joined by ``_stitched`` give GEOS's union: the same area, holes and validity, on speckle whose
+    pixels touch diagonally everywhere (rings that touch at corners, across tile borders too)."""
+    from napari_xt.engine import polygons as module
+
+    rng = np.random.default_rng(tile)
+    maps = [speckle(), (rng.random((101, 87)) < 0.5).astype(np.uint8) + 1]
+    maps.append(np.where(rng.random((90, 87)) < 0.1, 0, maps[1][:90]))
+    stitched = []
+    real = module._stitched
+
+    def recorded(outlines, side):
+        result = real(outlines, side)
+        stitched.append(result is not None)
+        return result
+
+    monkeypatch.setattr(module, "_stitched", recorded)
+    touching = 0
+    for labels in maps:
+        monkeypatch.setattr(module, "_STITCHED_FROM", 10**12)
+        by_geos = list(polygons(labels, 3, tile=tile, simplify=0))
+        monkeypatch.setattr(module, "_STITCHED_FROM", 0)
+        by_edges = list(polygons(labels, 3, tile=tile, simplify=0))
+        assert [p.label for p in by_edges] == [p.label for p in by_geos]
+        for mine, theirs in zip(by_edges, by_geos):
+            assert mine.geometry.is_valid and mine.geometry.area == theirs.geometry.area
+            assert len(mine.geometry.interiors) == len(theirs.geometry.interiors)
+            assert mine.geometry.equals(theirs.geometry)
+            rings = [mine.geometry.exterior, *mine.geometry.interiors]
+            corners = np.concatenate([np.unique(np.asarray(r.coords), axis=0) for r in rings])
+            touching += len(corners) - len(np.unique(corners, axis=0))  # corners that two rings share
+    assert len(stitched) > 100 and all(stitched) and touching > 20
