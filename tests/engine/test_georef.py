@@ -201,10 +201,13 @@ def test_large_polygons_are_written_from_their_vertices_as_geos_writes_them(monk
     assert georef.geojson_texts(mixed) == expected
     monkeypatch.setattr(georef, "_VERTICES_AT_ONCE", 2)  # rings of 4 and 7 vertices joined from blocks
     assert georef.geojson_texts(mixed) == expected
-    writer = georef.GeoJSONWriter(tmp_path / "large.geojson")
-    writer.add_texts(georef.geojson_texts(mixed), [json.dumps({"n": i}) for i in range(4)])
-    writer.add(holed, {"n": 4})
-    writer.close()
+    for name, texts in (("large.geojson", georef.geojson_texts), ("pieces.geojson", georef.geojson_pieces)):
+        writer = georef.GeoJSONWriter(tmp_path / name)
+        writer.add_texts(texts(mixed), [json.dumps({"n": i}) for i in range(4)])
+        writer.add(holed, {"n": 4})
+        writer.close()
+    assert not isinstance(georef.geojson_pieces(mixed)[1], str)  # the holed polygon as pieces, made as written
+    assert (tmp_path / "pieces.geojson").read_bytes() == (tmp_path / "large.geojson").read_bytes()
     features = json.loads((tmp_path / "large.geojson").read_text())["features"]
     assert [f["properties"]["n"] for f in features] == [0, 1, 2, 3, 4]
     assert shapely.from_geojson(json.dumps(features[4]["geometry"])).equals_exact(holed, 0)

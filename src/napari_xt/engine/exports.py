@@ -236,7 +236,7 @@ def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, fram
     WGS84 GeoJSON."""
     import shapely
 
-    from napari_xt.engine.georef import GeoJSONWriter, GeoPackageLayer, geojson_texts
+    from napari_xt.engine.georef import GeoJSONWriter, GeoPackageLayer, geojson_pieces
     from napari_xt.engine.polygons import polygon_batches, to_level0
 
     names = list(spec["segmentation_classes"])
@@ -262,7 +262,7 @@ def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, fram
             level0 = to_level0(geometries, downsample)
             areas = units.area(shapely.area(level0)).tolist()
             perimeters = units.length(shapely.length(level0)).tolist()
-            qupath.add_texts(geojson_texts(level0), list(map(properties, classes.tolist(), areas, perimeters)))
+            qupath.add_texts(geojson_pieces(level0), list(map(properties, classes.tolist(), areas, perimeters)))
             if frame is None:
                 continue
             for label, geometry in zip(classes.tolist(), level0):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,14 +121,18 @@ class GeoJSONWriter:
     def add(self, geometry, properties: dict) -> None:
         one = np.empty(1, dtype=object)
         one[0] = geometry
-        self.add_texts(geojson_texts(one), [json.dumps(properties)])
+        self.add_texts(geojson_pieces(one), [json.dumps(properties)])
 
     def add_texts(self, geometries, properties) -> None:
-        """Features from the GeoJSON texts of their geometries (``geojson_texts``, not parsed and written again)
-        and of their properties, each written as it is made (a polygon's text can be tens of MB)."""
+        """Features from the GeoJSON texts of their geometries (``geojson_texts``, or ``geojson_pieces``: a
+        large polygon's text made piece by piece as it is written), not parsed and written again, and of their
+        properties. Each is written as it is made and never copied whole (a polygon's text can be tens of MB)."""
+        write = self._handle.write
         for geometry, values in zip(geometries, properties):
-            self._handle.write("" if self._first else ",\n")
-            self._handle.write(f'{{"type": "Feature", "geometry": {geometry}, "properties": {values}}}')
+            write('{"type": "Feature", "geometry": ' if self._first else ',\n{"type": "Feature", "geometry": ')
+            for piece in (geometry,) if isinstance(geometry, str) else geometry:
+                write(piece)
+            write(f', "properties": {values}}}')
             self._first = False
             self.count += 1
 
@@ -153,6 +157,14 @@ def geojson_texts(geometries: np.ndarray) -> list[str]:
     vertices or more are written from their vertex arrays, with numbers in Python's shortest round-trip form
     (GEOS's own for pixel and map coordinates; above about 1e14 the two may pick different digits of the same
     number)."""
+    return [text if isinstance(text, str) else "".join(text) for text in geojson_pieces(geometries)]
+
+
+def geojson_pieces(geometries: np.ndarray) -> list:
+    """``geojson_texts``, where each large polygon's text is an iterator of its pieces instead, made from the
+    polygon's arrays only as it is consumed (``GeoJSONWriter.add_texts`` writes them one by one): the open sea
+    of a speckled 16,384² SAR map is 42 MB of text, and its arrays, ring texts and the joined text took the
+    export 227 MB above what it held."""
     import shapely
 
     geometries = np.asarray(geometries, dtype=object)
@@ -162,31 +174,27 @@ def geojson_texts(geometries: np.ndarray) -> list[str]:
     texts = np.empty(len(geometries), dtype=object)
     texts[~large] = shapely.to_geojson(geometries[~large])
     for i in np.flatnonzero(large):
-        texts[i] = _polygon_text(geometries[i])
+        texts[i] = _polygon_pieces(geometries[i])
     return texts.tolist()
 
 
-def _polygon_text(polygon) -> str:
+def _polygon_pieces(polygon) -> Iterator[str]:
     import shapely
 
+    yield '{"type":"Polygon","coordinates":['
     _, vertices, (ring_offsets, _) = shapely.to_ragged_array([polygon])
-    parts = ['{"type":"Polygon","coordinates":[']
     for start, stop in zip(ring_offsets[:-1].tolist(), ring_offsets[1:].tolist()):
-        parts += [",", _ring_text(vertices[start:stop])] if start else [_ring_text(vertices[start:stop])]
-    return "".join([*parts, "]}"])  # one join: the text is not copied again for its head and tail
+        yield "[" if start == 0 else ",["
+        for first in range(start, stop, _VERTICES_AT_ONCE):
+            block = vertices[first : min(first + _VERTICES_AT_ONCE, stop)].tolist()
+            yield ("" if first == start else ",") + ",".join(f"[{x!r},{y!r}]" for x, y in block)
+        yield "]"
+    yield "]}"
 
 
 _VERTICES_AT_ONCE = 65_536
-
-
-def _ring_text(vertices: np.ndarray) -> str:
-    """A ring's GeoJSON coordinates, made ``_VERTICES_AT_ONCE`` vertices at a time: as Python lists and strings
-    a vertex takes about 200 bytes before it is joined (the open sea's 1.3-million-vertex shell: 190 MB)."""
-    blocks = [
-        ",".join(f"[{x!r},{y!r}]" for x, y in vertices[start : start + _VERTICES_AT_ONCE].tolist())
-        for start in range(0, len(vertices), _VERTICES_AT_ONCE)
-    ]
-    return "[" + ",".join(blocks) + "]"
+"""Vertices of a large polygon made text at once: as Python lists and strings a vertex takes about 200 bytes
+before it is joined (the open sea's 1.3-million-vertex shell: 190 MB)."""
 
 
 class GeoPackageLayer:
