@@ -740,17 +740,20 @@ def _holes_valid(holes: np.ndarray) -> bool:
     pair = first < second
     first, second = first[pair], second[pair]
     used, index = np.unique(np.concatenate([first, second]), return_inverse=True)
-    areas = shapely.polygons(holes[used])  # each once: a large hole may meet the boxes of thousands
-    size = shapely.get_num_coordinates(areas)
-    shapely.prepare(areas[size > _PREPARED_FROM])
+    size = shapely.get_num_coordinates(holes[used])
     a, b = np.split(index, 2)
     swap = size[a] < size[b]
     a, b = np.where(swap, b, a), np.where(swap, a, b)  # the larger, perhaps prepared, one first
     meet = np.zeros(len(first), dtype=bool)
+    by_larger = np.argsort(a, kind="stable")  # a large hole's pairs together: made and prepared once
     for start in range(0, len(first), _PAIRS_AT_ONCE):
-        part = slice(start, start + _PAIRS_AT_ONCE)
-        meet[part] = shapely.intersects(areas[a[part]], areas[b[part]])
-    del areas
+        part = by_larger[start : start + _PAIRS_AT_ONCE]
+        needed, inverse = np.unique(np.concatenate([a[part], b[part]]), return_inverse=True)
+        areas = shapely.polygons(holes[used[needed]])  # a block's areas at a time: all of the open sea's, 117 MB
+        shapely.prepare(areas[size[needed] > _PREPARED_FROM])  # and their indexes at once, 186 MB
+        in_a, in_b = np.split(inverse, 2)
+        meet[part] = shapely.intersects(areas[in_a], areas[in_b])
+        del areas
     graph = coo_matrix((np.ones(int(meet.sum())), (first[meet], second[meet])), shape=(len(holes), len(holes)))
     _, group = connected_components(graph, directed=False)
     order = np.argsort(group, kind="stable")
