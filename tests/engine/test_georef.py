@@ -14,6 +14,7 @@ import shapely
 import zarr
 from rasterio.transform import from_origin
 
+from napari_xt.engine.polygons import to_level0
 from napari_xt.engine.runner import RunOptions, run_to_end
 from napari_xt.io import open_pyramid
 from tests.conftest import tiny_sar_model
@@ -201,6 +202,10 @@ def test_large_polygons_are_written_from_their_vertices_as_geos_writes_them(monk
     assert georef.geojson_texts(mixed) == expected
     monkeypatch.setattr(georef, "_VERTICES_AT_ONCE", 2)  # rings of 4 and 7 vertices joined from blocks
     assert georef.geojson_texts(mixed) == expected
+    for downsample in ((4.0, 4.0), (3.0, 1.5)):  # (dy, dx): the level-0 texts without a scaled copy
+        level0 = shapely.to_geojson(to_level0(mixed, downsample)).tolist()
+        pieces = georef.geojson_pieces(mixed, downsample)
+        assert [text if isinstance(text, str) else "".join(text) for text in pieces] == level0
     for name, texts in (("large.geojson", georef.geojson_texts), ("pieces.geojson", georef.geojson_pieces)):
         writer = georef.GeoJSONWriter(tmp_path / name)
         writer.add_texts(texts(mixed), [json.dumps({"n": i}) for i in range(4)])

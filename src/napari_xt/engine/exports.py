@@ -259,6 +259,14 @@ def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, fram
     properties = _qupath_annotation_properties(names, colours, units)
     try:
         for classes, geometries in polygon_batches(labels, len(names)):
+            if frame is None and downsample[0] == downsample[1]:
+                # measured and written without a scaled copy (the same numbers where the downsample is a power
+                # of two; otherwise to the last bit or so)
+                areas = units.area(shapely.area(geometries) * (downsample[0] * downsample[1])).tolist()
+                perimeters = units.length(shapely.length(geometries) * downsample[0]).tolist()
+                texts = geojson_pieces(geometries, downsample)
+                qupath.add_texts(texts, list(map(properties, classes.tolist(), areas, perimeters)))
+                continue
             level0 = to_level0(geometries, downsample)
             areas = units.area(shapely.area(level0)).tolist()
             perimeters = units.length(shapely.length(level0)).tolist()
