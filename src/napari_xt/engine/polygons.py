@@ -6,10 +6,9 @@ traces each 4-connected component of a class along its pixel edges. A piece that
 tile shares with a neighbour is complete and leaves at once. Pieces that do are merged (``shapely``'s union,
 or for large components the pieces' edges stitched in arrays) along one row of tiles, and a merged component
 leaves as soon as it no longer reaches the row's lower border; only components that cross that border are kept
-for the next row. Memory is one row of border pieces, plus the
-components that are still growing downwards, plus the tile that a worker thread labels ahead of the tracing
-(with local ids; the merging gives them global ids in tile order, so the polygons are the same with or without
-the worker).
+for the next row. Memory is one row of border pieces, plus the components that are still growing downwards,
+plus the tile that a worker thread labels ahead of the tracing (with local ids; the merging gives them global
+ids in tile order, so the polygons are the same with or without the worker).
 
 Coordinates are analysis-level pixel corners, ``(x, y)``: the top-left corner of the top-left analysis pixel is
 ``(0, 0)``. ``to_level0`` scales them to level-0 pixel corners, the convention QuPath uses.
