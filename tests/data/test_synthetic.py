@@ -96,3 +96,17 @@ def test_sar_swath_edge_is_nan_and_sea_darker_than_land():
     assert np.isnan(level).any()
     valid = ~np.isnan(level)
     assert np.median(level[valid & (labels == 1)]) > 3 * np.median(level[valid & (labels == 0)])
+
+
+@pytest.mark.parametrize("scene", [SarScene(height=6000, width=7000, bands=2), SlideScene(height=6000, width=7000)])
+@pytest.mark.parametrize("what", ["image", "labels"])
+def test_render_in_bands_equals_one_render(scene, what, monkeypatch):
+    import napari_xt.data.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "RENDER_PIXELS", 10**9)
+    whole = scene.render(3, 100, 433, 50, 850, what)  # most of the scene: land and sea, tissue and tumour
+    monkeypatch.setattr(synthetic, "RENDER_PIXELS", 7 * 800)  # bands of 7 rows, the last of 4
+    banded = scene.render(3, 100, 433, 50, 850, what)
+    assert banded.shape == whole.shape == (333, 800, *whole.shape[2:]) and banded.dtype == whole.dtype
+    np.testing.assert_array_equal(banded, whole)
+    assert len(np.unique(banded)) > 1
