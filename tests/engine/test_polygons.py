@@ -175,6 +175,7 @@ def test_validity_by_parts_agrees_with_geos_on_polygons_of_many_holes(monkeypatc
     monkeypatch.setattr(module, "_PAIRS_AT_ONCE", at_once)  # 2: pairs of holes and groups of them a few at a time
     monkeypatch.setattr(module, "_RINGS_AT_ONCE", at_once)
     monkeypatch.setattr(module, "_PREPARED_FROM", 256 if at_once > 2 else 4)
+    monkeypatch.setattr(module, "_CANDIDATES_AT_ONCE", 1 << 22 if at_once > 2 else 3)
 
     # speckle traced whole, then simplified without care for topology: valid and invalid polygons of many holes
     exact = np.array([p.geometry for p in polygons(speckle(), 3, tile=1000, simplify=0)], dtype=object)
@@ -314,3 +315,23 @@ def test_components_stitched_from_their_edges_equal_geos_unions(monkeypatch, til
             corners = np.concatenate([np.unique(np.asarray(r.coords), axis=0) for r in rings])
             touching += len(corners) - len(np.unique(corners, axis=0))  # corners that two rings share
     assert len(stitched) > 100 and all(stitched) and touching > 20
+
+
+@pytest.mark.parametrize("at_once", [1 << 22, 5])
+def test_box_pairs_are_the_pairs_an_strtree_finds(monkeypatch, at_once):
+    from napari_xt.engine import polygons as module
+
+    monkeypatch.setattr(module, "_CANDIDATES_AT_ONCE", at_once)
+    rng = np.random.default_rng(3)
+    low = rng.integers(0, 60, size=(400, 2)).astype(float)
+    high = low + rng.integers(0, 4, size=(400, 2))  # many touch at an edge or a corner, some are points
+    high[:5, 0] = 80  # a few wide ones, which meet many
+    bounds = np.hstack([low, high])
+    bounds = np.vstack([bounds, bounds[7], [[-5, -5, -5, -5]]])  # the same box twice, and one far from all
+    first, second = module._box_pairs(bounds)
+    tree = shapely.STRtree(shapely.box(*bounds.T))
+    a, b = tree.query(shapely.box(*bounds.T))
+    expected = {(i, j) for i, j in zip(a.tolist(), b.tolist()) if i < j}
+    assert set(zip(first.tolist(), second.tolist())) == expected
+    assert len(first) == len(expected) and (first < second).all()
+    assert (7, len(bounds) - 2) in expected and len(expected) > 300

@@ -306,9 +306,25 @@ class _Packed:
     def polygon(self):
         return _built(self.vertices, self.offsets, self._one)[0]
 
+    @property
+    def empty(self) -> bool:
+        return len(self.offsets) < 2
+
+    def valid(self) -> bool:
+        """``shapely.is_valid`` of the polygon; by parts from the arrays from ``MANY_HOLES`` holes on."""
+        import shapely
+
+        if self.empty:
+            return True
+        if len(self.offsets) - 2 >= MANY_HOLES:
+            return _valid_by_parts(self.vertices, self.offsets)
+        return bool(shapely.is_valid(self.polygon()))
+
     def area(self) -> float:
         """The area: the shell's less the holes', each ring's by the shoelace formula (exact on whole pixel
         corners, as GEOS's), a chunk of rings at a time."""
+        if self.empty:
+            return 0.0
         twice = np.empty(len(self.offsets) - 1)
         for first, last in _ring_chunks(self.offsets):
             starts = self.offsets[first : last + 1] - self.offsets[first]
@@ -319,9 +335,10 @@ class _Packed:
             twice[first:last] = np.abs(np.add.reduceat(cross, starts[:-1]))
         return float(twice[0] - twice[1:].sum()) / 2.0
 
-    def simplified(self, tolerance: float):
-        """``_simplified_rings`` of the polygon, from the arrays."""
-        return _built(*_simplified_ragged(self.vertices, self.offsets, self._one, tolerance))[0]
+    def simplified(self, tolerance: float) -> _Packed:
+        """``_simplified_rings`` of the polygon, from the arrays, to arrays (empty where the shell collapsed)."""
+        vertices, ring_offsets, _ = _simplified_ragged(self.vertices, self.offsets, self._one, tolerance)
+        return _Packed(vertices, ring_offsets)
 
     @property
     def _one(self) -> np.ndarray:
@@ -580,15 +597,21 @@ def simplified(geometries: list, tolerance: float) -> list:
             # plain Douglas–Peucker (3× faster); GEOS's topology-preserving variant only where that is not valid
             simple[~packed] = _simplified_rings(candidates[~packed], tolerance)
             area[~packed] = shapely.area(candidates[~packed])
-        for i in np.flatnonzero(packed):
+        keep = np.zeros(len(candidates), dtype=bool)
+        for i in np.flatnonzero(packed):  # simplified, tested and measured as arrays
             simple[i], area[i] = candidates[i].simplified(tolerance), candidates[i].area()
-        keep = is_valid(simple) & ~shapely.is_empty(simple)  # validity is GEOS's dearest test: once
+            keep[i] = not simple[i].empty and simple[i].valid()
+        plain = ~packed  # validity is GEOS's dearest test: once
+        keep[plain] = is_valid(simple[plain]) & ~shapely.is_empty(simple[plain])
         if not keep.all():
             broken = ~keep
             exact = _objects([_exact(geometry) for geometry in candidates[broken]])
             simple[broken] = shapely.simplify(exact, tolerance, preserve_topology=True)
             keep[broken] = is_valid(simple[broken]) & ~shapely.is_empty(simple[broken])
-        keep &= np.abs(shapely.area(simple) - area) <= MAX_AREA_CHANGE * area
+        simple_area = np.array([g.area() if isinstance(g, _Packed) else np.nan for g in simple])
+        plain = np.isnan(simple_area)
+        simple_area[plain] = shapely.area(simple[plain])
+        keep &= np.abs(simple_area - area) <= MAX_AREA_CHANGE * area
         candidates[keep] = simple[keep]
         given[worth] = candidates
     return [_exact(geometry) for geometry in given]
@@ -694,8 +717,8 @@ MANY_HOLES = 64
 
 def is_valid(polygons: np.ndarray, many_holes: int = MANY_HOLES) -> np.ndarray:
     """``shapely.is_valid`` of each polygon, the same answer, with polygons of ``many_holes`` holes or more
-    tested by parts (``_valid_by_parts``): GEOS's own test costs about the holes times the shell's vertices
-    (a speckled component with 29,351 holes and a 449,000-vertex shell: 12.9 s)."""
+    tested by parts from their vertex arrays (``_valid_by_parts``): GEOS's own test costs about the holes times
+    the shell's vertices (a speckled component with 29,351 holes and a 449,000-vertex shell: 12.9 s)."""
     import shapely
 
     polygons = np.asarray(polygons, dtype=object)
@@ -703,57 +726,120 @@ def is_valid(polygons: np.ndarray, many_holes: int = MANY_HOLES) -> np.ndarray:
     valid = np.zeros(len(polygons), dtype=bool)
     valid[~many] = shapely.is_valid(polygons[~many])
     for i in np.flatnonzero(many):
-        valid[i] = _valid_by_parts(polygons[i])
+        valid[i] = _valid_by_parts(*polygon_arrays(polygons[i]))
     return valid
 
 
-def _valid_by_parts(polygon) -> bool:
-    """Whether ``polygon`` is valid, from cheaper tests. The holes among themselves (crossing, nested,
-    touching so that the interior falls apart): ``_holes_valid``. The holes that reach the shell (touch, cross
-    or lie outside it), with every hole they touch, directly or through others: GEOS's test of the shell with
-    those holes alone. The other holes then lie strictly inside the shell, and a part of the interior can only
-    be cut off by a chain of holes from the shell back to it, all of which the second test has."""
+def _valid_by_parts(vertices: np.ndarray, offsets: np.ndarray) -> bool:
+    """Whether the polygon of these rings (vertices and ring offsets, the shell first) is valid, from cheaper
+    tests on GEOS rings made from the arrays a chunk at a time. The holes among themselves (crossing, nested,
+    touching so that the interior falls apart): ``_hole_groups``. The holes that reach the shell (touch, cross
+    or lie outside it), with every hole of their groups: GEOS's test of the shell with those holes alone. The
+    other holes then lie strictly inside the shell and meet none of those, and a part of the interior can only be
+    cut off by a chain of holes from the shell back to it, all of which the second test has.
+
+    Nothing holds every hole as a GEOS ring at once: for the simplified open sea of a speckled 16,384² SAR map
+    (2.5 million vertices, 249,951 holes) the test took 259 MB above the polygon with the holes cloned from a
+    GEOS polygon, and 94 MB so (and 5.6 s against 4.7)."""
     import shapely
 
-    holes = np.asarray(polygon.interiors, dtype=object)
-    if not _holes_valid(holes):
+    holes = offsets[1:]
+    group = _hole_groups(vertices, holes)
+    if group is None:
         return False
-    shell = shapely.Polygon(polygon.exterior)
-    shapely.prepare(shell)
-    reaching = ~shapely.contains_properly(shell, holes)
-    if reaching.any():  # grown from the reaching holes, a ring of touching holes at a time
-        tree = shapely.STRtree(holes)
-        frontier = np.flatnonzero(reaching)
-        while len(frontier):
-            _, touched = tree.query(holes[frontier], predicate="intersects")
-            frontier = np.unique(touched[~reaching[touched]])
-            reaching[frontier] = True
-    return bool(shapely.is_valid(shapely.Polygon(polygon.exterior, holes[reaching])))
+    shell = shapely.linearrings(np.asarray(vertices[offsets[0] : offsets[1]], dtype=np.float64))
+    area = shapely.polygons(shell)
+    shapely.prepare(area)
+    reaching = np.zeros(len(group), dtype=bool)
+    for first, last in _ring_chunks(holes):
+        reaching[first:last] = ~shapely.contains_properly(area, _rings(vertices, holes, np.arange(first, last)))
+    del area
+    if reaching.any():
+        reaching = np.isin(group, group[reaching])
+    return bool(shapely.is_valid(shapely.polygons(shell, holes=_rings(vertices, holes, np.flatnonzero(reaching)))))
 
 
-_PAIRS_AT_ONCE = 65_536
+def _rings(vertices: np.ndarray, offsets: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """LinearRings of the rings ``which`` (indices into ``offsets``, ascending or not) made from the arrays."""
+    import shapely
+
+    which = np.asarray(which, dtype=np.int64)
+    if not len(which):
+        return np.empty(0, dtype=object)
+    starts, sizes = offsets[which], offsets[which + 1] - offsets[which]
+    ends = np.cumsum(sizes)
+    index = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(starts - (ends - sizes), sizes)
+    coordinates = np.asarray(vertices[index], dtype=np.float64)
+    del index
+    return shapely.linearrings(coordinates, indices=np.repeat(np.arange(len(which)), sizes))
+
+
+def _ring_bounds(vertices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``(xmin, ymin, xmax, ymax)`` of each ring, from the arrays."""
+    bounds = np.empty((len(offsets) - 1, 4))
+    for first, last in _ring_chunks(offsets):
+        part = vertices[offsets[first] : offsets[last]]
+        starts = offsets[first:last] - offsets[first]
+        bounds[first:last, :2] = np.minimum.reduceat(part, starts, axis=0)
+        bounds[first:last, 2:] = np.maximum.reduceat(part, starts, axis=0)
+    return bounds
+
+
+_CANDIDATES_AT_ONCE = 1 << 18
+
+
+def _box_pairs(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs ``(i, j)``, ``i < j``, of boxes (rows of ``(xmin, ymin, xmax, ymax)``) that meet, touching
+    included: what an STRtree of the boxes would give, without a GEOS geometry per box (an STRtree of 250,000
+    boxes takes 120 MB). The boxes are swept in order of ``xmin``: each meets, of those after it, only some of
+    those that start before it ends, ``_CANDIDATES_AT_ONCE`` of which are compared at a time."""
+    n = len(bounds)
+    order = np.argsort(bounds[:, 0], kind="stable")
+    swept = bounds[order]
+    count = np.searchsorted(swept[:, 0], swept[:, 2], side="right") - np.arange(n) - 1
+    total = np.concatenate([[0], np.cumsum(count)])
+    firsts, seconds = [], []
+    start = 0
+    while start < n:
+        stop = int(np.searchsorted(total, total[start] + _CANDIDATES_AT_ONCE, side="right")) - 1
+        stop = min(n, max(start + 1, stop))
+        some = count[start:stop]
+        i = np.repeat(np.arange(start, stop), some)
+        j = i + 1 + np.arange(len(i)) - np.repeat(total[start:stop] - total[start], some)
+        meet = (swept[j, 1] <= swept[i, 3]) & (swept[i, 1] <= swept[j, 3])  # in x they meet by the sweep
+        a, b = order[i[meet]], order[j[meet]]
+        firsts.append(np.minimum(a, b))
+        seconds.append(np.maximum(a, b))
+        start = stop
+    if not firsts:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    return np.concatenate(firsts), np.concatenate(seconds)
+
+
+_PAIRS_AT_ONCE = 16_384
+_HOLES_AT_ONCE = 16_384  # holes made GEOS rings at once to be tested in their groups' frames
 _PREPARED_FROM = 256  # vertices: a hole this large is indexed once for the many small ones it may meet
 
 
-def _holes_valid(holes: np.ndarray) -> bool:
-    """Whether ``holes`` (LinearRings) are valid holes of one polygon whose shell is far around them: each a
-    valid ring, none crossing, inside or touching another so that the interior falls apart. Holes can only
-    spoil that together where their areas meet, and two sets of holes that do not meet cannot cut off a part of
-    the plane between them (Janiszewski's theorem), so the holes are tested in groups that meet, each inside a
-    frame of its own. GEOS's test of one frame around all of them takes all their vertices at once: for the open
-    sea of a speckled 16,384² SAR map (249,951 holes) 13.8–15.7 s and 330–440 MB at its peak, against 3.2 s and
-    38 MB in groups."""
+def _hole_groups(vertices: np.ndarray, offsets: np.ndarray) -> np.ndarray | None:
+    """The groups of holes whose areas meet (a label per ring of ``offsets``), or None if the rings are not
+    valid holes of one polygon whose shell is far around them: each a valid ring, none crossing, inside or
+    touching another so that the interior falls apart. Holes can only spoil that together where their areas
+    meet, and two sets of holes that do not meet cannot cut off a part of the plane between them (Janiszewski's
+    theorem), so the holes are tested in groups that meet, each inside a frame of its own. GEOS's test of one
+    frame around all of them takes all their vertices at once: for the open sea of a speckled 16,384² SAR map
+    (249,951 holes) 13.8–15.7 s and 330–440 MB at its peak, against 3.2 s and 38 MB in groups."""
     import shapely
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    if not len(holes):
-        return True
-    first, second = shapely.STRtree(holes).query(holes)  # the pairs whose boxes meet
-    pair = first < second
-    first, second = first[pair], second[pair]
+    count = len(offsets) - 1
+    if not count:
+        return np.zeros(0, dtype=np.int64)
+    bounds = _ring_bounds(vertices, offsets)
+    first, second = _box_pairs(bounds)  # the pairs whose boxes meet
     used, index = np.unique(np.concatenate([first, second]), return_inverse=True)
-    size = shapely.get_num_coordinates(holes[used])
+    size = np.diff(offsets)[used]
     a, b = np.split(index, 2)
     swap = size[a] < size[b]
     a, b = np.where(swap, b, a), np.where(swap, a, b)  # the larger, perhaps prepared, one first
@@ -762,29 +848,30 @@ def _holes_valid(holes: np.ndarray) -> bool:
     for start in range(0, len(first), _PAIRS_AT_ONCE):
         part = by_larger[start : start + _PAIRS_AT_ONCE]
         needed, inverse = np.unique(np.concatenate([a[part], b[part]]), return_inverse=True)
-        areas = shapely.polygons(holes[used[needed]])  # a block's areas at a time: all of the open sea's, 117 MB
-        shapely.prepare(areas[size[needed] > _PREPARED_FROM])  # and their indexes at once, 186 MB
+        areas = shapely.polygons(_rings(vertices, offsets, used[needed]))  # a block's areas at a time
+        shapely.prepare(areas[size[needed] > _PREPARED_FROM])
         in_a, in_b = np.split(inverse, 2)
         meet[part] = shapely.intersects(areas[in_a], areas[in_b])
         del areas
-    graph = coo_matrix((np.ones(int(meet.sum())), (first[meet], second[meet])), shape=(len(holes), len(holes)))
+    graph = coo_matrix((np.ones(int(meet.sum())), (first[meet], second[meet])), shape=(count, count))
     _, group = connected_components(graph, directed=False)
     order = np.argsort(group, kind="stable")
-    group = group[order]
-    bounds = shapely.bounds(holes)
-    for start in range(0, len(order), _RINGS_AT_ONCE):
-        stop = min(start + _RINGS_AT_ONCE, len(order))
-        while stop < len(order) and group[stop] == group[stop - 1]:  # a group is never split
+    sorted_group = group[order]
+    start = 0
+    while start < count:
+        stop = min(start + _HOLES_AT_ONCE, count)
+        while stop < count and sorted_group[stop] == sorted_group[stop - 1]:  # a group is never split
             stop += 1
-        ids, members = np.unique(group[start:stop], return_inverse=True)
+        ids, members = np.unique(sorted_group[start:stop], return_inverse=True)
         low = np.full((len(ids), 2), np.inf)
         high = np.full((len(ids), 2), -np.inf)
         np.minimum.at(low, members, bounds[order[start:stop], :2])
         np.maximum.at(high, members, bounds[order[start:stop], 2:])
         frames = shapely.box(low[:, 0] - 1, low[:, 1] - 1, high[:, 0] + 1, high[:, 1] + 1)
-        rings = np.concatenate([shapely.get_exterior_ring(frames), holes[order[start:stop]]])
+        rings = np.concatenate([shapely.get_exterior_ring(frames), _rings(vertices, offsets, order[start:stop])])
         owner = np.concatenate([np.arange(len(ids)), members])
         arranged = np.argsort(owner, kind="stable")  # each frame before its holes
         if not shapely.is_valid(shapely.polygons(rings[arranged], indices=owner[arranged])).all():
-            return False
-    return True
+            return None
+        start = stop
+    return group
