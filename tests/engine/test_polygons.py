@@ -176,6 +176,7 @@ def test_validity_by_parts_agrees_with_geos_on_polygons_of_many_holes(monkeypatc
     monkeypatch.setattr(module, "_RINGS_AT_ONCE", at_once)
     monkeypatch.setattr(module, "_PREPARED_FROM", 256 if at_once > 2 else 4)
     monkeypatch.setattr(module, "_CANDIDATES_AT_ONCE", 1 << 22 if at_once > 2 else 3)
+    monkeypatch.setattr(module, "_HOLES_AT_ONCE", at_once)  # 2: groups tested in frames a few at a time
 
     # speckle traced whole, then simplified without care for topology: valid and invalid polygons of many holes
     exact = np.array([p.geometry for p in polygons(speckle(), 3, tile=1000, simplify=0)], dtype=object)
