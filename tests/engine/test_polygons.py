@@ -319,14 +319,17 @@ def test_components_stitched_from_their_edges_equal_geos_unions(monkeypatch, til
 
 
 @pytest.mark.parametrize("at_once", [1 << 22, 5])
-def test_box_pairs_are_the_pairs_an_strtree_finds(monkeypatch, at_once):
+@pytest.mark.parametrize("long_along", ["x", "y"])
+def test_box_pairs_are_the_pairs_an_strtree_finds(monkeypatch, at_once, long_along):
     from napari_xt.engine import polygons as module
 
     monkeypatch.setattr(module, "_CANDIDATES_AT_ONCE", at_once)
     rng = np.random.default_rng(3)
     low = rng.integers(0, 60, size=(400, 2)).astype(float)
     high = low + rng.integers(0, 4, size=(400, 2))  # many touch at an edge or a corner, some are points
-    high[:5, 0] = 80  # a few wide ones, which meet many
+    long = 0 if long_along == "x" else 1
+    high[:5, 1 - long] = 80  # a few long across the other axis, which meet many
+    high[5:205, long] = 80  # stripes: swept along their length, every pair of them would be a candidate
     bounds = np.hstack([low, high])
     bounds = np.vstack([bounds, bounds[7], [[-5, -5, -5, -5]]])  # the same box twice, and one far from all
     first, second = module._box_pairs(bounds)
@@ -336,3 +339,13 @@ def test_box_pairs_are_the_pairs_an_strtree_finds(monkeypatch, at_once):
     assert set(zip(first.tolist(), second.tolist())) == expected
     assert len(first) == len(expected) and (first < second).all()
     assert (7, len(bounds) - 2) in expected and len(expected) > 300
+    assert module._sweep_axis(bounds) == 1 - long  # across the stripes
+
+
+def test_boxes_are_swept_along_y_only_for_far_fewer_candidates():
+    from napari_xt.engine.polygons import _sweep_axis
+
+    rng = np.random.default_rng(5)
+    low = rng.uniform(0, 1000, size=(2000, 2))
+    for width, height, axis in [(4, 3, 0), (3, 4, 0), (9, 4, 1), (4, 9, 0)]:  # candidates scale with the extent
+        assert _sweep_axis(np.hstack([low, low + np.array([width, height])])) == axis, (width, height)

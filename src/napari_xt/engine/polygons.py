@@ -791,9 +791,13 @@ _CANDIDATES_AT_ONCE = 1 << 18
 def _box_pairs(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The pairs ``(i, j)``, ``i < j``, of boxes (rows of ``(xmin, ymin, xmax, ymax)``) that meet, touching
     included: what an STRtree of the boxes would give, without a GEOS geometry per box (an STRtree of 250,000
-    boxes takes 120 MB). The boxes are swept in order of ``xmin``: each meets, of those after it, only some of
-    those that start before it ends, ``_CANDIDATES_AT_ONCE`` of which are compared at a time."""
+    boxes takes 120 MB). The boxes are swept along x, or along y where that gives far fewer candidates (stripes
+    across the image give many along their length; ``_sweep_axis``): in order of their start there, each
+    meets, of those after it, only some of those that start before it ends, ``_CANDIDATES_AT_ONCE`` of which
+    are compared at a time."""
     n = len(bounds)
+    if _sweep_axis(bounds) == 1:
+        bounds = bounds[:, [1, 0, 3, 2]]
     order = np.argsort(bounds[:, 0], kind="stable")
     swept = bounds[order]
     count = np.searchsorted(swept[:, 0], swept[:, 2], side="right") - np.arange(n) - 1
@@ -814,6 +818,19 @@ def _box_pairs(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not firsts:
         return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     return np.concatenate(firsts), np.concatenate(seconds)
+
+
+def _sweep_axis(bounds: np.ndarray) -> int:
+    """0 or 1: the axis to sweep these boxes along. A sweep compares each box with the boxes that start within
+    its extent there. Along y only when that is fewer than half the comparisons along x: on the open sea of a
+    speckled SAR map the two are within 6% of each other, and y gained nothing but another order of work."""
+    n = len(bounds)
+    candidates = []
+    for axis in (0, 1):
+        starts = np.sort(bounds[:, axis])
+        # the boxes starting up to each box's end, less those before it in the sweep's order (n (n + 1) / 2)
+        candidates.append(int(np.searchsorted(starts, bounds[:, axis + 2], side="right").sum()) - n * (n + 1) // 2)
+    return int(2 * candidates[1] < candidates[0])
 
 
 _PAIRS_AT_ONCE = 16_384
