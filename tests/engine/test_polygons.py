@@ -349,3 +349,19 @@ def test_boxes_are_swept_along_y_only_for_far_fewer_candidates():
     low = rng.uniform(0, 1000, size=(2000, 2))
     for width, height, axis in [(4, 3, 0), (3, 4, 0), (9, 4, 1), (4, 9, 0)]:  # candidates scale with the extent
         assert _sweep_axis(np.hstack([low, low + np.array([width, height])])) == axis, (width, height)
+
+
+def test_free_pages_are_released_before_each_large_step_of_a_large_component(monkeypatch):
+    from napari_xt.engine import polygons as module
+
+    calls = []
+    monkeypatch.setattr(module, "release_free", lambda: calls.append(True) or True)
+    monkeypatch.setattr(module, "_STITCHED_FROM", 0)
+    labels = speckle()
+    plain = [(p.label, p.geometry.wkb) for p in polygons(labels, 3, tile=40)]
+    assert not calls  # no component here has 2^20 vertices
+    monkeypatch.setattr(module, "_RELEASE_FROM", 2_000)
+    released = [(p.label, p.geometry.wkb) for p in polygons(labels, 3, tile=40)]
+    large = 1  # the percolating component, 3,000 or more vertices of holes across tiles
+    assert len(calls) == 4 * large  # before stitching, simplifying, testing and building it
+    assert released == plain
