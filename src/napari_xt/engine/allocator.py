@@ -51,6 +51,8 @@ def release_free() -> bool:
             _trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
         except (OSError, AttributeError):  # not glibc
             _trim = False
+        else:
+            _trim.argtypes, _trim.restype = [ctypes.c_size_t], ctypes.c_int  # int malloc_trim(size_t pad)
     return bool(_trim and _trim(0))
 
 
