@@ -25,16 +25,11 @@ _done = False
 def few_arenas() -> bool:
     """Limit glibc's malloc arenas to ``ARENAS`` for this process; True if this call set it."""
     global _done
-    if _done or "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+    if _done or "MALLOC_ARENA_MAX" in os.environ:
         return False
     _done = True
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    return bool(mallopt(_M_ARENA_MAX, ARENAS))
+    mallopt = _glibc("mallopt", [ctypes.c_int, ctypes.c_int])  # int mallopt(int param, int value)
+    return bool(mallopt and mallopt(_M_ARENA_MAX, ARENAS))
 
 
 def release_free() -> bool:
@@ -43,17 +38,22 @@ def release_free() -> bool:
     Called before a step whose working set is large (a component of millions of vertices): memory that earlier
     small objects left free in scattered pages still counts in RSS, and the step's own arrays would add to it
     rather than fill it. It takes 15–50 ms on a heap of 500 MB. Elsewhere than glibc it does nothing."""
-    if not sys.platform.startswith("linux"):
-        return False
     global _trim
     if _trim is None:
-        try:
-            _trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc
-            _trim = False
-        else:
-            _trim.argtypes, _trim.restype = [ctypes.c_size_t], ctypes.c_int  # int malloc_trim(size_t pad)
+        _trim = _glibc("malloc_trim", [ctypes.c_size_t]) or False  # int malloc_trim(size_t pad)
     return bool(_trim and _trim(0))
 
 
 _trim = None
+
+
+def _glibc(name: str, argtypes: list):
+    """glibc's function ``name`` (returning int), or None on other platforms and C libraries."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):  # not glibc
+        return None
+    function.argtypes, function.restype = argtypes, ctypes.c_int
+    return function
