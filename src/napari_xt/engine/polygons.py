@@ -312,6 +312,11 @@ class _Packed:
     def empty(self) -> bool:
         return len(self.offsets) < 2
 
+    @property
+    def large(self) -> bool:
+        """Whether its steps release the heap's free pages first (``_RELEASE_FROM``)."""
+        return len(self.vertices) >= _RELEASE_FROM
+
     def valid(self) -> bool:
         """``shapely.is_valid`` of the polygon; by parts from the arrays from ``MANY_HOLES`` holes on."""
         import shapely
@@ -609,11 +614,10 @@ def simplified(geometries: list, tolerance: float) -> list:
             area[~packed] = shapely.area(candidates[~packed])
         keep = np.zeros(len(candidates), dtype=bool)
         for i in np.flatnonzero(packed):  # simplified, tested and measured as arrays
-            large = len(candidates[i].vertices) >= _RELEASE_FROM
-            if large:
+            if candidates[i].large:
                 release_free()
             simple[i], area[i] = candidates[i].simplified(tolerance), candidates[i].area()
-            if large:
+            if candidates[i].large:
                 release_free()
             keep[i] = not simple[i].empty and simple[i].valid()
         plain = ~packed  # validity is GEOS's dearest test: once
@@ -634,7 +638,7 @@ def simplified(geometries: list, tolerance: float) -> list:
 
 def _built_large(geometry):
     """``_exact``, with the free pages released first where a large polygon is built."""
-    if isinstance(geometry, _Packed) and len(geometry.vertices) >= _RELEASE_FROM:
+    if isinstance(geometry, _Packed) and geometry.large:
         release_free()
     return _exact(geometry)
 
