@@ -54,3 +54,27 @@ def test_views_must_match_the_levels():
     pyramid = open_pyramid(smooth_image(300, 300, 1))
     with pytest.raises(ValueError, match="one entry per level"):
         type(pyramid)(levels=pyramid.levels, downsample=pyramid.downsample, views=pyramid.views[:1] * 5)
+
+
+def test_reads_in_this_thread_never_import_dask_distributed():
+    """A dask level is computed with the synchronous scheduler given as a function: named, dask would first
+    import dask.distributed (0.15 s of every process's start-up) to look for a client."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import dask.array as da
+import numpy as np
+from napari_xt.engine.grid import active_regions, make_grid
+from napari_xt.io import open_pyramid
+pyramid = open_pyramid(da.from_array(np.random.default_rng(0).random((700, 500), np.float32), chunks=128))
+pyramid = type(pyramid)(levels=pyramid.levels, downsample=pyramid.downsample)  # no views: dask reads
+for level in range(len(pyramid.levels)):
+    assert pyramid.read(level, 3, 90, 5, 70).shape[:2] == (87, 65)
+assert active_regions(pyramid, make_grid(pyramid, 64, 0, 1.0, None)).all()
+print("distributed" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

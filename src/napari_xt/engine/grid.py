@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from napari_xt.io import ImageReadError, Pyramid
+from napari_xt.io.pyramid import in_this_thread
 
 
 class GridError(ValueError):
@@ -224,8 +225,7 @@ def active_regions(pyramid: Pyramid, grid: RegionGrid, kind: str = "auto", min_f
     try:
         # in this thread, as the reader reads (dask's default would look for a distributed client first: inside a
         # worker it would send the read to the cluster)
-        low = pyramid.levels[mask_level]
-        low = np.asarray(low.compute(scheduler="synchronous") if hasattr(low, "compute") else low)
+        low = in_this_thread(pyramid.levels[mask_level])
     except ImageReadError:
         raise
     except Exception as error:  # a codec, tifffile or zarr failed on the low level

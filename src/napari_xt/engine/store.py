@@ -40,6 +40,7 @@ from napari_xt.engine.identity import ADOPTED_OUTPUTS, differences, explain
 from napari_xt.engine.run_reader import parse_parts, run_attributes, table_of_parts
 from napari_xt.engine.stages import label_dtype
 from napari_xt.engine.summary import write_summary
+from napari_xt.io.pyramid import in_this_thread
 
 logger = logging.getLogger(__name__)
 
@@ -433,7 +434,7 @@ def _nearest_samples(level, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
             continue
         first, last = int(rows[inside][0]), int(rows[inside][-1])
         strip = level[first : last + 1]
-        strip = np.asarray(strip.compute(scheduler="synchronous") if hasattr(strip, "compute") else strip)
+        strip = in_this_thread(strip)
         block = strip[rows[inside] - first][:, cols]
         if out is None:
             out = np.empty((len(rows), len(cols), *block.shape[2:]), dtype=block.dtype)
