@@ -22,7 +22,8 @@ def test_info_bad_input_exits_2_with_one_line(tmp_path, capsys):
 def test_predict_batch_skips_finished_and_reports_bad_images(tmp_path, sar_zarr, sar_checkpoint, capsys):
     import shutil
 
-    from napari_xt.cli import EXIT_OK
+    from napari_xt.cli import EXIT_OK, process_age
+    from napari_xt.engine.stages import STAGES
 
     second = tmp_path / "second.zarr"
     shutil.copytree(sar_zarr, second)
@@ -37,9 +38,22 @@ def test_predict_batch_skips_finished_and_reports_bad_images(tmp_path, sar_zarr,
         "--level",
         "1",
     ]
+    age = process_age()
+    assert age > 0
     assert main(args) == EXIT_OK
     assert (tmp_path / "runs" / "scene__tiny_sar_xl__L1.xt.zarr" / "detections.csv").exists()
     assert (tmp_path / "runs" / "second__tiny_sar_xl__L1.xt.zarr" / "detections.geojson").exists()
+    # the first image's run counts the process's start-up; the second waited on nothing before it began
+    first, then = (
+        zarr.open_group(str(tmp_path / "runs" / f"{name}__tiny_sar_xl__L1.xt.zarr"), mode="r").attrs["napari_xt"][
+            "timings"
+        ]
+        for name in ("scene", "second")
+    )
+    assert first["start_up"] >= age > 2 * then["start_up"]
+    for timings in (first, then):
+        named = [*STAGES, "export", "other"]
+        assert sum(timings[name] for name in named) == pytest.approx(timings["total"], abs=0.01)
     capsys.readouterr()
     assert main(args) == EXIT_OK
     assert capsys.readouterr().err.count("skipped already finished") == 2

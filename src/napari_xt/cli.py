@@ -268,10 +268,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.scheduler or args.workers:
         results = analyse_distributed(args.images, args.checkpoint, args.out, options, args.scheduler, args.workers)
     else:
-        results = (
-            analyse_image(image, args.checkpoint, args.out, options, on_event=ProgressReport(str(image), args.quiet))
-            for image in args.images
-        )
+        results = _analysed_here(args, options, analyse_image)
     statuses = set()
     rows: list[dict] = []
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -299,6 +296,28 @@ def _predict(args: argparse.Namespace) -> int:
     if BAD_INPUT in statuses:
         return EXIT_BAD_INPUT
     return EXIT_FAILED if FAILED in statuses else EXIT_OK
+
+
+def _analysed_here(args: argparse.Namespace, options: dict, analyse_image):
+    """The images' results, analysed in this process one after the other; the first image's run counts the
+    process's start-up (``process_age``) in its ``start_up`` stage."""
+    waited = process_age()
+    for image in args.images:
+        report = ProgressReport(str(image), args.quiet)
+        yield analyse_image(image, args.checkpoint, args.out, options, on_event=report, start_up=waited)
+        waited = 0.0
+
+
+def process_age() -> float:
+    """Seconds since this process was started (the interpreter, the imports so far); 0 where not known."""
+    import time
+
+    import psutil
+
+    try:
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except (psutil.Error, OSError):
+        return 0.0
 
 
 def _sources(args, level: int, seed_offset: int = 0, known=None):

@@ -52,6 +52,17 @@ def test_distributed_results_equal_the_local_run(tmp_path, three_images, sar_che
         np.testing.assert_allclose(found.size, expected.size, rtol=1e-3, atol=0.01)
 
 
+def test_a_run_counts_what_it_waited_on_before_it_began_as_its_start_up(tmp_path, sar_zarr, sar_checkpoint):
+    """``start_up`` given to ``analyse_image`` (the CLI's own start-up) is the run's first stage, in its total."""
+    from napari_xt.engine.stages import STAGES
+
+    result = analyse_image(str(sar_zarr), str(sar_checkpoint), str(tmp_path), OPTIONS, start_up=30.0)
+    timings = zarr.open_group(result.run_dir, mode="r").attrs["napari_xt"]["timings"]
+    assert 30.0 <= timings["start_up"] < timings["total"] - timings["encode"]
+    named = [*STAGES, "export", "other"]
+    assert sum(timings[name] for name in named) == pytest.approx(timings["total"], abs=0.01)
+
+
 def _dies_once(image, checkpoint, out_dir, options, marker):
     """A task that kills its worker process the first time it runs on image 'b'."""
     if image.endswith("b.zarr") and not os.path.exists(marker):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +75,16 @@ def _prepared_model(checkpoint: str, mtime_ns: int, size: int, device: str):
     return model, sha
 
 
-def analyse_image(image: str, checkpoint: str, out_dir: str, options_dict: dict, on_event=None) -> ImageResult:
+def analyse_image(
+    image: str, checkpoint: str, out_dir: str, options_dict: dict, on_event=None, start_up: float = 0.0
+) -> ImageResult:
     """Run one image to the end (the unit of work of a batch, local or distributed); never raises for one
-    image's problems, which become the result's status and message."""
+    image's problems, which become the result's status and message.
+
+    ``start_up``: seconds this run waited on before the call (``napari-xt predict`` gives its first image the
+    process's own start-up). With the imports and the loading of the model here (the first image of a process,
+    or of a checkpoint, pays for them), it is the run's ``start_up`` stage."""
+    entered = time.perf_counter()
     from napari_xt.engine.events import Cancelled, Failed, Finished
     from napari_xt.engine.runner import RunOptions, prepare, start
     from napari_xt.io import ImageReadError
@@ -88,6 +96,7 @@ def analyse_image(image: str, checkpoint: str, out_dir: str, options_dict: dict,
         stat = os.stat(checkpoint)
         model, sha = _prepared_model(str(Path(checkpoint).resolve()), stat.st_mtime_ns, stat.st_size, options.device)
         prepared = prepare(image, model, options, weights_sha=sha, checkpoint_path=str(checkpoint))
+        prepared.start_up = start_up + (time.perf_counter() - entered - prepared.seconds)
         run_dir = run_dir_of(prepared, out_dir, str(image))
         if not options.overwrite and already_finished(run_dir, prepared):
             return ImageResult(str(image), str(run_dir), SKIPPED, "already finished")
