@@ -69,6 +69,22 @@ def test_predict_batch_skips_finished_and_reports_bad_images(tmp_path, sar_zarr,
     assert "nope.zarr: no such file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("offset", [-7200.0, 3600.0])
+def test_a_process_start_time_that_is_not_plausible_is_not_believed(monkeypatch, offset):
+    """A start time hours before the command line was loaded, or after it (clocks that disagree in a container),
+    gives the time since the command line was loaded instead."""
+    import time
+
+    import psutil
+
+    from napari_xt import cli
+
+    monkeypatch.setattr(psutil.Process, "create_time", lambda self: cli._LOADED + offset)
+    before = time.time()
+    age = cli.process_age()
+    assert before - cli._LOADED <= age <= time.time() - cli._LOADED
+
+
 def test_predict_exit_2_for_checkpoint_problems(tmp_path, sar_zarr, ome_zarr_v05, sar_checkpoint, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint")

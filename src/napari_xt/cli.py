@@ -12,7 +12,10 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
+
+_LOADED = time.time()  # when the command line was loaded: the earliest moment it knows of itself
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
@@ -113,8 +116,6 @@ class ProgressReport:
         self._last_step, self._last_time = -1, 0.0
 
     def __call__(self, event) -> None:
-        import time
-
         from napari_xt.engine.events import Progress, Started
 
         if self.quiet:
@@ -309,15 +310,18 @@ def _analysed_here(args: argparse.Namespace, options: dict, analyse_image):
 
 
 def process_age() -> float:
-    """Seconds since this process was started (the interpreter, the imports so far); 0 where not known."""
-    import time
-
+    """Seconds since this process was started (the interpreter, the imports so far). Where the system's start
+    time of the process is not plausible (after this module was loaded, or over ten minutes before: the clocks
+    of some containers disagree), the seconds since this module was loaded."""
     import psutil
 
     try:
-        return max(0.0, time.time() - psutil.Process().create_time())
+        started = psutil.Process().create_time()
     except (psutil.Error, OSError):
-        return 0.0
+        started = _LOADED
+    if not _LOADED - 600.0 <= started <= _LOADED:
+        started = _LOADED
+    return max(0.0, time.time() - started)
 
 
 def _sources(args, level: int, seed_offset: int = 0, known=None):
