@@ -191,3 +191,32 @@ def test_every_label_level_is_written_as_regions_finish(tmp_path):
     np.testing.assert_array_equal(level2, level0[::4, ::4])
     datasets = group.attrs["ome"]["multiscales"][0]["datasets"]
     assert [d["coordinateTransformations"][0]["scale"] for d in datasets] == [[1.0, 1.0], [2.0, 2.0], [4.0, 4.0]]
+
+
+def test_choosing_the_batch_size_starting_the_blend_and_removing_the_scratch_file_are_in_named_stages(
+    tmp_path, sar_scene, monkeypatch
+):
+    """The batch-size probe counts as planning, building the blender as blending and closing the feature keeper
+    (its scratch file goes) as keeping: none of them is left to ``other``."""
+    import time
+
+    from napari_xt.engine import runner
+    from napari_xt.engine.cache import FeatureKeeper
+    from napari_xt.engine.neighbours import Blender
+
+    def slow(function, result=None):
+        def wrapped(*args, **kwargs):
+            time.sleep(0.5)
+            value = function(*args, **kwargs)
+            return value if result is None else result
+
+        return wrapped
+
+    monkeypatch.setattr(runner, "_auto_batch_size", slow(lambda ctx: None, result=8))
+    monkeypatch.setattr(FeatureKeeper, "close", slow(FeatureKeeper.close))
+    monkeypatch.setattr(Blender, "__init__", slow(Blender.__init__))
+    options = RunOptions(**{**FAST, "batch_size": None})
+    last = run_to_end(sar_scene.pyramid(), tiny_sar_model(), tmp_path / "s.xt.zarr", options)
+    timings = last.timings
+    assert timings["batch_size"] == 8
+    assert timings["plan"] >= 0.5 and timings["blend"] >= 0.5 and timings["keep"] >= 0.5

@@ -510,10 +510,11 @@ def _events(ctx: _RunContext) -> Iterator:
             return
         finished = True
         if len(todo):
-            # a resumed run keeps its batch size, so its regions come out as in an uninterrupted run
-            ctx.batch_size = store.spec.get("batch_size") or ctx.options.batch_size or _auto_batch_size(ctx)
-            store.update(batch_size=ctx.batch_size)
-            keeper = _keeper(ctx)
+            with ctx.timings.stage("plan"):
+                # a resumed run keeps its batch size, so its regions come out as in an uninterrupted run
+                ctx.batch_size = store.spec.get("batch_size") or ctx.options.batch_size or _auto_batch_size(ctx)
+                store.update(batch_size=ctx.batch_size)
+                keeper = _keeper(ctx)
             try:
                 with ctx.timings.stage("plan"):
                     decoding = _DecodePlan.of(ctx, todo)
@@ -522,7 +523,8 @@ def _events(ctx: _RunContext) -> Iterator:
                     yield from _pass2(ctx, decoding, context, keeper, n_done_before)
                 )
             finally:
-                keeper.close()
+                with ctx.timings.stage("keep"):
+                    keeper.close()  # its scratch file goes
         if not finished:
             store.update(status="cancelled", timings=ctx.timings_dict(start))
             yield Cancelled(str(store.path), int(store.done_mask().sum()))
@@ -690,7 +692,8 @@ def _pass2(ctx: _RunContext, decoding: _DecodePlan, context, keeper: FeatureKeep
     done, total = done_before, len(decoding.targets) + done_before
     blender = None
     if ctx.blends:  # the sums of regions waiting for their neighbours' windows wait beside the features
-        blender = Blender(decoding.targets, ctx.present, ctx.model.output_halos(), keeper, decoding.batches)
+        with ctx.timings.stage("blend"):
+            blender = Blender(decoding.targets, ctx.present, ctx.model.output_halos(), keeper, decoding.batches)
     pending = None  # the batch being written while the next one computes
     with ThreadPoolExecutor(max_workers=1) as writer, contextlib.closing(reader):
         for batch, local, table, needs, to_encode in zip(

@@ -33,10 +33,11 @@ STAGES = (
 )
 """The stages of a run, in order: the start-up that the run waited on before its image was opened (for the
 first image of a ``napari-xt predict`` process, the process's own start and imports; loading the model from
-its checkpoint where the run did), opening the image and model, planning the regions (foreground mask, run
-directory), waiting for pixels, encoding, keeping features for pass 2 (and gathering each decoded batch's),
-the token cache, context, decoding (with the detections' decoding), blending the regions' outputs with their
-neighbours', waiting for writes, the preview, merging detections; ``export`` follows."""
+its checkpoint where the run did), opening the image and model and creating the run directory, planning the
+regions (foreground mask, batch size, pass 2's order), waiting for pixels, encoding, keeping features for
+pass 2 (gathering each decoded batch's, removing the scratch file), the token cache, context, decoding (with
+the detections' decoding), blending the regions' outputs with their neighbours', waiting for writes, the
+preview, merging detections; ``export`` follows."""
 
 
 @dataclass
