@@ -220,3 +220,20 @@ def test_choosing_the_batch_size_starting_the_blend_and_removing_the_scratch_fil
     timings = last.timings
     assert timings["batch_size"] == 8
     assert timings["plan"] >= 0.5 and timings["blend"] >= 0.5 and timings["keep"] >= 0.5
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_runs_finish_and_agree_with_float32(tmp_path, precision):
+    """``precision`` bf16 (the default on CUDA) and fp16 run to the end on any device: the decoded outputs are
+    float32 before they are blended and turned into numpy (which has no bfloat16), and the labels are those of
+    a float32 run but for pixels where the classes' scores are within the half precision's rounding."""
+    image = np.random.default_rng(0).gamma(1.0, 0.1, (256, 256)).astype(np.float32)
+    labels = {}
+    for name in (precision, "fp32"):
+        options = RunOptions(cache_dir="", precision=name, save_probabilities=True)
+        last = run_to_end(image, tiny_sar_model(), tmp_path / f"{name}.xt.zarr", options)
+        assert isinstance(last, Finished), getattr(last, "message", last)
+        labels[name] = _labels(tmp_path / f"{name}.xt.zarr")
+        probabilities = zarr.open_group(str(tmp_path / f"{name}.xt.zarr"), mode="r")["probabilities/0"][:]
+        np.testing.assert_allclose(probabilities.astype(np.float32).sum(axis=0), 1.0, atol=0.01)
+    assert (labels[precision] == labels["fp32"]).mean() > 0.97

@@ -133,6 +133,19 @@ def test_context_neighbourhoods_are_windows_of_the_image_token_grid():
         torch.testing.assert_close(grids[index], padded[:, 2 * r : 2 * r + 6, 2 * c : 2 * c + 6])
 
 
+def test_context_neighbourhoods_of_bfloat16_tokens_under_cpu_autocast():
+    """Under CPU autocast the replicate pad runs in float32 whatever its input: the neighbours' bfloat16 tokens
+    go into that field as they are (``benchmarks/gpu.py --device cpu --quick`` failed there)."""
+    from napari_xt.model.tokenization import context_neighbourhoods, neighbour_table
+
+    torch.manual_seed(2)
+    tokens = torch.randn(2 * 3, 4, 5).bfloat16()
+    table = neighbour_table(2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grids = context_neighbourhoods(tokens, table)
+    torch.testing.assert_close(grids.float(), context_neighbourhoods(tokens.float(), table), rtol=0, atol=0)
+
+
 def test_blend_weights_of_two_neighbours_sum_to_one_across_their_border():
     from napari_xt.model.tokenization import blend_weights
 

@@ -197,7 +197,9 @@ def decode(model, neighbourhood, compute: Compute, pad_to: int = 0) -> dict:
         # the table padded (its last row repeated), so that the decoder's batch has ``pad_to`` rows
         crop = not getattr(model, "blends", False)  # else whole windows, for the blend (``neighbours.Blender``)
         outputs = model.decode_neighbourhoods(features, context.float(), _padded(table, pad_to), crop=crop)
-        return _first_rows(outputs, n)
+    # float32 from here on, as the features are: the blend's sums, the detections' scores and sizes (numpy has no
+    # bfloat16) and the probabilities do not depend on the precision the model ran at beyond its own outputs
+    return _first_rows(_float32(outputs), n)
 
 
 @dataclass
@@ -210,6 +212,13 @@ class Neighbourhood:
     features: list
     context: object
     table: np.ndarray
+
+
+def _float32(outputs):
+    """Floating tensors of (nested dicts of) outputs as float32."""
+    if isinstance(outputs, dict):
+        return {key: _float32(value) for key, value in outputs.items()}
+    return outputs.float() if getattr(outputs, "is_floating_point", lambda: False)() else outputs
 
 
 def _first_rows(outputs, n: int):

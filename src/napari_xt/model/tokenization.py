@@ -180,7 +180,8 @@ def context_neighbourhoods(tokens: torch.Tensor, table: torch.Tensor) -> torch.T
         if k == CENTRE or not bool(present.any()):
             continue
         r0, c0 = (dr + 1) * t, (dc + 1) * t
-        out[present, :, r0 : r0 + t, c0 : c0 + t] = grids[table[present, k]]
+        # in the field's dtype: under CPU autocast the replicate pad above runs in float32 whatever the tokens
+        out[present, :, r0 : r0 + t, c0 : c0 + t] = grids[table[present, k]].to(out.dtype)
     for k, (dr, dc) in enumerate(NEIGHBOURS):
         if not (dr and dc):
             continue
