@@ -237,3 +237,25 @@ def test_half_precision_runs_finish_and_agree_with_float32(tmp_path, precision):
         probabilities = zarr.open_group(str(tmp_path / f"{name}.xt.zarr"), mode="r")["probabilities/0"][:]
         np.testing.assert_allclose(probabilities.astype(np.float32).sum(axis=0), 1.0, atol=0.01)
     assert (labels[precision] == labels["fp32"]).mean() > 0.97
+
+
+def test_the_batch_size_on_a_gpu_comes_from_the_free_memory_of_the_run_s_own_gpu(monkeypatch):
+    """With ``--device cuda:1`` the free memory asked for is cuda:1's, not that of the current device (cuda:0)."""
+    from types import SimpleNamespace
+
+    from napari_xt.engine import runner
+    from napari_xt.engine.stages import Compute, Encoded
+
+    asked = []
+
+    def mem_get_info(device=None):
+        asked.append(device)
+        return 100 * 2**20, 80 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    monkeypatch.setattr(runner, "encode", lambda *args, **kwargs: Encoded(None, [torch.zeros(1, 64, 32, 32)]))
+    config = SimpleNamespace(in_channels=3, region_size=256)
+    ctx = SimpleNamespace(model=SimpleNamespace(config=config), compute=Compute(torch.device("cuda", 1)))
+    per_region = 8 * 64 * 32 * 32 * 4 + 3 * 256 * 256 * 4 * 4
+    assert runner._auto_batch_size(ctx) == 50 * 2**20 // per_region == 10  # half the free memory
+    assert asked == [torch.device("cuda", 1)]

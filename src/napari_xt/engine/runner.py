@@ -805,7 +805,7 @@ def _auto_batch_size(ctx: _RunContext) -> int:
     features = encode(ctx.model, probe, ctx.compute, want_tokens=False).features
     per_region = 8 * sum(f.numel() * 4 for f in features) + probe.pixels.nbytes * 4
     if ctx.compute.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info()
+        free, _ = torch.cuda.mem_get_info(ctx.compute.device)  # the run's GPU, not the current one (cuda:0)
         return int(max(1, min(64, free * 0.5 // per_region)))
     return int(max(1, min(8, psutil.virtual_memory().available * 0.25 // per_region)))
 
