@@ -13,6 +13,7 @@ from napari_xt._napari.layers import image_layer_data
 from napari_xt._napari.run_layers import napari_xt_meta
 from napari_xt._napari.sample_data import world_layer_data
 from napari_xt._napari.widget import XTWidget, pyramid_of_layer
+from napari_xt.engine.events import Progress
 from napari_xt.io import open_pyramid
 
 pytestmark = pytest.mark.gui
@@ -61,6 +62,9 @@ def test_full_run_gives_lazy_aligned_layers(make_napari_viewer, qtbot, sar_check
     widget.region_grid.value = True
     _run(qtbot, widget)
     assert "finished" in widget.status.text()
+    status = widget.status.text()  # a progress event handled after Finished (see the cancel test) changes nothing
+    widget.on_event(Progress("predict", 3, 256, 1.0))
+    assert widget.status.text() == status
     labels, points, roi = widget.layers["labels"], widget.layers["points"], widget.layers["shapes"]
     data = labels.data[0] if labels.multiscale else labels.data
     assert not isinstance(data, np.ndarray)  # backed by the run directory, never a full-size array
@@ -394,6 +398,11 @@ def test_choices_survive_a_restart_and_keys_run_and_cancel(make_napari_viewer, q
     viewer.keymap[coerce_keybinding(CANCEL_KEY)](viewer)
     qtbot.waitUntil(lambda: widget.done, timeout=120_000)
     assert "cancelled" in widget.status.text() or "finished" in widget.status.text()
+    # a progress event handled after the run's last one (napari's progress bar handles pending events as it
+    # updates, so the last event can come in the middle of the one before) changes nothing
+    status = widget.status.text()
+    widget.on_event(Progress("predict", 21, 249, 1.0))
+    assert widget.status.text() == status
     assert widget._progress is None  # the bar is closed with the run
     assert again.outlines.value and widget.layers["labels"].contour == 2  # classes drawn as outlines
     widget.outlines.value = False

@@ -203,6 +203,7 @@ class XTWidget(QWidget):
         self._refine = None  # the whole-image-context run that follows a first look, until it is launched
         self._pending = None  # a launched run whose layers wait for its first results
         self._finished = False  # the last run's worker ended with Finished
+        self._ended = True  # the last run's event stream has ended
         self.config = None
         self._last_status = 0.0
         import pandas  # noqa: F401  (napari needs it for the detections' features: load it now, not mid-run)
@@ -643,6 +644,7 @@ class XTWidget(QWidget):
         if show_now:
             self._show_layers(run)
         self._started = False
+        self._ended = False  # until this run's Finished, Cancelled or Failed: no progress is shown after it
         self._close_progress()
         from napari.utils import progress
 
@@ -769,7 +771,8 @@ class XTWidget(QWidget):
             self._progress_to(event.n_done, event.n_active)
             self.status.setText(event.description)
         elif isinstance(event, Progress):
-            self._show_progress(event)
+            if not self._ended:  # (a progress bar's update may handle the run's last event before this returns)
+                self._show_progress(event)
         elif isinstance(event, PartialResult):
             live.add_detections(event.detections)
             if live.refresh_due():
@@ -777,7 +780,7 @@ class XTWidget(QWidget):
         elif isinstance(event, Finished):
             from napari.utils.notifications import show_info
 
-            self._finished = True
+            self._finished = self._ended = True
             live.finish()
             self._show_legend(event.run_dir)
             self.progress.setValue(self.progress.maximum())
@@ -785,12 +788,14 @@ class XTWidget(QWidget):
             self.status.setToolTip(f"the results are in {event.run_dir} (File > Open shows them again)")
             show_info(f"xT finished: {event.n_detections} detections")
         elif isinstance(event, Cancelled):
+            self._ended = True
             live.refresh()
             self.status.setText(f"cancelled; the {event.n_done} regions done are kept")
             self.status.setToolTip(f"the results are in {event.run_dir}; running again continues from them")
         elif isinstance(event, Failed):
             from napari.utils.notifications import show_error
 
+            self._ended = True
             live.refresh()
             show_error(f"napari-xt: {event.message}")
             self.status.setText(f"<span style='color:#e66'>{event.message}</span>")
@@ -811,12 +816,13 @@ class XTWidget(QWidget):
         if now - self._last_status < STATUS_INTERVAL_S and event.done < event.total:
             return
         self._last_status = now
-        if event.phase == "predict":
+        eta = f", ETA {event.eta:.0f} s" if event.eta is not None else ""
+        if self.cancel_token is None or not self.cancel_token.cancelled:  # else "cancelling…" stays
+            self.status.setText(f"{event.phase}: {event.done}/{event.total} regions, {event.rate:.1f}/s{eta}")
+        if event.phase == "predict":  # last: napari's progress bar handles pending events as it updates
             self.progress.setRange(0, max(1, event.total))
             self.progress.setValue(event.done)
             self._progress_to(event.done, event.total)
-        eta = f", ETA {event.eta:.0f} s" if event.eta is not None else ""
-        self.status.setText(f"{event.phase}: {event.done}/{event.total} regions, {event.rate:.1f}/s{eta}")
 
     @property
     def detections(self):
