@@ -249,7 +249,7 @@ def _is_zarr_store(path: Path) -> bool:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from napari_xt.engine.batch import BAD_INPUT, CANCELLED, FAILED, analyse_distributed, analyse_image
+    from napari_xt.engine.batch import BAD_INPUT, CANCELLED, FAILED, analyse_distributed
 
     try:
         if not args.checkpoint or not args.out:
@@ -269,7 +269,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.scheduler or args.workers:
         results = analyse_distributed(args.images, args.checkpoint, args.out, options, args.scheduler, args.workers)
     else:
-        results = _analysed_here(args, options, analyse_image)
+        results = _analysed_here(args, options)
     statuses = set()
     rows: list[dict] = []
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -299,9 +299,11 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_FAILED if FAILED in statuses else EXIT_OK
 
 
-def _analysed_here(args: argparse.Namespace, options: dict, analyse_image):
+def _analysed_here(args: argparse.Namespace, options: dict):
     """The images' results, analysed in this process one after the other; the first image's run counts the
     process's start-up (``process_age``) in its ``start_up`` stage."""
+    from napari_xt.engine.batch import analyse_image
+
     waited = process_age()
     for image in args.images:
         report = ProgressReport(str(image), args.quiet)

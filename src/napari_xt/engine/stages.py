@@ -199,7 +199,7 @@ def decode(model, neighbourhood, compute: Compute, pad_to: int = 0) -> dict:
         outputs = model.decode_neighbourhoods(features, context.float(), _padded(table, pad_to), crop=crop)
     # float32 from here on, as the features are: the blend's sums, the detections' scores and sizes (numpy has no
     # bfloat16) and the probabilities do not depend on the precision the model ran at beyond its own outputs
-    return _first_rows(_float32(outputs), n)
+    return _first_rows(outputs, n)
 
 
 @dataclass
@@ -214,17 +214,14 @@ class Neighbourhood:
     table: np.ndarray
 
 
-def _float32(outputs):
-    """Floating tensors of (nested dicts of) outputs as float32."""
-    if isinstance(outputs, dict):
-        return {key: _float32(value) for key, value in outputs.items()}
-    return outputs.float() if getattr(outputs, "is_floating_point", lambda: False)() else outputs
-
-
 def _first_rows(outputs, n: int):
+    """The first ``n`` rows of (nested dicts of) outputs, floating tensors as float32 (the padding is not cast)."""
     if isinstance(outputs, dict):
         return {key: _first_rows(value, n) for key, value in outputs.items()}
-    return outputs[:n] if hasattr(outputs, "shape") and outputs.ndim > 0 else outputs
+    if not (hasattr(outputs, "shape") and outputs.ndim > 0):
+        return outputs
+    rows = outputs[:n]
+    return rows.float() if rows.is_floating_point() else rows
 
 
 @dataclass(frozen=True)
