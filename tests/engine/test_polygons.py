@@ -235,14 +235,14 @@ def test_a_packed_polygon_simplifies_to_what_its_geos_polygon_does():
     """A component merged from kept pieces is simplified from its arrays; the result, the fallbacks (GEOS's
     topology-preserving simplification where the plain one is invalid, the exact polygon where the area moves too
     much) and the area are those of its GEOS polygon."""
-    from napari_xt.engine.polygons import _Packed, _simplified_rings, simplified
+    from napari_xt.engine.polygons import PackedPolygon, _simplified_rings, simplified
 
     exact = [p.geometry for p in polygons(speckle(), 3, tile=1000, simplify=0)]
     holed = [g for g in exact if g.interiors]
     packed = []
     for i, polygon in enumerate(holed):  # float64 and int32 vertices in turn
         _, vertices, (ring_offsets, _) = shapely.to_ragged_array([polygon])
-        packed.append(_Packed(vertices.astype(np.int32) if i % 2 else vertices, ring_offsets))
+        packed.append(PackedPolygon(vertices.astype(np.int32) if i % 2 else vertices, ring_offsets))
     assert {p.vertices.dtype for p in packed} == {np.dtype(np.int32), np.dtype(np.float64)}
     assert [p.polygon().wkb for p in packed] == [g.wkb for g in holed]
     assert [p.area() for p in packed] == [g.area for g in holed]
@@ -255,6 +255,13 @@ def test_a_packed_polygon_simplifies_to_what_its_geos_polygon_does():
         fallbacks += sum(not a.equals_exact(b, 0) for a, b in zip(plain, simplified(holed, tolerance)))
     assert fallbacks > 0
     assert [g.wkb for g in simplified(packed, 0)] == [g.wkb for g in holed]
+    for polygon in packed:  # Douglas–Peucker keeps whole vertices whole
+        floats = PackedPolygon(polygon.vertices.astype(np.float64), polygon.offsets)
+        ints = PackedPolygon(polygon.vertices.astype(np.int32), polygon.offsets)
+        as_floats, as_ints = floats.simplified(0.75), ints.simplified(0.75)
+        assert as_ints.vertices.dtype == np.int32 and as_floats.vertices.dtype == np.float64
+        np.testing.assert_array_equal(as_ints.vertices, as_floats.vertices)
+        np.testing.assert_array_equal(as_ints.offsets, as_floats.offsets)
 
 
 def test_rings_simplified_a_few_at_a_time_give_the_same_polygons(monkeypatch):
@@ -284,10 +291,15 @@ def test_rings_simplified_a_few_at_a_time_give_the_same_polygons(monkeypatch):
 
 
 @pytest.mark.parametrize("tile", [8, 16, 29])
-def test_components_stitched_from_their_edges_equal_geos_unions(monkeypatch, tile):
+@pytest.mark.parametrize("codes", ["int32", "int64"])
+def test_components_stitched_from_their_edges_equal_geos_unions(monkeypatch, tile, codes):
     """Outlines joined by ``_stitched`` give GEOS's union: the same area, holes and validity, on speckle whose
-    pixels touch diagonally everywhere (rings that touch at corners, across tile borders too)."""
+    pixels touch diagonally everywhere (rings that touch at corners, across tile borders too), with the points
+    coded as int32 (every map here) and as int64 (maps over 23,000²)."""
     from napari_xt.engine import polygons as module
+
+    if codes == "int64":
+        monkeypatch.setattr(module, "_INT32_CODES", 0)
 
     rng = np.random.default_rng(tile)
     maps = [speckle(), (rng.random((101, 87)) < 0.5).astype(np.uint8) + 1]
@@ -355,13 +367,77 @@ def test_free_pages_are_released_before_each_large_step_of_a_large_component(mon
     from napari_xt.engine import polygons as module
 
     calls = []
-    monkeypatch.setattr(module, "release_free", lambda: calls.append(True) or True)
+    monkeypatch.setattr(module, "release_free", lambda: calls.append(sys._getframe(1).f_code.co_name) or True)
     monkeypatch.setattr(module, "_STITCHED_FROM", 0)
     labels = speckle()
     plain = [(p.label, p.geometry.wkb) for p in polygons(labels, 3, tile=40)]
     assert not calls  # no component here has 2^20 vertices
     monkeypatch.setattr(module, "_RELEASE_FROM", 2_000)
     released = [(p.label, p.geometry.wkb) for p in polygons(labels, 3, tile=40)]
-    large = 1  # the percolating component, 3,000 or more vertices of holes across tiles
-    assert len(calls) == 4 * large  # before stitching, simplifying, testing and building it
+    # the percolating component, 3,000 or more vertices of holes across tiles: before stitching it, as its holes
+    # are copied, before simplifying it, before and within testing it, and before building it
+    assert {"_merged", "simplified", "_hole_groups", "_valid_by_parts", "_as_result"} <= set(calls)
     assert released == plain
+
+
+def test_components_handed_on_as_arrays_are_measured_and_written_as_their_geos_polygons(monkeypatch):
+    """With ``arrays``, a merged component comes as its vertex arrays; its area, length and GeoJSON text (at level
+    0 too) are those of the GEOS polygon it stands for, to the last bit and byte."""
+    from napari_xt.engine import polygons as module
+    from napari_xt.engine.georef import geojson_pieces
+    from napari_xt.engine.polygons import PackedPolygon, built, measured
+
+    labels = speckle()
+    as_geos = list(polygon_batches(labels, 3, tile=40))
+    monkeypatch.setattr(module, "ARRAYS_FROM", 0)
+    as_arrays = list(polygon_batches(labels, 3, tile=40, arrays=True))
+    packed = [g for _, batch in as_arrays for g in batch if isinstance(g, PackedPolygon)]
+    assert packed and max(len(p.offsets) for p in packed) > 100  # the percolating component, its holes
+    assert {p.vertices.dtype for p in packed} == {np.dtype(np.int32)}
+    for (classes, mine), (their_classes, theirs) in zip(as_arrays, as_geos, strict=True):
+        np.testing.assert_array_equal(classes, their_classes)
+        assert shapely.to_wkb(built(mine)).tolist() == shapely.to_wkb(theirs).tolist()
+        area, length = measured(mine)
+        assert area.tolist() == shapely.area(theirs).tolist()
+        assert length.tolist() == shapely.length(theirs).tolist()
+        for downsample in (None, (2.0, 2.0), (1.0, 1.0)):
+            text = ["".join([t] if isinstance(t, str) else t) for t in geojson_pieces(mine, downsample)]
+            assert text == geojson_pieces(theirs, downsample)  # small polygons: GEOS's own writer
+
+
+def test_no_tile_is_held_while_the_last_row_of_components_is_merged(monkeypatch, tmp_path):
+    """By the time the last row's components (a speckled map's open sea among them) are merged, the export holds
+    no tile's ids and no earlier batch of polygons: a speckle tile is 16 MB of ids and 200,000 polygons."""
+    import gc
+    import weakref
+
+    from napari_xt.engine import polygons as module
+    from napari_xt.engine.exports import ExportUnits, _export_polygons
+
+    made, checked = [], []
+    real_objects, real_label, real_close = module._objects, module._label, module._Pieces.close_all_but
+
+    def objects(items):
+        array = real_objects(items)
+        made.append(weakref.ref(array))
+        return array
+
+    def label(block, wanted):
+        ids, classes = real_label(block, wanted)
+        made.append(weakref.ref(ids))
+        return ids, classes
+
+    def close_all_but(self, still_open, tile):
+        if not still_open:  # the last row
+            gc.collect()
+            checked.append(sum(ref() is not None for ref in made))
+        yield from real_close(self, still_open, tile)
+
+    monkeypatch.setattr(module, "_objects", objects)
+    monkeypatch.setattr(module, "_label", label)
+    monkeypatch.setattr(module._Pieces, "close_all_but", close_all_but)
+    real_batches = module.polygon_batches
+    monkeypatch.setattr(module, "polygon_batches", lambda *args, **kwargs: real_batches(*args, tile=40, **kwargs))
+    spec = {"segmentation_classes": ["background", "a", "b"], "downsample": [1.0, 1.0]}
+    _export_polygons(tmp_path, spec, speckle(), ExportUnits(), None)
+    assert len(made) > 20 and checked == [0]

@@ -234,10 +234,8 @@ def export_run(run_dir: Path, spec: dict, labels, detections: DetectionTable, se
 def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, frame) -> list[str]:
     """``segmentation.geojson`` (QuPath annotations) and, on a map, the same polygons in the GeoPackage and in
     WGS84 GeoJSON."""
-    import shapely
-
-    from napari_xt.engine.georef import GeoJSONWriter, GeoPackageLayer, geojson_pieces
-    from napari_xt.engine.polygons import polygon_batches, to_level0
+    from napari_xt.engine.georef import GeoJSONWriter, GeoPackageLayer
+    from napari_xt.engine.polygons import polygon_batches
 
     names = list(spec["segmentation_classes"])
     colours = spec.get("colours", {})
@@ -255,38 +253,12 @@ def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, fram
             {"class": "U", "class_index": "int32", frame.area_field: "float64", frame.perimeter_field: "float64"},
             frame.crs,
         )
-        move = frame.to_wgs84()
     properties = _qupath_annotation_properties(names, colours, units)
+    writers = _PolygonWriters(qupath, wgs84, gpkg, frame, names, downsample, units, properties)
     try:
-        for classes, geometries in polygon_batches(labels, len(names)):
-            if frame is None and downsample[0] == downsample[1]:
-                # measured and written without a scaled copy (the same numbers where the downsample is a power
-                # of two; otherwise to the last bit or so)
-                areas = units.area(shapely.area(geometries) * (downsample[0] * downsample[1])).tolist()
-                perimeters = units.length(shapely.length(geometries) * downsample[0]).tolist()
-                texts = geojson_pieces(geometries, downsample)
-                qupath.add_texts(texts, list(map(properties, classes.tolist(), areas, perimeters)))
-                continue
-            level0 = to_level0(geometries, downsample)
-            areas = units.area(shapely.area(level0)).tolist()
-            perimeters = units.length(shapely.length(level0)).tolist()
-            qupath.add_texts(geojson_pieces(level0), list(map(properties, classes.tolist(), areas, perimeters)))
-            if frame is None:
-                continue
-            for label, geometry in zip(classes.tolist(), level0):
-                name = names[label]
-                on_map = frame.geometry(geometry)
-                gpkg.add(
-                    on_map,
-                    **{
-                        "class": name,
-                        "class_index": label,
-                        frame.area_field: float(on_map.area),
-                        frame.perimeter_field: float(on_map.length),
-                    },
-                )
-                lonlat = shapely.orient_polygons(move(on_map))  # RFC 7946: exterior rings counter-clockwise
-                wgs84.add(lonlat, {"class": name, frame.area_field: float(on_map.area)})
+        for batch in polygon_batches(labels, len(names), arrays=True):
+            writers.write(*batch)
+            del batch  # a tile of speckle is 200,000 polygons: not kept while the next batch is made
     except BaseException:
         qupath.abort()
         if wgs84 is not None:
@@ -299,6 +271,64 @@ def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, fram
         wgs84.close()
         files.append("segmentation.wgs84.geojson")
     return files
+
+
+@dataclass
+class _PolygonWriters:
+    """Where ``_export_polygons`` writes each batch of polygons. A batch is measured, made text and written in
+    ``write``, so that nothing of it outlives the call: the loop that made the next batch held the last one's
+    polygons, measurements and texts (the last 2,048² tile of a speckled SAR map: 200,000 polygons, the texts
+    alone about 60 MB) while the image's largest component was merged, simplified, tested and written."""
+
+    qupath: object
+    wgs84: object
+    gpkg: object
+    frame: object
+    names: list
+    downsample: tuple
+    units: ExportUnits
+    properties: object
+
+    def __post_init__(self):
+        self.move = None if self.frame is None else self.frame.to_wgs84()  # a geometry on the map → in WGS84
+
+    def write(self, classes: np.ndarray, geometries: np.ndarray) -> None:
+        import shapely
+
+        from napari_xt.engine.georef import geojson_pieces
+        from napari_xt.engine.polygons import built, measured, to_level0
+
+        downsample, units, properties, frame = self.downsample, self.units, self.properties, self.frame
+        if frame is None and downsample[0] == downsample[1]:
+            # measured and written without a scaled copy (the same numbers where the downsample is a power of
+            # two; otherwise to the last bit or so), a PackedPolygon from its arrays
+            area, length = measured(geometries)
+            areas = units.area(area * (downsample[0] * downsample[1])).tolist()
+            perimeters = units.length(length * downsample[0]).tolist()
+            del area, length
+            texts = geojson_pieces(geometries, downsample)
+            self.qupath.add_texts(texts, list(map(properties, classes.tolist(), areas, perimeters)))
+            return
+        level0 = to_level0(built(geometries), downsample)
+        areas = units.area(shapely.area(level0)).tolist()
+        perimeters = units.length(shapely.length(level0)).tolist()
+        self.qupath.add_texts(geojson_pieces(level0), list(map(properties, classes.tolist(), areas, perimeters)))
+        if frame is None:
+            return
+        for label, geometry in zip(classes.tolist(), level0):
+            name = self.names[label]
+            on_map = frame.geometry(geometry)
+            self.gpkg.add(
+                on_map,
+                **{
+                    "class": name,
+                    "class_index": label,
+                    frame.area_field: float(on_map.area),
+                    frame.perimeter_field: float(on_map.length),
+                },
+            )
+            lonlat = shapely.orient_polygons(self.move(on_map))  # RFC 7946: exterior rings counter-clockwise
+            self.wgs84.add(lonlat, {"class": name, frame.area_field: float(on_map.area)})
 
 
 def _qupath_annotation_properties(names: list[str], colours: dict, units: ExportUnits):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_xt._atomic import atomic_path
-from napari_xt.engine.polygons import MissingGeoExtra, polygon_arrays, to_level0
+from napari_xt.engine.polygons import MissingGeoExtra, PackedPolygon, polygon_arrays, to_level0
 
 WGS84 = "EPSG:4326"
 
@@ -161,18 +161,20 @@ def geojson_texts(geometries: np.ndarray) -> list[str]:
 
 
 def geojson_pieces(geometries: np.ndarray, downsample: tuple[float, float] | None = None) -> list:
-    """``geojson_texts``, where each large polygon's text is an iterator of its pieces instead, made from the
-    polygon's arrays only as it is consumed (``GeoJSONWriter.add_texts`` writes them one by one): the open sea
-    of a speckled 16,384² SAR map is 42 MB of text, and its arrays, ring texts and the joined text took the
-    export 227 MB above what it held.
+    """``geojson_texts``, where each large polygon's text (and each ``PackedPolygon``'s, which ``geojson_texts``
+    does not take) is an iterator of its pieces instead, made from the polygon's arrays only as it is consumed
+    (``GeoJSONWriter.add_texts`` writes them one by one): the open sea of a speckled 16,384² SAR map is 42 MB of
+    text, and its arrays, ring texts and the joined text took the export 227 MB above what it held.
 
     ``downsample``: the texts of ``polygons.to_level0(geometries, downsample)``, the same numbers, without a
     scaled copy of the large polygons (the open sea's: 236 MB)."""
     import shapely
 
     geometries = np.asarray(geometries, dtype=object)
-    large = (shapely.get_type_id(geometries) == shapely.GeometryType.POLYGON) & (
-        shapely.get_num_coordinates(geometries) >= LARGE_POLYGON
+    packed = np.fromiter((isinstance(g, PackedPolygon) for g in geometries), dtype=bool, count=len(geometries))
+    large = packed.copy()
+    large[~packed] = (shapely.get_type_id(geometries[~packed]) == shapely.GeometryType.POLYGON) & (
+        shapely.get_num_coordinates(geometries[~packed]) >= LARGE_POLYGON
     )
     texts = np.empty(len(geometries), dtype=object)
     small = geometries[~large]
@@ -189,8 +191,8 @@ def _polygon_pieces(polygon, factor: np.ndarray | None) -> Iterator[str]:
     for start, stop in zip(ring_offsets[:-1].tolist(), ring_offsets[1:].tolist()):
         yield "[" if start == 0 else ",["
         for first in range(start, stop, _VERTICES_AT_ONCE):
-            block = vertices[first : min(first + _VERTICES_AT_ONCE, stop)]
-            block = (block if factor is None else block * factor).tolist()
+            block = vertices[first : min(first + _VERTICES_AT_ONCE, stop)]  # int32 in a PackedPolygon
+            block = (block.astype(np.float64) if factor is None else block * factor).tolist()
             yield ("" if first == start else ",") + ",".join(f"[{x!r},{y!r}]" for x, y in block)
         yield "]"
     yield "]}"
