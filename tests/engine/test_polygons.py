@@ -441,3 +441,13 @@ def test_no_tile_is_held_while_the_last_row_of_components_is_merged(monkeypatch,
     spec = {"segmentation_classes": ["background", "a", "b"], "downsample": [1.0, 1.0]}
     _export_polygons(tmp_path, spec, speckle(), ExportUnits(), None)
     assert len(made) > 20 and checked == [0]
+
+
+def test_outlines_off_the_pixel_grid_are_left_to_geos():
+    """``_stitched`` joins pixel-edge outlines only; outlines all half a pixel off the grid are left to GEOS's
+    union (their coordinates less the smallest are whole, which must not pass for pixel corners)."""
+    from napari_xt.engine.polygons import _stitched
+
+    vertices, offsets = _stitched([shapely.box(0, 0, 8, 4), shapely.box(8, 0, 12, 4)], 8)
+    assert shapely.Polygon(vertices[offsets[0] : offsets[1]]).equals(shapely.box(0, 0, 12, 4))
+    assert _stitched([shapely.box(0.5, 0.5, 8.5, 4.5), shapely.box(8.5, 0.5, 12.5, 4.5)], 8) is None

@@ -391,7 +391,7 @@ def _built(vertices: np.ndarray, ring_offsets: np.ndarray, polygon_offsets: np.n
 
 def _merged(pieces: list, tile: int | None = None):
     """One component from its ``_KeptPiece``s (of one tile or several): the union of the outlines, with every
-    piece's holes put back as a ``PackedPolygon`` polygon. A speckled 16,384² map's largest component, 488 pieces with
+    piece's holes put back as a ``PackedPolygon``. A speckled 16,384² map's largest component, 488 pieces with
     29,351 holes: 28.6 s for the union of the whole pieces, 5.1 s for the outlines alone, the same polygon.
     Outlines of ``_STITCHED_FROM`` vertices or more, on tiles of side ``tile``, are joined by ``_stitched``.
     The pieces' hole arrays are let go of as they are copied into the result."""
@@ -467,6 +467,8 @@ def _stitched(outlines: list, tile: int) -> tuple[np.ndarray, np.ndarray] | None
 
     _, coordinates, (ring_offsets, _) = shapely.to_ragged_array(outlines)
     low = coordinates.min(axis=0)
+    if not np.array_equal(low, np.floor(low)):
+        return None
     span = coordinates.max(axis=0) - low + 2
     stride = int(span[0])  # a point is y * stride + x: one integer, with room for a step beyond either end
     # int32 where the points times 4 directions fit (a 23,000² map): half the memory of int64 in every array
@@ -623,7 +625,7 @@ def _offsets(sizes) -> np.ndarray:
 
 
 def _components(geometry) -> list:
-    """The Polygons of a union (a Polygon, a MultiPolygon or a collection; a ``PackedPolygon`` polygon as it is)."""
+    """The Polygons of a union (a Polygon, a MultiPolygon or a collection; a ``PackedPolygon`` as it is)."""
     if isinstance(geometry, PackedPolygon):
         return [geometry]
     if geometry.is_empty:
@@ -644,7 +646,7 @@ def simplified(geometries: list, tolerance: float, arrays: bool = False) -> list
     shape: rectangles (5 coordinates) have no staircase to remove, and a result that is invalid,
     empty or off in area by more than ``MAX_AREA_CHANGE`` is replaced by the pixel-exact polygon.
 
-    ``geometries`` are Polygons or ``PackedPolygon`` polygons, whose exact polygon is built only where it is the
+    ``geometries`` are Polygons or ``PackedPolygon``s, whose exact polygon is built only where it is the
     result or the topology-preserving simplification needs it; the result is Polygons, and with ``arrays`` a
     ``PackedPolygon`` where one of ``ARRAYS_FROM`` whole-pixel vertices or more is the result."""
     if tolerance <= 0 or not geometries:
