@@ -216,3 +216,33 @@ def test_large_polygons_are_written_from_their_vertices_as_geos_writes_them(monk
     features = json.loads((tmp_path / "large.geojson").read_text())["features"]
     assert [f["properties"]["n"] for f in features] == [0, 1, 2, 3, 4]
     assert shapely.from_geojson(json.dumps(features[4]["geometry"])).equals_exact(holed, 0)
+
+
+def test_components_handed_on_as_arrays_give_the_same_map_exports(geo_run, tmp_path, monkeypatch):
+    """The QuPath GeoJSON, the WGS84 GeoJSON and the GeoPackage layer are the same whether the merged components
+    reach the writers as their arrays (``PackedPolygon``) or as GEOS polygons."""
+    from napari_xt.engine import polygons as module
+    from napari_xt.engine.exports import ExportUnits, _export_polygons
+    from napari_xt.engine.georef import MapFrame
+
+    group = zarr.open_group(str(geo_run), mode="r")
+    spec, labels = dict(group.attrs["napari_xt"]), group["labels/segmentation/0"]
+    real, real_built, packed = module.polygon_batches, module.built, []
+    monkeypatch.setattr(module, "polygon_batches", lambda *args, **kwargs: real(*args, tile=16, **kwargs))
+
+    def built(geometries):
+        packed.append(sum(isinstance(g, module.PackedPolygon) for g in geometries))
+        return real_built(geometries)
+
+    monkeypatch.setattr(module, "built", built)
+    for folder, arrays_from in (("geos", 10**12), ("arrays", 0)):
+        monkeypatch.setattr(module, "ARRAYS_FROM", arrays_from)
+        (tmp_path / folder).mkdir()
+        _export_polygons(tmp_path / folder, spec, labels, ExportUnits.of(spec), MapFrame.of(spec))
+    for name in ("segmentation.geojson", "segmentation.wgs84.geojson"):
+        assert (tmp_path / "arrays" / name).read_bytes() == (tmp_path / "geos" / name).read_bytes()
+    read = [pyogrio.raw.read(tmp_path / f / ".results.building.gpkg", layer="segmentation") for f in ("arrays", "geos")]
+    assert read[0][2].tolist() == read[1][2].tolist()  # the geometries' WKB
+    for mine, theirs in zip(read[0][3], read[1][3], strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    assert sum(packed) > 0  # merged components with holes reached the writers as arrays
