@@ -773,8 +773,11 @@ def _simplified_rings(polygons: np.ndarray, tolerance: float) -> np.ndarray:
     return _built(*_simplified_ragged(vertices, ring_offsets, polygon_offsets, tolerance))
 
 
-_RINGS_AT_ONCE = 65_536
-_VERTICES_AT_ONCE = 262_144
+_RINGS_AT_ONCE = 16_384
+_VERTICES_AT_ONCE = 65_536
+"""Rings made GEOS geometries at once. Simplifying the exact open sea of a speckled 16,384² SAR map (5.1 million
+vertices, 272,116 rings) took +74–82 MB in chunks of 65,536 rings and 262,144 vertices, and +56–61 MB in chunks
+of 16,384 and 65,536, in the same 1.4–1.9 s."""
 
 
 def _ring_chunks(ring_offsets: np.ndarray) -> Iterator[tuple[int, int]]:
