@@ -416,13 +416,13 @@ def _merged(pieces: list, tile: int | None = None):
         _, vertices, (ring_offsets, _) = shapely.to_ragged_array([union])
     del outlines, union
     holed = [piece for piece in pieces if piece.holes]
-    if len(vertices) + sum(len(p.vertices) for p in holed) >= _RELEASE_FROM:
+    total = len(vertices) + sum(len(p.vertices) for p in holed)
+    if total >= _RELEASE_FROM:
         for piece in pieces:  # the outlines are joined: their GEOS polygons go before the holes are copied
             piece.outline = None
         release_free()
     whole = np.array_equal(vertices, vertices.astype(np.int32)) and all(p.vertices.dtype == np.int32 for p in holed)
-    # whole: the float64 outline is cast to the values it has
-    merged = np.empty((len(vertices) + sum(len(p.vertices) for p in holed), 2), np.int32 if whole else np.float64)
+    merged = np.empty((total, 2), np.int32 if whole else np.float64)  # whole: the outline cast to the values it has
     merged[: len(vertices)] = vertices
     offsets, end, released = [ring_offsets], len(vertices), len(vertices)
     for piece in holed:  # each piece's holes go as they are copied (the open sea's: 54 MB), and their pages too
@@ -473,10 +473,11 @@ def _stitched(outlines: list, tile: int) -> tuple[np.ndarray, np.ndarray] | None
     stride = int(span[0])  # a point is y * stride + x: one integer, with room for a step beyond either end
     # int32 where the points times 4 directions fit (a 23,000² map): half the memory of int64 in every array
     code = np.int32 if 4 * float(span[0]) * float(span[1]) < _INT32_CODES else np.int64
-    vertices = (coordinates - low).astype(code)
-    if not np.array_equal(vertices, coordinates - low):
+    shifted = coordinates - low
+    vertices = shifted.astype(code)
+    if not np.array_equal(vertices, shifted):
         return None
-    del coordinates
+    del coordinates, shifted
     low = low.astype(np.int64)
     starts = np.ones(len(vertices), dtype=bool)
     starts[ring_offsets[1:] - 1] = False  # a ring's closing vertex starts no segment
