@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_xt._atomic import atomic_path
-from napari_xt.engine.polygons import MissingGeoExtra, PackedPolygon, polygon_arrays, to_level0
+from napari_xt.engine.polygons import MissingGeoExtra, packed_ones, polygon_arrays, to_level0
 
 WGS84 = "EPSG:4326"
 
@@ -171,7 +171,7 @@ def geojson_pieces(geometries: np.ndarray, downsample: tuple[float, float] | Non
     import shapely
 
     geometries = np.asarray(geometries, dtype=object)
-    packed = np.fromiter((isinstance(g, PackedPolygon) for g in geometries), dtype=bool, count=len(geometries))
+    packed = packed_ones(geometries)
     large = packed.copy()
     large[~packed] = (shapely.get_type_id(geometries[~packed]) == shapely.GeometryType.POLYGON) & (
         shapely.get_num_coordinates(geometries[~packed]) >= LARGE_POLYGON

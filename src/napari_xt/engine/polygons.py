@@ -655,7 +655,7 @@ def simplified(geometries: list, tolerance: float, arrays: bool = False) -> list
     import shapely
 
     given = _objects(geometries)
-    packed = np.array([isinstance(geometry, PackedPolygon) for geometry in geometries])
+    packed = packed_ones(geometries)
     worth = packed.copy()  # a packed polygon has holes
     worth[~packed] = shapely.get_num_coordinates(given[~packed]) > 5
     if worth.any():
@@ -715,13 +715,18 @@ def measured(geometries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     import shapely
 
     geometries = np.asarray(geometries, dtype=object)
-    packed = np.fromiter((isinstance(g, PackedPolygon) for g in geometries), dtype=bool, count=len(geometries))
+    packed = packed_ones(geometries)
     areas, lengths = np.empty(len(geometries)), np.empty(len(geometries))
     areas[~packed] = shapely.area(geometries[~packed])
     lengths[~packed] = shapely.length(geometries[~packed])
     for i in np.flatnonzero(packed):
         areas[i], lengths[i] = geometries[i].area(), geometries[i].length()
     return areas, lengths
+
+
+def packed_ones(geometries) -> np.ndarray:
+    """Which of the geometries are ``PackedPolygon``s (a boolean array)."""
+    return np.fromiter((isinstance(g, PackedPolygon) for g in geometries), dtype=bool, count=len(geometries))
 
 
 def built(geometries: np.ndarray) -> np.ndarray:
