@@ -222,13 +222,23 @@ def test_kept_pieces_hold_their_holes_as_arrays_and_give_back_the_same_polygon()
 
     traced = max((p.geometry for p in polygons(speckle(), 3, tile=1000, simplify=0)), key=lambda g: len(g.interiors))
     off_grid = shapely.affinity.translate(traced, 0.5, 0.25)  # not whole pixel corners: kept as they are
-    for polygon, dtype in ((traced, np.int32), (off_grid, np.float64)):
+    far = shapely.affinity.translate(traced, 70_000, 3)  # whole, far from 0: the holes from their corner
+    wide = shapely.Polygon(  # holes 70,000 pixels apart: too wide for uint16, int32 as they are
+        [(0, 0), (80_000, 0), (80_000, 9), (0, 9)],
+        [[(1, 1), (1, 2), (2, 2), (2, 1)], [(70_001, 1), (70_001, 2), (70_002, 2), (70_002, 1)]],
+    )
+    cases = ((traced, np.int32, np.uint16), (off_grid, np.float64, np.float64), (far, np.int32, np.uint16))
+    for polygon, shell_type, hole_type in (*cases, (wide, np.int32, np.int32)):
         piece = _KeptPiece.of(polygon)
-        assert not piece.outline.interiors and piece.outline.exterior.equals_exact(polygon.exterior, 0)
-        assert piece.vertices.dtype == dtype and piece.holes == len(polygon.interiors) > 50
+        np.testing.assert_array_equal(piece.shell, shapely.get_coordinates(polygon.exterior))
+        assert piece.shell.dtype == shell_type and piece.vertices.dtype == hole_type
+        assert piece.holes == len(polygon.interiors) and piece.holes in (2, len(traced.interiors))
         assert piece.polygon().wkb == polygon.wkb
+    assert len(traced.interiors) > 50
     plain = _KeptPiece.of(shapely.box(0, 0, 3, 2))
     assert plain.holes == 0 and plain.polygon().wkb == shapely.box(0, 0, 3, 2).wkb
+    many = _KeptPiece.many([traced, shapely.box(0, 0, 3, 2), far])  # a tile's pieces made at once: the same
+    assert [piece.polygon().wkb for piece in many] == [traced.wkb, plain.polygon().wkb, far.wkb]
 
 
 def test_a_packed_polygon_simplifies_to_what_its_geos_polygon_does():
@@ -448,6 +458,11 @@ def test_outlines_off_the_pixel_grid_are_left_to_geos():
     union (their coordinates less the smallest are whole, which must not pass for pixel corners)."""
     from napari_xt.engine.polygons import _stitched
 
-    vertices, offsets = _stitched([shapely.box(0, 0, 8, 4), shapely.box(8, 0, 12, 4)], 8)
+    def shells(*boxes):
+        return [shapely.get_coordinates(box) for box in boxes]
+
+    vertices, offsets = _stitched(shells(shapely.box(0, 0, 8, 4), shapely.box(8, 0, 12, 4)), 8)
     assert shapely.Polygon(vertices[offsets[0] : offsets[1]]).equals(shapely.box(0, 0, 12, 4))
-    assert _stitched([shapely.box(0.5, 0.5, 8.5, 4.5), shapely.box(8.5, 0.5, 12.5, 4.5)], 8) is None
+    whole = [shell.astype(np.int32) for shell in shells(shapely.box(0, 0, 8, 4), shapely.box(8, 0, 12, 4))]
+    np.testing.assert_array_equal(_stitched(whole, 8)[0], vertices)  # kept pieces' int32 outlines: the same
+    assert _stitched(shells(shapely.box(0.5, 0.5, 8.5, 4.5), shapely.box(8.5, 0.5, 12.5, 4.5)), 8) is None

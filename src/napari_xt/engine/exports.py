@@ -258,7 +258,7 @@ def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, fram
     try:
         for batch in polygon_batches(labels, len(names), arrays=True):
             writers.write(*batch)
-            del batch  # a tile of speckle is 200,000 polygons: not kept while the next batch is made
+            del batch  # a tile of speckle is thousands of polygons: not kept while the next batch is made
     except BaseException:
         qupath.abort()
         if wgs84 is not None:
@@ -277,8 +277,8 @@ def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, fram
 class _PolygonWriters:
     """Where ``_export_polygons`` writes each batch of polygons. A batch is measured, made text and written in
     ``write``, so that nothing of it outlives the call: the loop that made the next batch held the last one's
-    polygons, measurements and texts (the last 2,048² tile of a speckled SAR map: 200,000 polygons, the texts
-    alone about 60 MB) while the image's largest component was merged, simplified, tested and written."""
+    polygons, measurements and texts (a 2,048² tile of the speckled 16,384² SAR map: up to 19,328 polygons of
+    688,000 vertices) while the image's largest component was merged, simplified, tested and written."""
 
     qupath: object
     wgs84: object

@@ -27,7 +27,12 @@ import numpy as np
 
 from napari_xt.engine.allocator import release_free
 
-DEFAULT_TILE = 2048
+DEFAULT_TILE = 1024
+"""Side of the tiles the label map is traced in, in analysis pixels. GDAL's polygonizer holds a whole tile's
+polygons while it traces (a 2,048² speckle tile of 19,328 components: +42–54 MB before the first comes out),
+and the worker labels the next tile meanwhile (its ids: 16 MB at 2,048²). The export alone of the speckled
+16,384² SAR map of ``benchmarks/engine.py``, run after run: 541–552 MB and 124.5–125.2 s with tiles of 2,048²,
+512–513 MB and 129.8–130.6 s with 1,024² (the same polygons in another order; areas within 0.0003%)."""
 
 
 class MissingGeoExtra(ImportError):
@@ -113,18 +118,21 @@ def polygon_batches(
         edges += [local[-1, :]] if y1 < height else []
         on_border = set(np.unique(np.concatenate(edges)).tolist()) if edges else set()
         class_of = local_classes.tolist()
-        done_classes, done = [], []
+        done_classes, done, border_ids, border = [], [], [], []
         for local_id, geometry in _tile_pieces(local, y0, x0):
             if local_id in on_border:
-                pieces.keep(local_id + base, geometry)
+                border_ids.append(local_id + base)
+                border.append(geometry)
             else:
                 done_classes.append(class_of[local_id])
                 done.append(geometry)
+        pieces.keep(border_ids, border)
+        del border_ids, border
         if done:
             done = _objects(simplified(done, simplify))  # the exact polygons go before the caller writes
             yield np.asarray(done_classes, dtype=np.int64), done
         # the tile goes before the next is traced or a row's components are merged: a speckle tile is 16 MB of
-        # ids and 200,000 polygons
+        # ids and up to 19,328 polygons (the 16,384² SAR map of benchmarks/engine.py)
         del local, local_classes, class_of, on_border, edges, done, done_classes
         if x1 < width:
             continue
@@ -239,8 +247,10 @@ class _Pieces:
                 if root_a != root_b:
                     self._parent[root_b] = root_a
 
-    def keep(self, piece_id: int, geometry) -> None:
-        self._kept.setdefault(piece_id, []).append(_KeptPiece.of(geometry))
+    def keep(self, piece_ids: list[int], geometries: list) -> None:
+        """Keep a tile's border pieces (their global ids and Polygons) until their components are complete."""
+        for piece_id, piece in zip(piece_ids, _KeptPiece.many(geometries)):
+            self._kept.setdefault(piece_id, []).append(piece)
 
     def roots(self, ids: np.ndarray) -> set[int]:
         return {self._find(i) for i in np.unique(ids[ids > 0]).tolist()}
@@ -274,39 +284,73 @@ class _Pieces:
 
 @dataclass
 class _KeptPiece:
-    """A border piece waiting for the rest of its component: its outline as a Polygon, and its holes as one
-    array of vertices (int32 where they are whole pixel corners, as traced) with the offsets of each ring.
+    """A border piece waiting for the rest of its component, as arrays: its outline (the shell's vertices,
+    int32 where they are whole pixel corners, as traced) and its holes (their vertices, the offsets of each
+    ring), never as GEOS geometries.
 
     A piece's holes lie inside its tile, a pixel or more from its edges (a region that reached an edge would not
     be closed there), so no other piece can meet them: only the outlines take part in the merging. A component
-    that grows down a whole image keeps every hole of every piece until its last row (a 16,384² speckled SAR
-    map: 357,000 holes, 6.7 million vertices): as GEOS rings about 32 bytes a vertex, as int32 arrays 8."""
+    that grows down a whole image keeps every hole of every piece until its last row (the open sea of a
+    speckled 16,384² SAR map at its last row, in tiles of 2,048²: 1,991 pieces, holes of 44.4 MB as int32 and
+    22.9 MB so, outlines of 1.4 million vertices). A hole's vertex is 4 bytes here (uint16 from the holes'
+    smallest corner, ``low``, where they span less than 65,536 pixels) and an outline's 8 (as GEOS geometries,
+    16 and more). The export of that map alone peaked at 548–565 MB with int32 holes and GEOS outlines, and at
+    527–552 MB so; at the start of the last row it held 455 MB, and 409 MB so."""
 
-    outline: object
+    shell: np.ndarray
     vertices: np.ndarray
     offsets: np.ndarray
+    low: np.ndarray  # added to ``vertices`` for the holes' coordinates
 
     @classmethod
     def of(cls, polygon) -> _KeptPiece:
+        return cls.many([polygon])[0]
+
+    @classmethod
+    def many(cls, polygons: list) -> list[_KeptPiece]:
+        """The pieces of these Polygons, their arrays made in one call (a tile can have thousands)."""
         import shapely
 
-        if not shapely.get_num_interior_rings(polygon):
-            return cls(polygon, np.empty((0, 2), dtype=np.int32), np.zeros(1, dtype=np.int64))
-        _, vertices, (ring_offsets, _) = shapely.to_ragged_array([polygon])
-        first = ring_offsets[1]  # the shell's vertices end here
-        holes = vertices[first:]
-        whole = holes.astype(np.int32)
-        if np.array_equal(whole, holes):
-            holes = whole
-        return cls(shapely.Polygon(polygon.exterior), holes, ring_offsets[1:] - first)
+        if not polygons:
+            return []
+        _, vertices, (ring_offsets, polygon_offsets) = shapely.to_ragged_array(_objects(polygons))
+        whole = vertices.astype(np.int32)
+        if np.array_equal(whole, vertices):
+            vertices = whole
+        kept = []
+        for first_ring, last_ring in zip(polygon_offsets[:-1].tolist(), polygon_offsets[1:].tolist()):
+            shell_end = int(ring_offsets[first_ring + 1])
+            shell = vertices[int(ring_offsets[first_ring]) : shell_end].copy()
+            holes = vertices[shell_end : int(ring_offsets[last_ring])]
+            offsets = ring_offsets[first_ring + 1 : last_ring + 1] - shell_end
+            hole_vertices, low = _compact(holes)
+            kept.append(cls(shell, hole_vertices, offsets, low))
+        return kept
 
     @property
     def holes(self) -> int:
         return len(self.offsets) - 1
 
+    def outline(self):
+        """The outline as a GEOS Polygon."""
+        import shapely
+
+        return shapely.polygons(np.asarray(self.shell, dtype=np.float64))
+
     def polygon(self):
         """The piece as it was traced (from a copy: ``_merged`` lets go of its pieces' holes)."""
         return _exact(_merged([replace(self)]))
+
+
+def _compact(holes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(vertices, low)`` of a piece's hole vertices: uint16 from their smallest corner where they are whole
+    and span less than 65,536 pixels, otherwise as they are (and ``low`` zero)."""
+    low = np.zeros(2, dtype=holes.dtype)
+    if holes.dtype == np.int32 and len(holes):
+        corner = holes.min(axis=0)
+        if int((holes.max(axis=0) - corner).max()) < 1 << 16:
+            return (holes - corner).astype(np.uint16), corner
+    return holes.copy(), low
 
 
 @dataclass
@@ -394,39 +438,44 @@ def _merged(pieces: list, tile: int | None = None):
     piece's holes put back as a ``PackedPolygon``. A speckled 16,384² map's largest component, 488 pieces with
     29,351 holes: 28.6 s for the union of the whole pieces, 5.1 s for the outlines alone, the same polygon.
     Outlines of ``_STITCHED_FROM`` vertices or more, on tiles of side ``tile``, are joined by ``_stitched``.
-    The pieces' hole arrays are let go of as they are copied into the result."""
+    The pieces' arrays are let go of as they are copied into the result."""
     import shapely
 
-    outlines = [piece.outline for piece in pieces]
+    outline_vertices = sum(len(piece.shell) for piece in pieces) if tile and len(pieces) > 1 else -1
     stitched = None
-    outline_vertices = int(shapely.get_num_coordinates(outlines).sum()) if tile and len(outlines) > 1 else -1
     if outline_vertices >= _STITCHED_FROM:
         if outline_vertices + sum(len(piece.vertices) for piece in pieces) >= _RELEASE_FROM:
             release_free()
-        stitched = _stitched(outlines, tile)
+        stitched = _stitched([piece.shell for piece in pieces], tile)
     if stitched is not None:
         vertices, ring_offsets = stitched
-        union = None
+    elif len(pieces) == 1:
+        vertices, ring_offsets = pieces[0].shell, np.array([0, len(pieces[0].shell)])
+        if not pieces[0].holes:
+            return pieces[0].outline()
     else:
-        union = outlines[0] if len(outlines) == 1 else shapely.union_all(outlines)
+        union = shapely.union_all([piece.outline() for piece in pieces])
         if not any(piece.holes for piece in pieces):
             return union
         if union.geom_type != "Polygon":  # pieces that only touch at corners: let GEOS sort the holes out
             return shapely.union_all([piece.polygon() for piece in pieces])
         _, vertices, (ring_offsets, _) = shapely.to_ragged_array([union])
-    del outlines, union
+        del union
     holed = [piece for piece in pieces if piece.holes]
     total = len(vertices) + sum(len(p.vertices) for p in holed)
     if total >= _RELEASE_FROM:
-        for piece in pieces:  # the outlines are joined: their GEOS polygons go before the holes are copied
-            piece.outline = None
+        for piece in pieces:  # the outlines are joined: they go before the holes are copied
+            piece.shell = None
         release_free()
-    whole = np.array_equal(vertices, vertices.astype(np.int32)) and all(p.vertices.dtype == np.int32 for p in holed)
+    whole = np.array_equal(vertices, vertices.astype(np.int32)) and all(p.vertices.dtype.kind in "iu" for p in holed)
     merged = np.empty((total, 2), np.int32 if whole else np.float64)  # whole: the outline cast to the values it has
     merged[: len(vertices)] = vertices
     offsets, end, released = [ring_offsets], len(vertices), len(vertices)
-    for piece in holed:  # each piece's holes go as they are copied (the open sea's: 54 MB), and their pages too
-        merged[end : end + len(piece.vertices)] = piece.vertices
+    del vertices
+    for piece in holed:  # each piece's holes go as they are copied (the open sea's: 43 MB), and their pages too
+        part = merged[end : end + len(piece.vertices)]
+        part[:] = piece.vertices
+        part += piece.low.astype(part.dtype)
         offsets.append(piece.offsets[1:] + end)
         end += len(piece.vertices)
         piece.vertices = None
@@ -451,9 +500,10 @@ _STEPS = np.array([(1, 0), (0, 1), (-1, 0), (0, -1)])  # directions 0-3, each a 
 
 
 def _stitched(outlines: list, tile: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The union of one component's outlines (shells of pixel-edge polygons from tiles of side ``tile``, which
-    meet only along tile borders and at corners) from their edges, as vertex arrays and ring offsets: the shell
-    first, then the holes the union closes. ``None`` where the outlines are not such pieces (GEOS's union then).
+    """The union of one component's outlines (the closed shells, as ``(n, 2)`` vertex arrays, of pixel-edge
+    polygons from tiles of side ``tile``, which meet only along tile borders and at corners) from their edges,
+    as vertex arrays and ring offsets: the shell first, then the holes the union closes. ``None`` where the
+    outlines are not such pieces (GEOS's union then).
 
     Each piece's boundary runs with its interior on the left. Where two pieces meet, each has the other's edges
     along the border in the opposite direction: the segments on tile borders are cut into pixel edges and the
@@ -463,9 +513,8 @@ def _stitched(outlines: list, tile: int) -> tuple[np.ndarray, np.ndarray] | None
     every ring is simple (they may touch at such corners, as OGC allows). The open sea of a speckled 16,384² SAR
     map, 921 outlines of 1.0 million vertices: GEOS's union 13.7–14.7 s and +340–347 MB above them, this
     2.1–2.2 s and +115 MB."""
-    import shapely
-
-    _, coordinates, (ring_offsets, _) = shapely.to_ragged_array(outlines)
+    ring_offsets = _offsets(np.array([len(outline) for outline in outlines], dtype=np.int64))
+    coordinates = np.concatenate(outlines)
     low = coordinates.min(axis=0)
     if not np.array_equal(low, np.floor(low)):
         return None
