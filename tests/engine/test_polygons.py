@@ -229,13 +229,13 @@ def test_kept_pieces_hold_their_holes_as_arrays_and_give_back_the_same_polygon()
     )
     cases = ((traced, np.int32, np.uint16), (off_grid, np.float64, np.float64), (far, np.int32, np.uint16))
     for polygon, shell_type, hole_type in (*cases, (wide, np.int32, np.int32)):
-        piece = _KeptPiece.of(polygon)
+        (piece,) = _KeptPiece.many([polygon])
         np.testing.assert_array_equal(piece.shell, shapely.get_coordinates(polygon.exterior))
         assert piece.shell.dtype == shell_type and piece.vertices.dtype == hole_type
         assert piece.holes == len(polygon.interiors) and piece.holes in (2, len(traced.interiors))
         assert piece.polygon().wkb == polygon.wkb
     assert len(traced.interiors) > 50
-    plain = _KeptPiece.of(shapely.box(0, 0, 3, 2))
+    (plain,) = _KeptPiece.many([shapely.box(0, 0, 3, 2)])
     assert plain.holes == 0 and plain.polygon().wkb == shapely.box(0, 0, 3, 2).wkb
     many = _KeptPiece.many([traced, shapely.box(0, 0, 3, 2), far])  # a tile's pieces made at once: the same
     assert [piece.polygon().wkb for piece in many] == [traced.wkb, plain.polygon().wkb, far.wkb]

@@ -303,10 +303,6 @@ class _KeptPiece:
     low: np.ndarray  # added to ``vertices`` for the holes' coordinates
 
     @classmethod
-    def of(cls, polygon) -> _KeptPiece:
-        return cls.many([polygon])[0]
-
-    @classmethod
     def many(cls, polygons: list) -> list[_KeptPiece]:
         """The pieces of these Polygons, their arrays made in one call (a tile can have thousands)."""
         import shapely
