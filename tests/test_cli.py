@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 import zarr
 
@@ -69,20 +71,44 @@ def test_predict_batch_skips_finished_and_reports_bad_images(tmp_path, sar_zarr,
     assert "nope.zarr: no such file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("boot_clock", [False, True])
 @pytest.mark.parametrize("offset", [-7200.0, 3600.0])
-def test_a_process_start_time_that_is_not_plausible_is_not_believed(monkeypatch, offset):
+def test_a_process_start_time_that_is_not_plausible_is_not_believed(monkeypatch, offset, boot_clock):
     """A start time hours before the command line was loaded, or after it (clocks that disagree in a container),
-    gives the time since the command line was loaded instead."""
+    gives the time since the command line was loaded instead, whichever clock gave it."""
     import time
 
     import psutil
 
     from napari_xt import cli
 
-    monkeypatch.setattr(psutil.Process, "create_time", lambda self: cli._LOADED + offset)
+    if boot_clock:
+        monkeypatch.setattr(cli, "_age_since_boot", lambda: time.time() - cli._LOADED - offset)
+    else:
+        monkeypatch.setattr(cli, "_age_since_boot", lambda: None)
+        monkeypatch.setattr(psutil.Process, "create_time", lambda self: cli._LOADED + offset)
     before = time.time()
     age = cli.process_age()
     assert before - cli._LOADED <= age <= time.time() - cli._LOADED
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's clocks since boot are Linux's")
+def test_the_process_age_comes_from_the_clocks_since_boot():
+    """The age from /proc (clock ticks) is at least the time since the command line was loaded, and within the
+    second that psutil's start time (whole-second boot time) may be off by."""
+    import time
+
+    import psutil
+
+    from napari_xt import cli
+
+    age = cli._age_since_boot()
+    loaded = time.time() - cli._LOADED
+    by_psutil = time.time() - psutil.Process().create_time()
+    assert age is not None
+    assert loaded - 0.02 <= age < loaded + 600.0
+    assert abs(age - by_psutil) <= 1.05
+    assert cli.process_age() == pytest.approx(age, abs=0.05)
 
 
 def test_predict_exit_2_for_checkpoint_problems(tmp_path, sar_zarr, ome_zarr_v05, sar_checkpoint, capsys):
