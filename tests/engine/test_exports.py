@@ -45,3 +45,63 @@ def test_circles_are_closed_polygons_of_the_detected_diameter():
     radii = np.hypot(ring[:, 0] - 20.75, ring[:, 1] - 11.0)
     np.testing.assert_allclose(radii, 6.0)  # size 12 px, centred on the QuPath pixel centre
     assert feature["properties"]["measurements"]["Detection probability"] == pytest.approx(0.9)
+
+
+def test_reads_of_the_labels_wait_until_their_rows_are_final_and_stop_when_the_run_does():
+    import threading
+
+    from napari_xt.engine.exports import _Abandoned, _FinalRows
+
+    array = np.arange(100).reshape(10, 10)
+    labels, got = _FinalRows(array), []
+    reader = threading.Thread(target=lambda: got.append(labels[4:8, 2:5]))
+    reader.start()
+    labels.advance(7)
+    reader.join(0.2)
+    assert reader.is_alive() and not got  # row 7 is not final yet
+    labels.advance(8)
+    reader.join(5)
+    assert not reader.is_alive()
+    np.testing.assert_array_equal(got[0], array[4:8, 2:5])
+    labels.advance(3)  # never backwards
+    np.testing.assert_array_equal(labels[0:8, :], array[:8])
+    errors = []
+
+    def waits():
+        try:
+            labels[8:10, :]
+        except _Abandoned as error:
+            errors.append(error)
+
+    reader = threading.Thread(target=waits)
+    reader.start()
+    labels.abandon()
+    reader.join(5)
+    assert not reader.is_alive() and len(errors) == 1
+
+
+def test_final_label_rows_end_above_the_first_unwritten_region_on_a_chunk_border():
+    from napari_xt.engine.runner import _FinalLabelRows
+
+    class Grid:
+        region_size = 64
+
+    class Labels:
+        shape, chunks = (300, 50), (128, 50)
+
+    class Polygons:
+        def __init__(self):
+            self.told = []
+
+        def final_rows(self, rows):
+            self.told.append(rows)
+
+    polygons = Polygons()
+    targets = np.array([[0, 0], [0, 1], [1, 0], [2, 0], [2, 1], [4, 0]])  # row 3 holds no region to write
+    rows = _FinalLabelRows(Grid(), targets, Labels(), polygons)
+    rows.written([[0, 1]])
+    rows.written([[0, 0], [2, 0]])  # row 1 (from 64) left, in the chunk from 0: nothing is final
+    rows.written([[1, 0]])  # row 2 (from 128) left: up to 128
+    rows.written([[2, 1]])  # row 4 left: up to 256 (row 3 has nothing to write)
+    rows.written([[4, 0]])
+    assert polygons.told == [0, 0, 0, 128, 256, 300]  # the first when it was made

@@ -1,5 +1,6 @@
 import errno
 import json
+import os
 
 import numpy as np
 import pytest
@@ -259,3 +260,85 @@ def test_the_batch_size_on_a_gpu_comes_from_the_free_memory_of_the_run_s_own_gpu
     per_region = 8 * 64 * 32 * 32 * 4 + 3 * 256 * 256 * 4 * 4
     assert runner._auto_batch_size(ctx) == 50 * 2**20 // per_region == 10  # half the free memory
     assert asked == [torch.device("cuda", 1)]
+
+
+def test_polygons_traced_while_the_labels_are_written_are_those_traced_after(
+    tmp_path, sar_scene, sar_checkpoint, monkeypatch
+):
+    """The segmentation polygons are traced during pass 2, reading each row of tiles once its regions are
+    written (some reads come before the last region is), and the file is the one a trace after the run writes."""
+    import napari_xt.engine.exports as exports
+    import napari_xt.engine.polygons as module
+    import napari_xt.engine.runner as runner
+
+    monkeypatch.setattr(runner, "_traces_during_run", lambda ctx: True)  # as where the model leaves a core free
+    real = module.polygon_batches
+    monkeypatch.setattr(module, "polygon_batches", lambda *args, **kwargs: real(*args, tile=64, **kwargs))
+    real_read, early = exports._FinalRows.__getitem__, []
+
+    def read(self, key):
+        early.append(self._final < self.shape[0])  # the read was asked for before the whole map was final
+        return real_read(self, key)
+
+    monkeypatch.setattr(exports._FinalRows, "__getitem__", read)
+    out = tmp_path / "p.xt.zarr"
+    assert isinstance(run_to_end(sar_scene.pyramid(), sar_checkpoint, out, RunOptions(**FAST)), Finished)
+    group = zarr.open_group(str(out), mode="r")
+    spec = group.attrs["napari_xt"]
+    assert spec["polygons_traced_during_run"] > 0 and "segmentation.geojson" in spec["export_files"]
+    assert len(early) == 10 * 9 and sum(early) >= 5  # 640 × 576 labels in tiles of 64²
+    after = tmp_path / "after"
+    after.mkdir()
+    assert exports._traced_polygons(after, spec, group["labels/segmentation/0"]) == ["segmentation.geojson"]
+    traced = (out / "segmentation.geojson").read_bytes()
+    assert traced == (after / "segmentation.geojson").read_bytes() and traced.count(b'"Feature"') > 10
+
+
+def test_a_cancelled_run_leaves_no_polygons_and_no_tracing_thread(tmp_path, sar_scene, sar_checkpoint, monkeypatch):
+    import threading
+
+    import napari_xt.engine.runner as runner
+
+    started = []
+    monkeypatch.setattr(runner, "_traces_during_run", lambda ctx: started.append(True) or True)
+    cancel = CancelToken()
+    out = tmp_path / "q.xt.zarr"
+    for event in run(sar_scene.pyramid(), sar_checkpoint, out, RunOptions(**FAST), cancel):
+        if isinstance(event, PartialResult):
+            cancel.cancel()
+    assert isinstance(event, Cancelled)
+    assert started and not any(thread.name == "napari-xt polygons" for thread in threading.enumerate())
+    assert not [path.name for path in out.iterdir() if "segmentation" in path.name]  # nor its temporary file
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs two cores it can see"
+)
+def test_polygons_are_traced_during_the_run_only_where_the_model_leaves_a_core_free(
+    tmp_path, sar_scene, sar_checkpoint
+):
+    import os
+
+    import napari_xt.engine.runner as runner
+
+    seen = []
+    real = runner._traces_during_run
+
+    def spy(ctx):
+        seen.append(real(ctx))
+        return seen[-1]
+
+    threads = torch.get_num_threads()
+    try:
+        for n, polygons in ((len(os.sched_getaffinity(0)), True), (1, True), (1, False)):
+            torch.set_num_threads(n)
+            options = RunOptions(**FAST, export_polygons=polygons)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(runner, "_traces_during_run", spy)
+                out = tmp_path / f"t{n}{polygons}.xt.zarr"
+                assert isinstance(run_to_end(sar_scene.pyramid(), sar_checkpoint, out, options), Finished)
+            traced = zarr.open_group(str(out), mode="r").attrs["napari_xt"]["polygons_traced_during_run"]
+            assert (traced is not None) == seen[-1]
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [False, True, False]

@@ -18,6 +18,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,12 +189,20 @@ class ExportSettings:
         return {"threshold": float(self.threshold), "circles": bool(self.circles), "polygons": bool(self.polygons)}
 
 
-def export_run(run_dir: Path, spec: dict, labels, detections: DetectionTable, settings: ExportSettings) -> dict:
+def export_run(
+    run_dir: Path,
+    spec: dict,
+    labels,
+    detections: DetectionTable,
+    settings: ExportSettings,
+    polygons: PolygonsAhead | None = None,
+) -> dict:
     """Write every export of a finished run (module docstring) and return what was written and what was left
     out, and why: ``{"files": [...], "skipped": {name: reason}}``.
 
     ``labels`` is the analysis-level label array (read tile by tile); ``detections`` are already filtered at
-    ``settings.threshold``.
+    ``settings.threshold``; ``polygons``: the segmentation polygons traced while the run wrote the labels
+    (``PolygonsAhead``), whose files are taken rather than traced again.
     """
     from napari_xt.engine.georef import MapFrame
     from napari_xt.engine.polygons import MissingGeoExtra
@@ -201,7 +211,6 @@ def export_run(run_dir: Path, spec: dict, labels, detections: DetectionTable, se
     written: list[str] = []
     skipped: dict[str, str] = {}
     det_names, colours = spec["detection_classes"], spec.get("colours", {})
-    seg_names = list(spec.get("segmentation_classes") or [])
     units = ExportUnits.of(spec)
     frame = MapFrame.of(spec)
     if det_names:
@@ -218,8 +227,8 @@ def export_run(run_dir: Path, spec: dict, labels, detections: DetectionTable, se
             from napari_xt.engine.georef import require_map_exports
 
             require_map_exports()
-        if settings.polygons and len(seg_names) > 1:
-            written += _export_polygons(run_dir, spec, labels, units, frame)
+        if wants_polygons(spec, settings):
+            written += polygons.files() if polygons is not None else _traced_polygons(run_dir, spec, labels)
         if frame is not None:
             written += _export_map(run_dir, spec, labels, detections, frame)
     except MissingGeoExtra as error:
@@ -229,6 +238,108 @@ def export_run(run_dir: Path, spec: dict, labels, detections: DetectionTable, se
     except Exception as error:  # a GEOS, GDAL or PROJ failure costs these exports, never the run's results
         skipped["polygons and map exports"] = f"{type(error).__name__}: {str(error)[:300]}"
     return {"files": written, "skipped": skipped}
+
+
+def wants_polygons(spec: dict, settings: ExportSettings) -> bool:
+    """Whether a run with ``spec`` exports segmentation polygons (asked for, and classes beyond background)."""
+    return bool(settings.polygons) and len(spec.get("segmentation_classes") or []) > 1
+
+
+def _traced_polygons(run_dir: Path, spec: dict, labels) -> list[str]:
+    """``_export_polygons`` in the run's frame: on a map where the GeoTIFF names a CRS (after checking that the
+    map exports' libraries are there), else in pixels only."""
+    from napari_xt.engine.georef import MapFrame, require_map_exports
+
+    frame = MapFrame.of(spec)
+    if frame is not None and not frame.crs:
+        frame = None
+    if frame is not None:
+        require_map_exports()
+    return _export_polygons(Path(run_dir), spec, labels, ExportUnits.of(spec), frame)
+
+
+class PolygonsAhead:
+    """A run's segmentation polygons, traced in a thread while its labels are still being written.
+
+    The tracing reads the label map top to bottom, a row of tiles at a time, and a read waits until the run says
+    that its rows are final (``final_rows``). A whole-image run writes its regions row by row, so the polygons
+    are done soon after the last region rather than traced after it, where the model leaves a core free for
+    them (``runner._traces_during_run``: on an 8,192² slide, 1 s of a 5 s export was left after pass 2).
+    ``files()`` waits for the rest and returns what ``_export_polygons`` wrote, or raises what it raised;
+    ``abandon()`` (a cancelled or failed run) stops the tracing, and the files it was writing are removed. The
+    polygons are those traced after the run: the same reads of the same final labels in the same order.
+    """
+
+    def __init__(self, run_dir: Path, spec: dict, labels):
+        self._labels = _FinalRows(labels)
+        self._files: list[str] | None = None
+        self._error: BaseException | None = None
+        self.seconds = 0.0  # how long the tracing ran, mostly beside the run's other stages
+        self._thread = threading.Thread(
+            target=self._trace, args=(Path(run_dir), spec), name="napari-xt polygons", daemon=True
+        )
+        self._thread.start()
+
+    def final_rows(self, rows: int) -> None:
+        """The label rows above ``rows`` will not be written again."""
+        self._labels.advance(rows)
+
+    def files(self) -> list[str]:
+        """Wait for the tracing of the whole (now final) label map; the files written, or its error."""
+        self._labels.advance(self._labels.shape[0])
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return list(self._files or [])
+
+    def abandon(self) -> None:
+        """Stop the tracing (a run that stops early) and wait for it; its partial files are removed."""
+        self._labels.abandon()
+        self._thread.join()
+
+    def _trace(self, run_dir: Path, spec: dict) -> None:
+        started = time.perf_counter()
+        try:
+            self._files = _traced_polygons(run_dir, spec, self._labels)
+        except BaseException as error:  # handed to files(), which raises it where the run exports
+            self._error = error
+        finally:
+            self.seconds = time.perf_counter() - started
+
+
+class _Abandoned(Exception):
+    """The run stopped before its labels were final."""
+
+
+class _FinalRows:
+    """A label array whose reads wait until the rows they ask for are final (``PolygonsAhead``)."""
+
+    def __init__(self, array):
+        self._array = array
+        self.shape = tuple(array.shape)
+        self.dtype = array.dtype
+        self._final = 0
+        self._abandoned = False
+        self._changed = threading.Condition()
+
+    def advance(self, rows: int) -> None:
+        with self._changed:
+            self._final = max(self._final, min(int(rows), self.shape[0]))
+            self._changed.notify_all()
+
+    def abandon(self) -> None:
+        with self._changed:
+            self._abandoned = True
+            self._changed.notify_all()
+
+    def __getitem__(self, key):
+        rows = key[0] if isinstance(key, tuple) else key
+        stop = self.shape[0] if rows.stop is None else min(rows.stop, self.shape[0])
+        with self._changed:
+            self._changed.wait_for(lambda: self._abandoned or self._final >= stop)
+            if self._abandoned:
+                raise _Abandoned("the run stopped before these labels were final")
+        return self._array[key]
 
 
 def _export_polygons(run_dir: Path, spec: dict, labels, units: ExportUnits, frame) -> list[str]:

@@ -18,6 +18,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import shutil
 import threading
 import time
@@ -32,7 +33,7 @@ from napari_xt.engine.allocator import few_arenas
 from napari_xt.engine.cache import FeatureKeeper, TokenCache, default_cache_dir, weights_hash
 from napari_xt.engine.detections import DetectionTable, merge_duplicates
 from napari_xt.engine.events import Cancelled, Failed, Finished, PartialResult, Progress, Started
-from napari_xt.engine.exports import ExportSettings
+from napari_xt.engine.exports import ExportSettings, PolygonsAhead, wants_polygons
 from napari_xt.engine.grid import RegionGrid, active_regions, choose_level, make_grid, undone_positions
 from napari_xt.engine.identity import image_key_of, roi_scope
 from napari_xt.engine.neighbours import Blender, FeaturePool, Present, decode_set, key, neighbourhood
@@ -492,6 +493,7 @@ def _write_preview(store: OutputStore, pyramid: Pyramid) -> None:
 def _events(ctx: _RunContext) -> Iterator:
     start = time.perf_counter()
     grid, store = ctx.grid, ctx.store
+    polygons, rows = None, None  # the segmentation polygons, traced while pass 2 writes the labels
     try:
         with ctx.timings.stage("plan"):
             store.mark_active(grid.rows, grid.cols, grid.active)
@@ -519,8 +521,11 @@ def _events(ctx: _RunContext) -> Iterator:
                 with ctx.timings.stage("plan"):
                     decoding = _DecodePlan.of(ctx, todo)
                 context = yield from _pass1(ctx, decoding, keeper)
+                if context is not _CANCELLED and _traces_during_run(ctx):
+                    polygons = PolygonsAhead(store.path, store.spec, store.label_levels()[0])
+                    rows = _FinalLabelRows(ctx.grid, decoding.targets, store.label_levels()[0], polygons)
                 finished = context is not _CANCELLED and (
-                    yield from _pass2(ctx, decoding, context, keeper, n_done_before)
+                    yield from _pass2(ctx, decoding, context, keeper, n_done_before, rows)
                 )
             finally:
                 with ctx.timings.stage("keep"):
@@ -533,7 +538,7 @@ def _events(ctx: _RunContext) -> Iterator:
             _write_preview(store, ctx.pyramid)  # at the end, so that it delays neither the first result nor a cancel
         with ctx.timings.stage("merge"):
             merged = merge_duplicates(store.region_detections()).sorted()
-        store.finish(merged, ctx.timings_dict(start), exports=ctx.options.exports)
+        store.finish(merged, ctx.timings_dict(start), exports=ctx.options.exports, polygons=polygons)
         timings = store.spec["timings"]
         yield Finished(str(store.path), len(merged), timings["total"], timings)
     except OSError as error:
@@ -548,6 +553,8 @@ def _events(ctx: _RunContext) -> Iterator:
         _try_update(store, status="interrupted", timings=ctx.timings_dict(start))
         raise
     finally:
+        if polygons is not None:
+            polygons.abandon()  # a run that stopped early: its partial polygon files go (none after finish)
         store.close()
 
 
@@ -665,10 +672,17 @@ def _context(ctx: _RunContext, tokens: np.ndarray, cache: TokenCache | None, reu
     return context
 
 
-def _pass2(ctx: _RunContext, decoding: _DecodePlan, context, keeper: FeatureKeeper, done_before: int):
+def _pass2(
+    ctx: _RunContext,
+    decoding: _DecodePlan,
+    context,
+    keeper: FeatureKeeper,
+    done_before: int,
+    rows: _FinalLabelRows | None = None,
+):
     """Decode and write the regions of ``decoding`` batch by batch, each with its neighbours; True unless
     cancelled. Features not kept from pass 1 are encoded when a batch first needs them (a strip row ahead, for
-    the neighbours below) and kept until their last use."""
+    the neighbours below) and kept until their last use. ``rows`` learns of each batch written."""
     heads = ctx.model.config.heads
     settings = ResultSettings(
         heads.detection_stride,
@@ -722,12 +736,12 @@ def _pass2(ctx: _RunContext, decoding: _DecodePlan, context, keeper: FeatureKeep
             if not results:
                 continue
             if pending is not None:
-                done = yield from _written(ctx, *pending, done, total, started, done_before)
+                done = yield from _written(ctx, *pending, done, total, started, done_before, rows)
             pending = (writer.submit(ctx.store.write_batch, results), batch, results)
         if blender is not None and blender.pending and not ctx.cancel.cancelled:
             raise RuntimeError(f"pass 2 ended with {blender.pending} regions still waiting for neighbours' windows")
         if pending is not None:
-            done = yield from _written(ctx, *pending, done, total, started, done_before)
+            done = yield from _written(ctx, *pending, done, total, started, done_before, rows)
     return not ctx.cancel.cancelled
 
 
@@ -781,15 +795,65 @@ def _gather(ctx: _RunContext, needs, to_encode, uses: dict, keeper: FeatureKeepe
         return [[p[level][0].to(device) for p in parts] for level in range(len(parts[0]))]
 
 
-def _written(ctx, future, batch, results, done: int, total: int, started: float, done_before: int):
+def _written(ctx, future, batch, results, done: int, total: int, started: float, done_before: int, rows=None):
     """Wait for a batch's write (re-raising its error), then report it; returns the new done count."""
     with ctx.timings.stage("write"):
         future.result()
+    if rows is not None:
+        rows.written(batch)
     boxes = np.array([ctx.grid.level0_box(int(r), int(c)) for r, c in batch])
     yield PartialResult(boxes, DetectionTable.concatenate([r.detections for r in results]))
     done += len(batch)
     yield Progress("predict", done, total, time.perf_counter() - started, done_before)
     return done
+
+
+def _traces_during_run(ctx: _RunContext) -> bool:
+    """Whether the run's segmentation polygons are traced while pass 2 writes the labels (``PolygonsAhead``)
+    rather than after it: where they are wanted and the model leaves a CPU core free for the tracing (it runs
+    on a GPU, or on fewer torch threads than the process has cores). Where torch uses every core, the tracing
+    only takes turns with it. On 2 cores, an 8,192² slide (``benchmarks/predict.py``): at 2 torch threads, the
+    export of 5 s left 1 s after pass 2, but decoding, blending and keeping took 4.9–5.1 s longer (polygons
+    added 6.2–6.9 s to the run, against 4.7–6.6 s traced after it) and the export's memory came on top of
+    pass 2's (peak RSS 0.75 → 0.82–0.83 GB); at 1 torch thread, polygons added 2.7–3.2 s, against 4.7–5.8 s
+    traced after."""
+    import torch
+
+    if not wants_polygons(ctx.store.spec, ctx.options.exports):
+        return False
+    if ctx.compute.device.type != "cpu":
+        return True
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return torch.get_num_threads() < cores
+
+
+class _FinalLabelRows:
+    """Tells ``PolygonsAhead`` which rows of the label map pass 2 has finished: those above the first grid row
+    that still has a region to write (``targets``), down to a whole label chunk (a read must never meet a chunk
+    being rewritten). Rows of regions the run does not write (background, outside the ROI, finished before a
+    resume) hold their final labels already."""
+
+    def __init__(self, grid: RegionGrid, targets: np.ndarray, labels, polygons: PolygonsAhead):
+        self._region, self._height = grid.region_size, int(labels.shape[0])
+        self._chunk = int(labels.chunks[0])
+        self._polygons = polygons
+        rows, counts = np.unique(np.asarray(targets, dtype=np.int64).reshape(-1, 2)[:, 0], return_counts=True)
+        self._left = dict(zip(rows.tolist(), counts.tolist()))  # regions still to write, per grid row
+        self._tell()
+
+    def written(self, positions) -> None:
+        for row in np.asarray(positions, dtype=np.int64).reshape(-1, 2)[:, 0].tolist():
+            self._left[row] -= 1
+            if self._left[row] == 0:
+                del self._left[row]
+        self._tell()
+
+    def _tell(self) -> None:
+        if not self._left:
+            self._polygons.final_rows(self._height)
+            return
+        first = min(self._left) * self._region
+        self._polygons.final_rows(first // self._chunk * self._chunk)
 
 
 def _auto_batch_size(ctx: _RunContext) -> int:

@@ -34,7 +34,7 @@ import zarr
 from napari_xt._atomic import write_text_atomic
 from napari_xt.engine import ngff
 from napari_xt.engine.detections import COLUMNS, DetectionTable
-from napari_xt.engine.exports import ExportSettings, export_run, hex_to_rgba
+from napari_xt.engine.exports import ExportSettings, PolygonsAhead, export_run, hex_to_rgba
 from napari_xt.engine.grid import set_cells
 from napari_xt.engine.identity import ADOPTED_OUTPUTS, differences, explain
 from napari_xt.engine.run_reader import parse_parts, run_attributes, table_of_parts
@@ -267,10 +267,12 @@ class OutputStore:
         timings: dict,
         exports: ExportSettings,
         no_foreground: bool = False,
+        polygons: PolygonsAhead | None = None,
     ) -> None:
         """Write the merged detections, the exports (``engine.exports``: detections scoring at least the
         threshold, the segmentation polygons, map exports) and the summary, and mark the run finished
-        (``no_foreground``: there was nothing to analyse). The export time joins the timings."""
+        (``no_foreground``: there was nothing to analyse; ``polygons``: the polygons traced while the labels were
+        written). The export time (what the run waited for here) joins the timings."""
         started = time.perf_counter()
         group = self.group.require_group("detections")
         for column in COLUMNS:
@@ -279,7 +281,7 @@ class OutputStore:
                 del group[column]
             group.create_array(column, data=np.asarray(values), chunks=(max(1, min(len(values), 1 << 16)),))
         exported = merged.above(exports.threshold)
-        manifest = export_run(self.path, self.spec, self.label_levels()[0], exported, exports)
+        manifest = export_run(self.path, self.spec, self.label_levels()[0], exported, exports, polygons)
         for name, reason in manifest["skipped"].items():
             logger.warning("napari-xt: %s: no %s: %s", self.path, name, reason)
         seconds = time.perf_counter() - started
@@ -293,6 +295,7 @@ class OutputStore:
             exports=exports.to_dict(),
             export_files=manifest["files"],
             exports_skipped=manifest["skipped"],
+            polygons_traced_during_run=None if polygons is None else round(polygons.seconds, 3),
             n_exported=len(exported),
             no_foreground=no_foreground,
         )
