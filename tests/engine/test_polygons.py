@@ -466,3 +466,29 @@ def test_outlines_off_the_pixel_grid_are_left_to_geos():
     whole = [shell.astype(np.int32) for shell in shells(shapely.box(0, 0, 8, 4), shapely.box(8, 0, 12, 4))]
     np.testing.assert_array_equal(_stitched(whole, 8)[0], vertices)  # kept pieces' int32 outlines: the same
     assert _stitched(shells(shapely.box(0.5, 0.5, 8.5, 4.5), shapely.box(8.5, 0.5, 12.5, 4.5)), 8) is None
+
+
+def test_tiles_are_labelled_as_components_of_one_class_each_joined_only_edge_to_edge():
+    """One pass over all classes gives each wanted class's 4-connected components (SciPy's, class by class, as
+    the reference): neighbours of another class, diagonal neighbours and unwanted classes are never joined."""
+    from scipy import ndimage
+
+    from napari_xt.engine.polygons import _label
+
+    block = np.array([[1, 1, 2, 3], [2, 1, 2, 3], [1, 2, 3, 0], [1, 2, 0, 3]], dtype=np.uint8)
+    ids, classes = _label(block, np.array([1, 3]))
+    assert ids.dtype == np.int32 and (ids[(block == 2) | (block == 0)] == 0).all()
+    assert sorted(classes[1:].tolist()) == [1, 1, 3, 3, 3]  # two components of class 1, three of class 3
+    assert ids[0, 0] == ids[1, 1] != ids[2, 0] == ids[3, 0]  # (1, 1) meets (2, 0) only at a corner
+    assert len({ids[0, 3], ids[2, 2], ids[3, 3]}) == 3 and ids[0, 3] == ids[1, 3]
+    rng = np.random.default_rng(5)
+    for wanted in (np.array([1, 2, 3]), np.array([2])):
+        block = rng.integers(0, 4, (97, 131)).astype(np.uint8)
+        ids, classes = _label(block, wanted)
+        for label in wanted:
+            reference, n = ndimage.label(block == label)
+            mine = ids[block == label]
+            assert len(np.unique(mine)) == n and (classes[mine] == label).all()
+            pairs = np.unique(np.stack([reference[block == label], mine]), axis=1)
+            assert pairs.shape[1] == n  # the same partition into components
+        assert (ids[~np.isin(block, wanted)] == 0).all()
