@@ -82,6 +82,7 @@ def test_a_process_start_time_that_is_not_plausible_is_not_believed(monkeypatch,
 
     from napari_xt import cli
 
+    monkeypatch.setattr(cli, "_STARTED", None)
     if boot_clock:
         monkeypatch.setattr(cli, "_age_since_boot", lambda: time.time() - cli._LOADED - offset)
     else:
@@ -109,6 +110,11 @@ def test_the_process_age_comes_from_the_clocks_since_boot():
     assert loaded - 0.02 <= age < loaded + 600.0
     assert abs(age - by_psutil) <= 1.05
     assert cli.process_age() == pytest.approx(age, abs=0.05)
+    # the clocks since boot tick in 10 ms: the age is found once, so that later ages keep growing
+    before, first = time.time(), cli.process_age()
+    time.sleep(0.003)
+    second, after = cli.process_age(), time.time()
+    assert 0.003 <= second - first <= after - before
 
 
 def test_predict_exit_2_for_checkpoint_problems(tmp_path, sar_zarr, ome_zarr_v05, sar_checkpoint, capsys):

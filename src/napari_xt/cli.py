@@ -315,18 +315,25 @@ def process_age() -> float:
     """Seconds since this process was started (the interpreter, the imports so far). Where the system's start
     time of the process is not plausible (after this module was loaded, or over ten minutes before: the clocks
     of some containers disagree), the seconds since this module was loaded."""
-    loaded_age = time.time() - _LOADED
-    age = _age_since_boot()
-    if age is None:
-        import psutil
+    global _STARTED
+    if _STARTED is None:  # found once: the kernel's clocks tick in 10 ms, and later ages must keep growing
+        now = time.time()
+        loaded_age = now - _LOADED
+        age = _age_since_boot()
+        if age is None:
+            import psutil
 
-        try:
-            age = time.time() - psutil.Process().create_time()
-        except (psutil.Error, OSError):
+            try:
+                age = now - psutil.Process().create_time()
+            except (psutil.Error, OSError):
+                age = loaded_age
+        if not loaded_age <= age <= loaded_age + 600.0:
             age = loaded_age
-    if not loaded_age <= age <= loaded_age + 600.0:
-        age = loaded_age
-    return max(0.0, age)
+        _STARTED = now - age
+    return max(0.0, time.time() - _STARTED)
+
+
+_STARTED: float | None = None  # when this process started, on the wall clock (``process_age``)
 
 
 def _age_since_boot() -> float | None:
