@@ -522,8 +522,9 @@ def _events(ctx: _RunContext) -> Iterator:
                     decoding = _DecodePlan.of(ctx, todo)
                 context = yield from _pass1(ctx, decoding, keeper)
                 if context is not _CANCELLED and _traces_during_run(ctx):
-                    polygons = PolygonsAhead(store.path, store.spec, store.label_levels()[0])
-                    rows = _FinalLabelRows(ctx.grid, decoding.targets, store.label_levels()[0], polygons)
+                    labels = store.label_levels()[0]
+                    polygons = PolygonsAhead(store.path, store.spec, labels)
+                    rows = _FinalLabelRows(ctx.grid, decoding.targets, labels, polygons)
                 finished = context is not _CANCELLED and (
                     yield from _pass2(ctx, decoding, context, keeper, n_done_before, rows)
                 )
